@@ -1,0 +1,167 @@
+"""The `fersnet` command line: thin commands, each calling one library function.
+
+    fersnet datasets                                   list the data set adapters
+    fersnet prepare --dataset demo                     demo faces → ./fersnet-store/datasets/demo
+    fersnet prepare --dataset ckplus48 --source DIR --store s3://bucket/fer
+
+Errors the user can fix print one line (`error: …`) and exit 1, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="fersnet",
+    help="FERSNet on Ray: prepare face data, train, synthesize balanced data, fine-tune.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+StoreOpt = Annotated[
+    str,
+    typer.Option(help="Store: a local folder, file:// or s3://bucket/prefix.", envvar="FERSNET_STORE"),
+]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Ray cluster to run on (default: RAY_ADDRESS, else a local Ray).", envvar="RAY_ADDRESS"),
+]
+
+
+def _fail(message: str) -> None:
+    from fersnet_ray.store import redact
+
+    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _one_line(e: BaseException) -> str:
+    """An unexpected failure as one line; Ray wraps worker errors, so take the innermost cause."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''} (set FERSNET_DEBUG=1 for the traceback)"
+
+
+def _run(fn, *args):
+    """Calls a library function; user errors and unexpected failures end in one `error:` line."""
+    try:
+        return fn(*args)
+    except _user_errors() as e:
+        _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence; FERSNET_DEBUG shows all
+        if os.environ.get("FERSNET_DEBUG"):
+            raise
+        _fail(_one_line(e))
+
+
+def _user_errors():
+    """Exception types whose message is a complete, user-facing explanation."""
+    from fersnet_ray.prepare.job import PrepareError
+    from fersnet_ray.prepare.sources import SourceError
+    from fersnet_ray.store import StoreError
+
+    return (PrepareError, SourceError, StoreError, FileNotFoundError, PermissionError)
+
+
+@app.command()
+def datasets() -> None:
+    """List the data set adapters `prepare --dataset` accepts."""
+    from fersnet_ray.prepare.sources import ADAPTERS
+
+    table = Table("adapter", "layout")
+    for name, cls in sorted(ADAPTERS.items()):
+        table.add_row(name, cls.description)
+    console.print(table)
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[str, typer.Option(help="Adapter: see `fersnet datasets`.")] = "demo",
+    source: Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")] = None,
+    store: StoreOpt = "./fersnet-store",
+    name: Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")] = None,
+    folds: Annotated[int, typer.Option(help="Number of subject-disjoint, stratified folds.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
+    align: Annotated[
+        Optional[str], typer.Option(help="fan | none (default: none for ckplus48/demo, fan otherwise).")
+    ] = None,
+    aligned_size: Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")] = 110,
+    rgb: Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")] = False,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(help="Folder (path or s3://) with 2DFAN4-11f355bf06.pth.tar and s3fd-619a316812.pth."),
+    ] = None,
+    actors: Annotated[Optional[int], typer.Option(help="Max loader actors (default: autoscale).")] = None,
+    gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per loader actor (default: auto).")] = None,
+    subject_regex: Annotated[
+        Optional[str], typer.Option(help="folder: regex whose first group is the subject in a file name.")
+    ] = None,
+    classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order, a,b,c.")] = None,
+    manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
+    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = 24,
+    address: AddressOpt = None,
+) -> None:
+    """Read a face data set, align the faces and write the face table with folds to the store."""
+    from fersnet_ray.prepare.job import PrepareConfig, prepare as run_prepare
+    from fersnet_ray.runtime import init_ray
+
+    options = {
+        "folder": {"subject_regex": subject_regex, "classes": classes},
+        "manifest": {"classes": classes},
+        "mmi": {"manifest": manifest},
+        "demo": {"subjects": demo_subjects, "seed": seed},
+    }.get(dataset, {})
+    cfg = PrepareConfig(
+        dataset=dataset, source=source, store=store, name=name, folds=folds, seed=seed, align=align,
+        aligned_size=aligned_size, channels=3 if rgb else 1, weights=weights, actors=actors,
+        gpus_per_actor=gpus_per_actor, options={k: v for k, v in options.items() if v is not None},
+    )
+    _run(init_ray, address)
+    result = _run(run_prepare, cfg)
+    print_card(result.card, f"{result.store_uri}/datasets/{result.name}")
+
+
+def print_card(card: dict, where: str) -> None:
+    """Faces per class and fold, then the rejects, as the end of `prepare` shows them."""
+    counts = card["counts"]
+    console.print(
+        f"{card['name']}: {card['num_faces']} faces of {card['num_subjects']} subjects; faces per class and fold:",
+        highlight=False, soft_wrap=True,
+    )
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("class")
+    for f in counts["per_fold"]:
+        table.add_column(f, justify="right")
+    table.add_column("total", justify="right", style="bold")
+    for c in card["classes"]:
+        table.add_row(c, *(str(counts["per_fold_class"][f][c]) for f in counts["per_fold"]), str(counts["per_class"][c]))
+    table.add_row("all", *(str(n) for n in counts["per_fold"].values()), str(card["num_faces"]), style="bold")
+    console.print(table)
+    rejects = card["rejects"]
+    console.print(f"rejects: {len(rejects)}", highlight=False)
+    for r in rejects[:20]:
+        console.print(f"  {r['source']}: {r['reason']}", highlight=False, soft_wrap=True)
+    if len(rejects) > 20:
+        console.print(f"  … {len(rejects) - 20} more in _card.json", highlight=False)
+    for note in card.get("notes", []):
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"face table: {where}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:  # console-script entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The object store: one place that turns a store URI into filesystems and paths.
+
+Every stage reads and writes only through a `Store`, so a local directory and an S3 bucket
+(AWS, MinIO, Ceph: anything S3-compatible) behave the same. The layout is fixed here:
+
+    <store>/datasets/<name>/                 face table (Parquet) + _card.json
+    <store>/runs/<run>/                      run config
+    <store>/runs/<run>/fold-<k>/             training checkpoints and metrics
+    <store>/runs/<run>/synthetic/fold-<k>/   synthetic shards + manifest
+    <store>/runs/<run>/report/               the results report
+
+A `Store` is a small frozen value (URI + S3 endpoint), cheap to pickle into Ray tasks; each
+process builds its filesystem on first use. S3 credentials come from the standard AWS chain
+(environment, shared config, instance role) on every node and are never held here, so they
+cannot leak into pickled task specs, logs or run configs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import fsspec
+import pyarrow.fs as pafs
+
+DEFAULT_STORE = "./fersnet-store"
+
+
+class StoreError(RuntimeError):
+    """A store URI that cannot be used; the message is safe to print (no credentials)."""
+
+
+_SECRET_PATTERNS = [
+    re.compile(r"(?<=://)[^/@\s]+@"),  # user:password@ in URLs
+    re.compile(r"(?i)(X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s]+"),
+    re.compile(r"(?i)(aws_secret_access_key|aws_session_token|secret|token)(\s*[=:]\s*)\S+"),
+]
+
+
+def redact(text: str) -> str:
+    """Removes credentials, signatures and tokens from a message before it is shown or logged."""
+    text = _SECRET_PATTERNS[0].sub("***@", text)
+    text = _SECRET_PATTERNS[1].sub(r"\1***", text)
+    text = _SECRET_PATTERNS[2].sub(r"\1\2***", text)
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _s3_endpoint() -> str | None:
+    # The standard variables (botocore reads them too); resolved on the driver so workers that
+    # lack the environment still reach the same server. An endpoint is not a secret.
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@functools.lru_cache(maxsize=8)
+def _s3fs(endpoint: str | None) -> fsspec.AbstractFileSystem:
+    import s3fs
+
+    client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
+    # use_listings_cache=False: stages list folders that other processes just wrote.
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
+
+
+@dataclass(frozen=True)
+class Store:
+    """A resolved store location: `root` is a filesystem path (local absolute, or `bucket/prefix`)."""
+
+    protocol: str  # "file" or "s3"
+    root: str
+    endpoint: str | None = None
+
+    @classmethod
+    def from_uri(cls, uri: str | None = None) -> "Store":
+        """Resolves a local path, `file://` URI or `s3://bucket/prefix` (default `./fersnet-store`)."""
+        uri = (uri or DEFAULT_STORE).strip()
+        parts = urlsplit(uri)
+        if parts.scheme in ("", "file", "local"):
+            path = parts.path if parts.scheme else uri
+            if parts.scheme and parts.netloc:  # file://host/path is not a local path
+                raise StoreError(f"store URI {redact(uri)!r}: file:// URIs take no host (use file:///abs/path)")
+            return cls("file", os.path.abspath(os.path.expanduser(path)).rstrip("/") or "/")
+        if parts.scheme in ("s3", "s3a"):
+            if "@" in parts.netloc or parts.query:
+                raise StoreError(
+                    f"store URI {redact(uri)!r}: put credentials in the AWS credential chain, not in the URI"
+                )
+            if not parts.netloc:
+                raise StoreError(f"store URI {redact(uri)!r} names no bucket")
+            root = (parts.netloc + "/" + parts.path.strip("/")).rstrip("/")
+            return cls("s3", root, _s3_endpoint())
+        raise StoreError(f"store URI {redact(uri)!r}: unsupported scheme {parts.scheme!r} (use a path or s3://)")
+
+    # --- filesystems -------------------------------------------------------------------------------
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """fsspec filesystem for small files (JSON, PNG) and listings."""
+        if self.protocol == "s3":
+            return _s3fs(self.endpoint)
+        return fsspec.filesystem("file")
+
+    @property
+    def arrow_fs(self) -> pafs.FileSystem:
+        """pyarrow filesystem, as Ray Data (`read_parquet`, `write_parquet`) and pyarrow accept it."""
+        if self.protocol == "s3":
+            return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        return pafs.LocalFileSystem()
+
+    # --- layout --------------------------------------------------------------------------------------
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.root}" if self.protocol == "s3" else self.root
+
+    def path(self, *parts: str) -> str:
+        """Filesystem path of a location inside the store (for `fs`, `arrow_fs` and Ray Data)."""
+        clean = [str(p).strip("/") for p in parts if str(p).strip("/")]
+        for p in clean:
+            if ".." in p.split("/"):
+                raise StoreError(f"store path {p!r} leaves the store")
+        return "/".join([self.root.rstrip("/"), *clean]) if clean else self.root
+
+    def uri_of(self, *parts: str) -> str:
+        """Full URI of a location, for messages and for tools that take URIs."""
+        p = self.path(*parts)
+        return f"s3://{p}" if self.protocol == "s3" else p
+
+    def dataset_dir(self, name: str) -> str:
+        return self.path("datasets", name)
+
+    def run_dir(self, run: str) -> str:
+        return self.path("runs", run)
+
+    def fold_dir(self, run: str, fold: int) -> str:
+        return self.path("runs", run, f"fold-{fold}")
+
+    def synthetic_dir(self, run: str, fold: int) -> str:
+        return self.path("runs", run, "synthetic", f"fold-{fold}")
+
+    def report_dir(self, run: str) -> str:
+        return self.path("runs", run, "report")
+
+    # --- small-file helpers --------------------------------------------------------------------------
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        if self.protocol == "file":  # S3 has no folders, and s3fs's makedirs would create a missing bucket
+            self.fs.makedirs(os.path.dirname(path), exist_ok=True)
+        with self.fs.open(path, "wb") as f:
+            f.write(data)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open(path, "rb") as f:
+            return f.read()
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.read_bytes(path))
+
+    def remove(self, path: str) -> None:
+        """Removes a file or folder; missing is fine."""
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def check_writable(self) -> None:
+        """Fails early, with a one-line reason, when the store cannot be written."""
+        probe = self.path(".fersnet-write-probe")
+        try:
+            self.write_bytes(probe, b"ok")
+            self.fs.rm(probe)
+        except Exception as e:  # noqa: BLE001 - any backend error means "not writable"; the reason is kept
+            raise StoreError(f"cannot write to store {self.uri}: {redact(_reason(e))}") from None
+
+
+def _reason(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def open_location(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Filesystem and root path of any local path or s3:// URI (sources, weights), same rules as stores."""
+    store = Store.from_uri(uri)
+    return store.fs, store.root

@@ -1,0 +1,67 @@
+"""Shared fixtures: a real S3-compatible server (moto) and one real local Ray for the session.
+
+Order matters: the S3 server's endpoint and fake credentials go into the environment before
+Ray starts, so Ray's worker processes inherit them like cluster nodes inherit an instance role.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> str:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing-key-id",
+        AWS_SECRET_ACCESS_KEY="testing-secret-value",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket on the moto server; returns its s3:// URI."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def torch_home(tmp_path_factory) -> str:
+    """A private TORCH_HOME (set before Ray starts) where staged face-alignment weights land."""
+    path = str(tmp_path_factory.mktemp("torch_home"))
+    os.environ["TORCH_HOME"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint, torch_home):
+    """A real local Ray with 2 CPUs, shared by every test that needs one."""
+    import ray
+
+    from fersnet_ray.runtime import init_ray
+
+    init_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fan_weights(tmp_path_factory) -> str:
+    from builders import write_face_alignment_weights
+
+    return write_face_alignment_weights(tmp_path_factory.mktemp("fan-weights"), detect=True)
