@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 
 import pytest
@@ -12,11 +13,11 @@ from fersnet_ray.prepare.folds import assign_folds
 
 
 @st.composite
-def layouts(draw):
+def layouts(draw, max_subjects: int = 40, max_k: int = 10):
     """Random data sets: subjects with a few expressions each, classes of very different sizes."""
     n_classes = draw(st.integers(2, 7))
-    n_subjects = draw(st.integers(2, 40))
-    k = draw(st.integers(2, min(10, n_subjects)))
+    n_subjects = draw(st.integers(2, max_subjects))
+    k = draw(st.integers(2, min(max_k, n_subjects)))
     subjects, labels = [], []
     for s in range(n_subjects):
         shown = draw(st.sets(st.integers(0, n_classes - 1), min_size=1, max_size=n_classes))
@@ -27,22 +28,48 @@ def layouts(draw):
     return subjects, labels, k, draw(st.integers(0, 2**16))
 
 
+def training_splits_missing(subjects, labels, fold_of, k) -> list[tuple[int, int]]:
+    """(class, fold) pairs where a class held by ≥ 2 subjects is absent from that fold's training split."""
+    holders = defaultdict(set)  # class → subjects showing it
+    for s, c in zip(subjects, labels):
+        holders[c].add(s)
+    return [
+        (c, f) for c, subs in holders.items() if len(subs) >= 2 for f in range(k) if not {fold_of[s] for s in subs} - {f}
+    ]
+
+
+def feasible(subjects, labels, k) -> bool:
+    """Brute force: does any assignment with no empty fold give every such class to every training split?"""
+    names = sorted(set(subjects))
+    for combo in itertools.product(range(k), repeat=len(names)):
+        if len(set(combo)) == k and not training_splits_missing(subjects, labels, dict(zip(names, combo)), k):
+            return True
+    return False
+
+
 @settings(max_examples=150, deadline=None)
 @given(layouts())
-def test_folds_subject_disjoint_and_every_class_in_every_training_split(layout):
+def test_folds_subject_disjoint_and_cover_classes(layout):
     subjects, labels, k, seed = layout
     fold_of = assign_folds(subjects, labels, k, seed)
     assert set(fold_of) == set(subjects)  # a subject has exactly one fold: disjoint by construction
     assert set(fold_of.values()) == set(range(k))  # no empty fold
-    holders = defaultdict(set)  # class → subjects showing it
+    holders = defaultdict(set)
     for s, c in zip(subjects, labels):
         holders[c].add(s)
-    for c, subs in holders.items():
-        if len(subs) < 2:
-            continue  # one subject: the data cannot give this class to every training split
+    if all(len(subs) >= 2 * k for subs in holders.values()):
+        # Plenty of subjects per class: every class in every fold's test split, hence every training split.
         for f in range(k):
-            train = {fold_of[s] for s in subs} - {f}
-            assert train, f"class {c} missing from the training split of fold {f}"
+            assert {c for s, c in zip(subjects, labels) if fold_of[s] == f} == set(holders), f"fold {f}"
+
+
+@settings(max_examples=150, deadline=None)
+@given(layouts(max_subjects=7, max_k=3))
+def test_every_class_in_every_training_split_where_the_data_allow_it(layout):
+    subjects, labels, k, seed = layout
+    fold_of = assign_folds(subjects, labels, k, seed)
+    if feasible(subjects, labels, k):
+        assert training_splits_missing(subjects, labels, fold_of, k) == []
 
 
 @settings(max_examples=50, deadline=None)

@@ -9,7 +9,7 @@ Method (like scikit-learn's StratifiedGroupKFold, plus a coverage goal and a rep
 1. Subjects are visited rarest-class first (a seeded shuffle breaks ties), each going to the fold
    that leaves the fewest empty (fold, class) cells, then the most even class shares.
 2. Repair: while a class with ≥ 2 subjects sits in one fold only (so one training split would
-   lack it), move the subject whose move fixes most. Deterministic for a given seed.
+   lack it), apply the single-subject move or two-subject swap that fixes most. Deterministic.
 """
 
 from __future__ import annotations
@@ -31,6 +31,19 @@ def _concentrated(fold_counts: np.ndarray, subjects_per_class: np.ndarray) -> in
     # Classes held by ≥ 2 subjects yet present in one fold only: that fold's training split lacks them.
     folds_with = (fold_counts > 0).sum(0)
     return int(((folds_with == 1) & (subjects_per_class >= 2)).sum())
+
+
+def _moves(assign: np.ndarray, k: int):
+    """Candidate repairs: (s, -f-1) moves subject s to fold f; (s, t) swaps subjects s and t."""
+    sizes = np.bincount(assign, minlength=k)
+    for s in range(len(assign)):
+        if sizes[assign[s]] > 1:  # never empty a fold
+            for f in range(k):
+                if f != assign[s]:
+                    yield s, -f - 1
+        for t in range(s + 1, len(assign)):
+            if assign[t] != assign[s]:
+                yield s, t
 
 
 def assign_folds(subjects: Sequence[str], labels: Sequence[int], k: int = 10, seed: int = 0) -> dict[str, int]:
@@ -88,30 +101,30 @@ def assign_folds(subjects: Sequence[str], labels: Sequence[int], k: int = 10, se
             fold_counts[f] += counts[s]
             assign[s] = f
 
-    # Repair pass: move single subjects while that removes concentrated classes.
+    # Repair pass: move one subject, or swap two, while that removes concentrated classes.
     for _ in range(len(names) * max(n_classes, 1)):
         bad = _concentrated(fold_counts, subjects_per_class)
         if bad == 0:
             break
         best = None
-        for s in range(len(names)):
-            src = assign[s]
-            if (assign == src).sum() == 1:
-                continue  # would empty a fold
-            for f in range(k):
-                if f == src:
-                    continue
-                trial = fold_counts.copy()
-                trial[src] -= counts[s]
-                trial[f] += counts[s]
-                key = (_concentrated(trial, subjects_per_class), int((trial == 0).sum()), _spread(trial, totals))
-                if best is None or key < best[0]:
-                    best = (key, s, f)
+        for s, t in _moves(assign, k):
+            trial = fold_counts.copy()
+            if t < 0:  # move s to fold -t-1
+                trial[assign[s]] -= counts[s]
+                trial[-t - 1] += counts[s]
+            else:  # swap s and t
+                delta = counts[t] - counts[s]
+                trial[assign[s]] += delta
+                trial[assign[t]] -= delta
+            key = (_concentrated(trial, subjects_per_class), int((trial == 0).sum()), _spread(trial, totals))
+            if best is None or key < best[0]:
+                best = (key, s, t, trial)
         if best is None or best[0][0] >= bad:
-            break  # the data do not allow it
-        _, s, f = best
-        fold_counts[assign[s]] -= counts[s]
-        fold_counts[f] += counts[s]
-        assign[s] = f
+            break  # no single move or swap helps: the data (or this search) do not allow it
+        _, s, t, fold_counts = best
+        if t < 0:
+            assign[s] = -t - 1
+        else:
+            assign[s], assign[t] = assign[t], assign[s]
 
     return {name: int(assign[i]) for i, name in enumerate(names)}
