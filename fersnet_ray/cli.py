@@ -53,10 +53,10 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[-1] if lines else ''} (set FERSNET_DEBUG=1 for the traceback)"
 
 
-def _run(fn, *args):
+def _run(fn, *args, **kwargs):
     """Calls a library function; user errors and unexpected failures end in one `error:` line."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except _user_errors() as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence; FERSNET_DEBUG shows all
@@ -70,8 +70,9 @@ def _user_errors():
     from fersnet_ray.prepare.job import PrepareError
     from fersnet_ray.prepare.sources import SourceError
     from fersnet_ray.store import StoreError
+    from fersnet_ray.train.job import TrainError
 
-    return (PrepareError, SourceError, StoreError, FileNotFoundError, PermissionError)
+    return (PrepareError, SourceError, StoreError, TrainError, ValueError, FileNotFoundError, PermissionError)
 
 
 @app.command()
@@ -130,6 +131,84 @@ def prepare(
     _run(init_ray, address)
     result = _run(run_prepare, cfg)
     print_card(result.card, f"{result.store_uri}/datasets/{result.name}")
+
+
+def _parse_folds(spec: str, k: int) -> tuple[int, ...]:
+    if spec == "all":
+        return tuple(range(k))
+    try:
+        return tuple(sorted({int(x) for x in spec.split(",") if x.strip()}))
+    except ValueError:
+        _fail(f"--folds {spec!r}: use 'all' or a list like 0,3,7")
+
+
+@app.command()
+def train(
+    dataset: Annotated[str, typer.Option(help="Prepared data set name in the store.")] = "demo",
+    run: Annotated[str, typer.Option(help="Run name: runs/<run>/ in the store.")] = "demo",
+    store: StoreOpt = "./fersnet-store",
+    folds: Annotated[str, typer.Option(help="'all' or a list of folds, e.g. 0,3,7.")] = "all",
+    variant: Annotated[str, typer.Option(help="fersnet | fersnet_hard | fer_only.")] = "fersnet",
+    preset: Annotated[str, typer.Option(help="paper | ck48 | tiny.")] = "paper",
+    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
+    match_capacity: Annotated[bool, typer.Option(help="Enlarge ablations to the original's parameter count.")] = False,
+    gan_mode: Annotated[Optional[str], typer.Option(help="vanilla (eq. 6) | lsgan.")] = None,
+    identity: Annotated[
+        Optional[str], typer.Option(help="Identity net for L_idt: train | none | URI of Light CNN-9 weights.")
+    ] = None,
+    workers_per_fold: Annotated[int, typer.Option(help="Ray Train workers per fold (DDP when > 1).")] = 1,
+    gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold; fractions let folds share a GPU.")] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per training worker.")] = 1.0,
+    max_failures: Annotated[int, typer.Option(help="Worker-group restarts per fold before giving up.")] = 2,
+    resume: Annotated[bool, typer.Option(help="Continue an existing run with its stored config.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing run and start again.")] = False,
+    address: AddressOpt = None,
+) -> None:
+    """Train FERSNet on every requested fold at once (Ray Train), checkpointing into the store."""
+    from fersnet_ray.runtime import init_ray
+    from fersnet_ray.store import Store
+    from fersnet_ray.table import read_card
+    from fersnet_ray.train.config import make_experiment
+    from fersnet_ray.train.job import TrainJob, train as run_train
+
+    card = _run(read_card, Store.from_uri(store), dataset)
+    exp = _run(
+        make_experiment, preset, variant, len(card["classes"]), card["alignment"]["channels"], match_capacity,
+        gan_mode, **{"epochs": epochs, "batch_size": batch_size, "identity": identity},
+    )
+    job = TrainJob(
+        store=store, dataset=dataset, run=run, experiment=exp.to_dict(), folds=_parse_folds(folds, card["folds"]),
+        workers_per_fold=workers_per_fold, gpus_per_fold=gpus_per_fold, cpus_per_worker=cpus_per_worker,
+        max_failures=max_failures,
+    )
+    _run(init_ray, address)
+    print_evaluation(_run(run_train, job, resume, overwrite))
+
+
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Option(help="Run name.")] = "demo",
+    store: StoreOpt = "./fersnet-store",
+) -> None:
+    """Collect every fold's test accuracy of a run: per fold and mean ± std, into runs/<run>/evaluation.json."""
+    from fersnet_ray.store import Store
+    from fersnet_ray.train.job import evaluate_run
+
+    print_evaluation(_run(evaluate_run, Store.from_uri(store), run))
+
+
+def print_evaluation(summary: dict) -> None:
+    table = Table("fold", "accuracy", "correct / total", "epochs", box=box.SIMPLE_HEAD, pad_edge=False)
+    for k, f in summary["folds"].items():
+        table.add_row(k, f"{100 * f['accuracy']:.2f}%", f"{f['correct']} / {f['total']}", str(f["epochs"]))
+    console.print(table)
+    variant = summary["config"]["experiment"]["model"]["variant"]
+    console.print(
+        f"{summary['run']} ({variant}): {100 * summary['mean_accuracy']:.2f} ± {100 * summary['std_accuracy']:.2f}% "
+        f"mean ± std over {len(summary['folds'])} folds; pooled {100 * summary['pooled_accuracy']:.2f}%",
+        highlight=False,
+    )
 
 
 def print_card(card: dict, where: str) -> None:

@@ -13,15 +13,27 @@ import os
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
     """Starts or joins Ray once per process; a second call is a no-op."""
     if quiet:
-        # Ray Data logs its plan and, off a terminal, its progress at INFO; the level must be set
-        # before `ray.data` is first imported, which configures its loggers from this variable.
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+        # Set before Ray starts, so local workers inherit them (Ray Train forwards its own):
+        # Ray Data logs its plan and, off a terminal, its progress at INFO (read when `ray.data` is
+        # first imported); Ray Train would print each worker line twice, log a preemption-watcher
+        # error per fold, and Ray would fold our per-epoch lines into "[repeated Nx]".
+        for name, value in (
+            ("RAY_DATA_LOG_LEVEL", "WARNING"),
+            ("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"),
+            ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+            ("RAY_DEDUP_LOGS", "0"),
+        ):
+            os.environ.setdefault(name, value)
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True)
+    if quiet:
+        # Plain worker lines (no "(RayTrainWorker pid=…)" prefix) and no INFO/WARNING chatter from
+        # Ray's own actors; errors still come through.
+        kwargs["logging_config"] = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
     if address:
         ray.init(address=address, **kwargs)
     else:

@@ -6,10 +6,13 @@ Ray starts, so Ray's worker processes inherit them like cluster nodes inherit an
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
 import pytest
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request at INFO
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,129 @@
+"""Training configuration: frozen dataclasses, named presets, and their JSON round trip.
+
+An `Experiment` is what a run trains: a `ModelConfig` (architecture) and a `TrainConfig` (how).
+Workers receive `experiment.to_dict()` and rebuild it on their first line; the same dict is saved
+as `runs/<run>/config.json` and inside every checkpoint.
+
+Presets:
+    paper  the paper's setting: 110 → random 96 crop, widths 64–512, 500 epochs, batch 64.
+    ck48   for CK+48's native 48×48 faces: resize to 54, random 48 crop, same network otherwise.
+    tiny   CPU tests and the demo: 36 → 32 crop, widths 8–64, identity loss off, few epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from fersnet_ray.model.config import ModelConfig
+
+ROTATIONS = (-15.0, -10.0, -5.0, 0.0, 5.0, 10.0, 15.0)  # degrees, paper Sec. IV-A
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one fold is trained (paper Sec. IV-A unless noted).
+
+    Attributes:
+        epochs: passes over the fold's training faces (paper: 500).
+        batch_size: per fold, split across its workers (paper: 64).
+        lr, lr_min: cosine annealing from lr to lr_min over the epochs (paper: 1e-3 → 1e-5).
+        betas: Adam's betas; (0.5, 0.999) as pix2pix/StarGAN use for GAN training (the paper is silent).
+        load_size: faces are resized to this side before cropping (paper: 110).
+        crop_size: random crop in training, centre crop in testing (paper: 96); = model image_size.
+        rotations: random rotation angles in degrees.
+        lambda_gan, lambda_rec, lambda_cyc: λ1, λ2, λ3 of eq. (10).
+        lambda_idt_start, lambda_idt_end: λ4 ramps linearly between them over training; both 0 = off.
+        identity: "train" (a Light CNN-9 identity classifier trained on the fold's training subjects,
+            then frozen), "none", or a URI of published Light CNN-9 weights.
+        identity_epochs: epochs of that identity classifier.
+        checkpoint_every: epochs between checkpoints (the last epoch is always checkpointed).
+        eval_every: epochs between test-set evaluations in the progress lines (0: only at the end).
+        seed: seeds weights, target sampling and augmentation; a fold adds its index.
+        amp: bf16 autocast and channels_last when on a GPU.
+    """
+
+    epochs: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    betas: tuple[float, float] = (0.5, 0.999)
+    load_size: int = 110
+    crop_size: int = 96
+    rotations: tuple[float, ...] = ROTATIONS
+    lambda_gan: float = 0.3
+    lambda_rec: float = 1.0
+    lambda_cyc: float = 0.5
+    lambda_idt_start: float = 0.1
+    lambda_idt_end: float = 0.5
+    identity: str = "train"
+    identity_epochs: int = 30
+    checkpoint_every: int = 10
+    eval_every: int = 10
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "rotations", tuple(float(r) for r in self.rotations))
+        if self.crop_size > self.load_size:
+            raise ValueError(f"crop_size {self.crop_size} exceeds load_size {self.load_size}")
+        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("epochs, batch_size and checkpoint_every must be positive")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What a run trains: the architecture and the training recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.image_size != self.train.crop_size:
+            raise ValueError(f"model image_size {self.model.image_size} ≠ crop_size {self.train.crop_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.model), "train": asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Experiment":
+        return cls(ModelConfig(**d["model"]), TrainConfig(**d["train"]))
+
+
+PRESETS: dict[str, Experiment] = {
+    "paper": Experiment(ModelConfig(), TrainConfig()),
+    "ck48": Experiment(ModelConfig(image_size=48), TrainConfig(load_size=54, crop_size=48)),
+    "tiny": Experiment(
+        ModelConfig.tiny(),
+        TrainConfig(
+            epochs=6, batch_size=32, load_size=36, crop_size=32, identity="none", lambda_idt_start=0.0,
+            lambda_idt_end=0.0, checkpoint_every=2, eval_every=2,
+        ),
+    ),
+}
+
+
+def make_experiment(
+    preset: str = "paper",
+    variant: str = "fersnet",
+    num_classes: int = 7,
+    in_channels: int = 1,
+    match_capacity: bool = False,
+    gan_mode: str | None = None,
+    **train_overrides: Any,
+) -> Experiment:
+    """A preset with the data set's classes and channels, a variant, and training overrides (None = keep)."""
+    from fersnet_ray.model import list_models
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    if variant not in list_models():
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(list_models())}")
+    base = PRESETS[preset]
+    model = replace(
+        base.model, variant=variant, num_classes=num_classes, in_channels=in_channels, match_capacity=match_capacity,
+        gan_mode=gan_mode or base.model.gan_mode,
+    )
+    train = replace(base.train, **{k: v for k, v in train_overrides.items() if v is not None})
+    return Experiment(model, train)

@@ -1,0 +1,81 @@
+"""The identity network f_LICNN of L_idt (eq. 9): Light CNN-9 features, frozen.
+
+The paper uses the published "model-B" Light CNN-9 (trained on millions of faces). Its weights are
+not downloadable here, so a run chooses (TrainConfig.identity):
+    "train"  train a Light CNN-9 identity classifier on the fold's *training* subjects only (never a
+             test subject: the held-out identities stay unseen), then freeze it;
+    URI      load published Light CNN-9 weights (keys may carry DataParallel's `module.` prefix);
+    "none"   no identity loss (same as λ4 = 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fersnet_ray.model import LightCNN9, frozen_lightcnn, to_lightcnn_input
+from fersnet_ray.store import open_location, redact
+from fersnet_ray.train.data import FaceSet, augment, to_unit
+
+
+def load_identity_weights(uri: str) -> LightCNN9:
+    """Published Light CNN-9 weights from a path or s3:// URI, frozen (weights_only: no pickled code)."""
+    import io
+
+    fs, path = open_location(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"identity weights {redact(uri)} not found") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure: name the file
+        raise ValueError(f"identity weights {redact(uri)} do not load: {type(e).__name__}: {e}") from None
+    return frozen_lightcnn(state)
+
+
+def train_identity_net(
+    faces: FaceSet, epochs: int, device: torch.device, seed: int = 0, batch_size: int = 64, crop: int | None = None
+) -> LightCNN9:
+    """Trains Light CNN-9 to tell the training subjects apart, then freezes it.
+
+    Args:
+        faces: the fold's training faces (N, C, L, L) uint8, on `device`.
+        epochs: passes over the faces.
+        device: where to train.
+        seed: for weights and augmentation.
+        batch_size: faces per step.
+        crop: augmentation crop (default: 7/8 of the face side), resized to Light CNN's 128×128.
+
+    Returns:
+        The frozen network (eval mode, no gradients).
+    """
+    torch.manual_seed(seed)
+    subjects, index = np.unique(faces.subjects, return_inverse=True)
+    targets = torch.as_tensor(index, device=device)  # (N,) subject class per face
+    net = LightCNN9(num_classes=len(subjects)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    gen = torch.Generator().manual_seed(seed)
+    crop = crop or faces.images.shape[-1] * 7 // 8
+    for _ in range(epochs):
+        net.train()
+        order = torch.randperm(len(faces), generator=gen)
+        for i in range(0, len(faces) - batch_size + 1 if len(faces) >= batch_size else 1, batch_size):
+            idx = order[i : i + batch_size].to(device)
+            (x,) = augment([to_unit(faces.images[idx])], crop, (-10.0, -5.0, 0.0, 5.0, 10.0), gen)
+            logits, _ = net(to_lightcnn_input(x))
+            loss = F.cross_entropy(logits, targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    return net.eval().requires_grad_(False)
+
+
+def identity_accuracy(net: LightCNN9, faces: FaceSet) -> float:
+    """Training-subject accuracy of the identity classifier (a sanity check for the log)."""
+    _, index = np.unique(faces.subjects, return_inverse=True)
+    with torch.no_grad():
+        logits, _ = net(to_lightcnn_input(to_unit(faces.images)))
+    return float((logits.argmax(1).cpu().numpy() == index).mean())

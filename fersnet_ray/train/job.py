@@ -1,0 +1,355 @@
+"""Stage 2, train: one Ray Train `TorchTrainer` per fold, all requested folds at once.
+
+    fersnet train --store URI --dataset NAME --run NAME [--folds all|0,3,7 --variant fersnet --preset paper]
+
+Layout in the store:
+    runs/<run>/config.json                    data set + experiment; a re-run must match it
+    runs/<run>/fold-<k>/checkpoint-epoch-NNNN/ state.pt (+ meta.json): model, optimisers, schedulers, epoch
+    runs/<run>/fold-<k>/evaluation.json        test accuracy and confusion matrix of the final model
+    runs/<run>/evaluation.json                 all folds: per fold, mean ± std
+
+Ray is used at the marked places only: the worker loop (`train_fold`: prepare modules, report
+metrics and checkpoints, read the checkpoint to resume) and the driver (`train`: one trainer per
+fold). The epoch itself is `loop.train_epoch`, plain PyTorch.
+
+Resuming: a failed worker group restarts from the last reported checkpoint (FailureConfig); a
+re-run of the same command finds each fold's newest complete checkpoint in the store and goes on
+from the epoch after it, never from epoch 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from fersnet_ray.store import Store, StoreError, redact
+from fersnet_ray.train.config import Experiment
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or resume; the message is one line, safe to print."""
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    store: str
+    dataset: str
+    run: str
+    experiment: dict  # Experiment.to_dict()
+    folds: tuple[int, ...]
+    workers_per_fold: int = 1
+    gpus_per_fold: float = 0.0  # total GPUs of one fold, split over its workers (fractions share a GPU)
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+
+
+# --- checkpoints: plain files in the store ---------------------------------------------------------
+
+
+def checkpoint_name(epochs_done: int) -> str:
+    return f"checkpoint-epoch-{epochs_done:04d}"
+
+
+def write_checkpoint_dir(state_dict: dict, folder: str) -> None:
+    """state.pt plus meta.json carrying its SHA-256, so a half-uploaded checkpoint is recognisable."""
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    data = buf.getvalue()
+    with open(os.path.join(folder, STATE_FILE), "wb") as f:
+        f.write(data)
+    meta = {"epoch": state_dict["epoch"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    with open(os.path.join(folder, META_FILE), "w") as f:
+        json.dump(meta, f)
+
+
+def read_checkpoint(store: Store, path: str) -> dict:
+    """Loads a checkpoint folder (weights_only: never unpickles code); errors name the file."""
+    where = f"{store.uri_of()}{path[len(store.root):]}/{STATE_FILE}" if path.startswith(store.root) else path
+    try:
+        meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
+        data = store.read_bytes(f"{path}/{STATE_FILE}")
+    except FileNotFoundError:
+        raise TrainError(f"checkpoint {where} is missing") from None
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise TrainError(f"checkpoint {where} is incomplete or corrupt (checksum mismatch)")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure: name the file
+        raise TrainError(f"checkpoint {where} does not load: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def latest_checkpoint(store: Store, run: str, fold: int) -> str | None:
+    """The newest checkpoint of a fold that is complete (its checksum matches), or None."""
+    folder = store.fold_dir(run, fold)
+    if not store.exists(folder):
+        return None
+    names = sorted((p for p in store.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint-epoch-")),
+                   reverse=True)
+    for path in names:
+        try:
+            meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
+            data = store.read_bytes(f"{path}/{STATE_FILE}")
+        except (FileNotFoundError, ValueError):
+            continue
+        if hashlib.sha256(data).hexdigest() == meta.get("sha256"):
+            return path
+        log.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+# --- Ray marked place 1 of 2: the worker loop ------------------------------------------------------
+
+
+def train_fold(config: dict) -> None:
+    """Ray Train worker function for one fold (every worker of the fold runs it)."""
+    import ray.train
+    import ray.train.torch
+
+    from fersnet_ray.train import identity as ident
+    from fersnet_ray.train.data import TargetSampler, load_fold, missing_classes
+    from fersnet_ray.train.loop import FoldState, evaluate, progress_line, train_epoch
+
+    logging.getLogger().setLevel(logging.WARNING)  # Ray Train logs every report at INFO on a root-level logger
+    job = TrainJob(**config["job"])
+    fold = config["fold"]
+    exp = Experiment.from_dict(job.experiment)
+    store = Store.from_uri(job.store)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(job.cpus_per_worker)))
+
+    train_set, test_set, card = load_fold(store, job.dataset, fold, exp.train.load_size)
+    if rank == 0:
+        for c in missing_classes(train_set, exp.model.num_classes):
+            print(f"warning: fold {fold}: training split has no '{card['classes'][c]}' face", flush=True)
+    train_set, test_set = train_set.to(device), test_set.to(device)
+
+    # Resume from the newest complete checkpoint: Ray's (registered; after a worker failure or a re-run)
+    # or the store's (a checkpoint uploaded in the last seconds before a crash may not be registered yet).
+    state_dict = None
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            state_dict = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    if config.get("resume_from") and config["resume_epoch"] > (state_dict["epoch"] if state_dict else -1):
+        state_dict = read_checkpoint(store, config["resume_from"])
+
+    seed = exp.train.seed + fold
+    identity_net = None
+    if exp.train.identity != "none" and exp.train.lambda_idt_end > 0 and exp.model.variant != "fer_only":
+        if state_dict is not None and "identity" in state_dict:
+            identity_net = ident.LightCNN9(num_classes=state_dict["identity"]["fc2.weight"].shape[0])
+            identity_net.load_state_dict(state_dict["identity"])
+        elif exp.train.identity == "train":
+            identity_net = ident.train_identity_net(train_set, exp.train.identity_epochs, device, seed=seed)
+            if rank == 0:
+                acc = ident.identity_accuracy(identity_net, train_set)
+                print(f"fold {fold}: identity net trained on {len(set(train_set.subjects))} subjects, "
+                      f"train acc {acc:.3f}", flush=True)
+        else:
+            identity_net = ident.load_identity_weights(exp.train.identity)
+        identity_net = identity_net.to(device).eval().requires_grad_(False)
+
+    from dataclasses import replace
+
+    exp = Experiment(exp.model, replace(exp.train, seed=seed))
+    state = FoldState.create(exp, device, identity_net)
+    if state_dict is not None:
+        state.load_state_dict(state_dict)
+        if rank == 0:
+            print(f"fold {fold}: resuming at epoch {state.epoch + 1}/{exp.train.epochs}", flush=True)
+    ddp_model = ddp_disc = None
+    if world > 1:
+        ddp_model = ray.train.torch.prepare_model(state.model, move_to_device=False)
+        ddp_disc = ray.train.torch.prepare_model(state.disc, move_to_device=False) if state.disc else None
+    sampler = TargetSampler(train_set.labels, train_set.subjects, seed)
+    shard = train_set.shard(rank, world) if world > 1 else train_set
+    # Per-rank sampler over the shard: each worker draws targets among its own faces.
+    shard_sampler = TargetSampler(shard.labels, shard.subjects, seed * 1000 + rank) if world > 1 else sampler
+
+    t = exp.train
+    start_epoch = state.epoch  # recorded with every epoch: shows where this attempt (re)started
+    while state.epoch < t.epochs:
+        metrics = train_epoch(state, shard, shard_sampler, ddp_model, ddp_disc)
+        metrics["start_epoch"] = start_epoch
+        last = state.epoch == t.epochs
+        if last or (t.eval_every and state.epoch % t.eval_every == 0):
+            result = evaluate(state.model, test_set, t.crop_size, amp=t.amp)
+            metrics.update(accuracy=result["accuracy"])
+        metrics["lr"] = float(state.opt_g.param_groups[0]["lr"])
+        metrics["wall"] = time.time()  # epoch-end stamp: throughput including reports and checkpoints
+        state.history.append(metrics)
+        if rank == 0:
+            print(progress_line(fold, metrics, t.epochs), flush=True)
+        if last or state.epoch % t.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:
+                    write_checkpoint_dir(state.state_dict(), tmp)
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.epoch))
+        else:
+            ray.train.report(metrics)
+
+    if rank == 0:
+        result = evaluate(state.model, test_set, t.crop_size, amp=t.amp)
+        result.update(fold=fold, epochs=state.epoch, classes=card["classes"], variant=exp.model.variant)
+        store.write_json(f"{store.fold_dir(job.run, fold)}/evaluation.json", result)
+
+
+# --- Ray marked place 2 of 2: the driver, one TorchTrainer per fold ---------------------------------
+
+
+def save_run_config(store: Store, job: TrainJob, resume: bool, overwrite: bool) -> TrainJob:
+    """Writes runs/<run>/config.json, or checks a re-run against it (see `fersnet train --help`)."""
+    path = f"{store.run_dir(job.run)}/config.json"
+    wanted = {"dataset": job.dataset, "experiment": job.experiment}
+    if overwrite:
+        store.remove(store.run_dir(job.run))
+    elif store.exists(path):
+        stored = store.read_json(path)
+        if stored != json.loads(json.dumps(wanted)):
+            if not resume:
+                diff = _diff(stored, wanted)
+                raise TrainError(
+                    f"run {job.run!r} exists with a different config ({diff}); pass --resume to continue it with "
+                    "its stored config, or --overwrite to start it again"
+                )
+            return TrainJob(**{**asdict(job), "dataset": stored["dataset"], "experiment": stored["experiment"]})
+        return job
+    store.write_json(path, wanted)
+    return job
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> str:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            sub = _diff(va, vb, f"{prefix}{k}.")
+            if sub:
+                out.append(sub)
+        elif json.dumps(va) != json.dumps(vb):
+            out.append(f"{prefix}{k}: {va!r} → {vb!r}")
+    return "; ".join(out)
+
+
+def _trainer(job: TrainJob, fold: int, resume_from: str | None, resume_epoch: int):
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    store = Store.from_uri(job.store)
+    use_gpu = job.gpus_per_fold > 0
+    per_worker = {"CPU": job.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = job.gpus_per_fold / job.workers_per_fold
+    return TorchTrainer(
+        train_fold,
+        train_loop_config={"job": asdict(job), "fold": fold, "resume_from": resume_from, "resume_epoch": resume_epoch},
+        scaling_config=ScalingConfig(num_workers=job.workers_per_fold, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=f"fold-{fold}",
+            storage_path=store.run_dir(job.run),
+            storage_filesystem=store.arrow_fs,
+            failure_config=FailureConfig(max_failures=job.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
+    """Trains every requested fold at once on the current Ray cluster; returns the evaluation summary."""
+    store = Store.from_uri(job.store)
+    store.check_writable()
+    from fersnet_ray.table import read_card
+
+    card = read_card(store, job.dataset)
+    bad = [f for f in job.folds if not 0 <= f < card["folds"]]
+    if bad:
+        raise TrainError(f"face table {job.dataset!r} has folds 0..{card['folds'] - 1}; no fold {bad[0]}")
+    exp = Experiment.from_dict(job.experiment)
+    if exp.model.num_classes != len(card["classes"]) or exp.model.in_channels != card["alignment"]["channels"]:
+        raise TrainError(f"experiment expects {exp.model.num_classes} classes / {exp.model.in_channels} channels; "
+                         f"data set {job.dataset!r} has {len(card['classes'])} / {card['alignment']['channels']}")
+    job = save_run_config(store, job, resume, overwrite)
+    epochs = Experiment.from_dict(job.experiment).train.epochs
+
+    def run_fold(fold: int) -> None:
+        resume_from, done = latest_checkpoint(store, job.run, fold), -1
+        if resume_from is not None:
+            done = json.loads(store.read_bytes(f"{resume_from}/{META_FILE}"))["epoch"]
+            if done >= epochs and store.exists(f"{store.fold_dir(job.run, fold)}/evaluation.json"):
+                print(f"fold {fold}: finished earlier ({done}/{epochs} epochs), skipped", flush=True)
+                return
+        try:
+            _trainer(job, fold, resume_from, done).fit()
+        except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
+            raise TrainError(f"fold {fold} failed: {_root_cause(e)}") from None
+
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def guarded(fold: int) -> None:
+        try:
+            run_fold(fold)
+        except TrainError as e:
+            with lock:
+                errors.append(str(e))
+
+    # One thread per fold: each `fit()` blocks while its trainer runs on the cluster, so the folds
+    # train side by side, as many at once as the cluster's resources allow.
+    with ThreadPoolExecutor(max_workers=len(job.folds)) as pool:
+        list(pool.map(guarded, job.folds))
+    if errors:
+        raise TrainError("; ".join(errors))
+    return evaluate_run(store, job.run)
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in redact(str(e)).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+
+
+def evaluate_run(store: Store, run: str) -> dict:
+    """Collects every fold's evaluation.json into runs/<run>/evaluation.json (per fold, mean ± std)."""
+    run_dir = store.run_dir(run)
+    if not store.exists(f"{run_dir}/config.json"):
+        raise StoreError(f"no run {run!r} in {store.uri}")
+    folds = {}
+    for path in sorted(store.fs.ls(run_dir, detail=False)):
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith("fold-") and store.exists(f"{path}/evaluation.json"):
+            result = store.read_json(f"{path}/evaluation.json")
+            folds[int(name[5:])] = {k: result[k] for k in ("accuracy", "correct", "total", "confusion", "epochs")}
+    if not folds:
+        raise TrainError(f"run {run!r} has no evaluated fold yet")
+    accs = np.array([f["accuracy"] for f in folds.values()])
+    summary = {
+        "run": run,
+        "config": store.read_json(f"{run_dir}/config.json"),
+        "folds": {str(k): v for k, v in sorted(folds.items())},
+        "mean_accuracy": float(accs.mean()),
+        "std_accuracy": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+        "pooled_accuracy": sum(f["correct"] for f in folds.values()) / sum(f["total"] for f in folds.values()),
+    }
+    store.write_json(f"{run_dir}/evaluation.json", summary)
+    return summary

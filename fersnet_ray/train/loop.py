@@ -1,0 +1,222 @@
+"""The training loop of one fold, in plain PyTorch: no Ray here.
+
+`FoldState` holds the networks, optimisers and schedulers; `train_epoch` runs one epoch of
+alternating discriminator and generator steps; `evaluate` scores the test split. `jobs`-level code
+(Ray Train in `train/job.py`, or a plain script, or a test) drives them:
+
+    state = FoldState.create(exp, device)
+    for epoch in range(state.epoch, exp.train.epochs):
+        metrics = train_epoch(state, train_set, sampler, epoch)
+        torch.save(state.state_dict(), "state.pt")        # resumable at any epoch boundary
+
+The same loop serves DDP: pass the wrapped modules as `ddp_model` / `ddp_disc` and a per-rank
+slice of the training faces; the states saved are those of the unwrapped modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from fersnet_ray.model import FERSNetLoss, LossWeights, PatchDiscriminator, create_model
+from fersnet_ray.model.fersnet import FERSNetBase
+from fersnet_ray.train.config import Experiment
+from fersnet_ray.train.data import FaceSet, TargetSampler, augment, center_crop, to_unit
+
+
+@dataclass
+class FoldState:
+    """Everything that changes during training: modules, optimisers, schedulers, epoch."""
+
+    exp: Experiment
+    model: FERSNetBase
+    disc: PatchDiscriminator | None
+    loss: FERSNetLoss
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    sched_g: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler | None
+    device: torch.device
+    epoch: int = 0  # next epoch to run
+    history: list[dict] = field(default_factory=list)  # one metrics dict per finished epoch
+
+    @classmethod
+    def create(
+        cls, exp: Experiment, device: torch.device | str = "cpu", identity_net: torch.nn.Module | None = None
+    ) -> "FoldState":
+        device = torch.device(device)
+        t = exp.train
+        torch.manual_seed(t.seed)
+        model = create_model(exp.model).to(device)
+        disc = PatchDiscriminator(model.cfg).to(device) if model.fes_head is not None else None
+        if device.type == "cuda" and t.amp:
+            model = model.to(memory_format=torch.channels_last)
+            disc = disc.to(memory_format=torch.channels_last) if disc is not None else None
+        weights = LossWeights(t.lambda_gan, t.lambda_rec, t.lambda_cyc, t.lambda_idt_start, t.lambda_idt_end)
+        loss = FERSNetLoss(exp.model.gan_mode, weights, identity_net).to(device)
+        opt_g = torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=t.lr, betas=t.betas) if disc is not None else None
+        cosine = lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs, eta_min=t.lr_min)  # noqa
+        return cls(exp, model, disc, loss, opt_g, opt_d, cosine(opt_g), cosine(opt_d) if opt_d else None, device)
+
+    def state_dict(self) -> dict:
+        """Tensors and plain values only, so it loads with torch.load(weights_only=True)."""
+        out = {
+            "experiment": self.exp.to_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "model": self.model.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+        }
+        if self.disc is not None:
+            out.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), sched_d=self.sched_d.state_dict())
+        if self.loss.identity_net is not None:
+            out["identity"] = self.loss.identity_net.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        if self.disc is not None:
+            self.disc.load_state_dict(state["disc"])
+            self.opt_d.load_state_dict(state["opt_d"])
+            self.sched_d.load_state_dict(state["sched_d"])
+        if self.loss.identity_net is not None and "identity" in state:
+            self.loss.identity_net.load_state_dict(state["identity"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state.get("history", []))
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on GPUs (no loss scaling needed, unlike fp16); a no-op elsewhere."""
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_epoch(
+    state: FoldState,
+    faces: FaceSet,
+    sampler: TargetSampler,
+    ddp_model: torch.nn.Module | None = None,
+    ddp_disc: torch.nn.Module | None = None,
+) -> dict[str, float]:
+    """One epoch over `faces` (already on the device); returns mean loss parts and throughput."""
+    t = state.exp.train
+    model = ddp_model or state.model
+    disc = ddp_disc or state.disc
+    gen = torch.Generator().manual_seed(t.seed * 100_003 + state.epoch)
+    target_label, target_face = sampler.sample(state.epoch)
+    order = torch.randperm(len(faces), generator=gen)
+    steps = max(1, len(faces) // t.batch_size)  # drop the ragged last batch: BN dislikes tiny batches
+    state.model.train()
+    if state.disc is not None:
+        state.disc.train()
+    sums: dict[str, float] = {}
+    seen, start = 0, time.perf_counter()
+    for step in range(steps):
+        idx = order[step * t.batch_size : (step + 1) * t.batch_size]
+        idx_np = idx.numpy()
+        y = faces.labels[idx.to(faces.labels.device)]
+        yt = torch.as_tensor(target_label[idx_np], device=state.device)
+        x_u8, xt_u8 = faces.images[idx.to(faces.images.device)], faces.images[torch.as_tensor(target_face[idx_np])]
+        x, xt = augment([to_unit(x_u8.to(state.device)), to_unit(xt_u8.to(state.device))],
+                        t.crop_size, t.rotations, gen)  # (B, C, crop, crop) each, same geometry
+        if state.device.type == "cuda" and t.amp:
+            x, xt = x.contiguous(memory_format=torch.channels_last), xt.contiguous(memory_format=torch.channels_last)
+        progress = (state.epoch + step / steps) / t.epochs
+        parts = _step(state, model, disc, x, y, xt, yt, progress)
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        seen += len(idx)
+    if state.device.type == "cuda":
+        torch.cuda.synchronize(state.device)
+    elapsed = time.perf_counter() - start
+    state.sched_g.step()
+    if state.sched_d is not None:
+        state.sched_d.step()
+    metrics = {k: v / steps for k, v in sums.items()}
+    metrics.update(epoch=state.epoch, images=seen, seconds=elapsed, images_per_s=seen / max(elapsed, 1e-9))
+    state.epoch += 1
+    return metrics
+
+
+def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]:
+    """One training step: (1) discriminator, (2) generator + classifier. Returns loss parts."""
+    amp = state.exp.train.amp
+    if state.disc is None:  # fer_only: the classifier alone
+        with autocast(state.device, amp):
+            out = model(x)
+            total, parts = state.loss.generator_loss(out.logits.float(), y)
+        state.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        state.opt_g.step()
+        return parts
+
+    with autocast(state.device, amp):
+        out = model(x, yt)  # logits (B, E), fake (B, C, H, W)
+    # 1. Train the discriminator on real target faces vs. detached fakes (eq. 6).
+    state.disc.requires_grad_(True)
+    with autocast(state.device, amp):
+        d_total, d_parts = state.loss.discriminator_loss(disc(xt, yt).float(), disc(out.fake.detach(), yt).float())
+    state.opt_d.zero_grad(set_to_none=True)
+    d_total.backward()
+    state.opt_d.step()
+
+    # 2. Train the generator: classification, adversarial, reconstruction, cycle and identity terms.
+    state.disc.requires_grad_(False)  # D only passes gradients through to G here
+    with autocast(state.device, amp):
+        cycled = model(out.fake, y).fake  # G(z, G(z^t, I)), through the (DDP) forward
+        g_total, g_parts = state.loss.generator_loss(
+            out.logits.float(), y, fake=out.fake.float(), target_images=xt, source_images=x,
+            cycled=cycled.float(), d_fake=disc(out.fake, yt).float(), progress=progress,
+        )
+    state.opt_g.zero_grad(set_to_none=True)
+    g_total.backward()
+    state.opt_g.step()
+    g_parts.pop("lambda_idt", None)
+    return {**{f"g_{k}" if k == "total" else k: v for k, v in g_parts.items()},
+            **{k if k.startswith("d_") else f"d_{k}": v for k, v in d_parts.items()}}
+
+
+@torch.no_grad()
+def predict(model: FERSNetBase, faces: FaceSet, crop: int, batch_size: int = 256, amp: bool = True) -> torch.Tensor:
+    """Logits (N, E) of the centre-cropped faces."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(faces), batch_size):
+        x = to_unit(center_crop(faces.images[i : i + batch_size], crop).to(device))
+        with autocast(device, amp):
+            out.append(model(x).logits.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.num_classes)
+
+
+def evaluate(model: FERSNetBase, faces: FaceSet, crop: int, amp: bool = True) -> dict:
+    """Test accuracy and confusion matrix (rows: true class, columns: predicted)."""
+    n = model.cfg.num_classes
+    pred = predict(model, faces, crop, amp=amp).argmax(1)
+    true = faces.labels.cpu()
+    confusion = torch.bincount(true * n + pred, minlength=n * n).reshape(n, n)
+    correct = int((pred == true).sum())
+    return {
+        "accuracy": correct / max(len(true), 1),
+        "correct": correct,
+        "total": len(true),
+        "confusion": confusion.tolist(),
+        "predictions": dict(zip(faces.face_ids, pred.tolist())),
+    }
+
+
+def progress_line(fold: int, m: dict, epochs: int) -> str:
+    """One progress line per fold and epoch: loss parts, accuracy when measured."""
+    keys = ["cls", "gan", "rec", "cyc", "idt", "d_real", "d_fake"]
+    parts = " ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
+    acc = f" test_acc {m['accuracy']:.3f}" if "accuracy" in m else ""
+    return f"fold {fold} epoch {m['epoch'] + 1}/{epochs} {parts}{acc} ({m['images_per_s']:.0f} img/s)"
+

@@ -1,0 +1,161 @@
+"""Training: the plain-PyTorch loop pieces without Ray, then folds on a real local Ray with an S3 store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fersnet_ray.cli import app
+from fersnet_ray.prepare.job import PrepareConfig, prepare
+from fersnet_ray.store import Store
+from fersnet_ray.train.config import Experiment, make_experiment
+from fersnet_ray.train.data import FaceSet, TargetSampler, augment
+from fersnet_ray.train.job import TrainError, TrainJob, latest_checkpoint, read_checkpoint, train, write_checkpoint_dir
+from fersnet_ray.train.loop import FoldState, evaluate, train_epoch
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threading costs more than it saves on 2 cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def toy_faces(n_subjects=4, classes=(0, 1, 2), size=36) -> FaceSet:
+    gen = torch.Generator().manual_seed(0)
+    labels, subjects = [], []
+    for s in range(n_subjects):
+        for c in classes if s else classes[:1]:  # subject 0 shows a single expression
+            labels += [c, c]
+            subjects += [f"S{s}", f"S{s}"]
+    images = torch.randint(0, 256, (len(labels), 1, size, size), generator=gen, dtype=torch.uint8)
+    return FaceSet(images, torch.tensor(labels), np.array(subjects), [f"f{i}" for i in range(len(labels))])
+
+
+def test_experiment_round_trip_and_presets():
+    for preset in ("paper", "ck48", "tiny"):
+        exp = make_experiment(preset, variant="fersnet_hard", num_classes=6)
+        assert Experiment.from_dict(exp.to_dict()) == exp
+    with pytest.raises(ValueError, match="unknown variant 'resnet'"):
+        make_experiment("tiny", variant="resnet")
+
+
+def test_target_sampler_uses_expressions_the_subject_shows():
+    faces = toy_faces()
+    sampler = TargetSampler(faces.labels, faces.subjects, seed=0)
+    label, target = sampler.sample(epoch=3)
+    for i in range(len(faces)):
+        assert faces.subjects[target[i]] == faces.subjects[i]  # same identity
+        assert int(faces.labels[target[i]]) == label[i]  # the target face shows the target label
+        if faces.subjects[i] != "S0":
+            assert label[i] != int(faces.labels[i])  # a real translation
+        else:
+            assert label[i] == int(faces.labels[i])  # single-expression subject: reconstruct itself
+    assert sampler.single_expression_subjects() == ["S0"]
+    again = sampler.sample(epoch=3)
+    assert (again[0] == label).all() and (again[1] == target).all()  # resumable: seeded by epoch
+
+
+def test_augment_gives_a_pair_the_same_geometry():
+    x = torch.rand(5, 1, 36, 36)
+    a, b = augment([x, x.clone()], 32, (-15.0, 0.0, 15.0), torch.Generator().manual_seed(1))
+    assert a.shape == (5, 1, 32, 32) and torch.equal(a, b)
+    c, _ = augment([x, x], 32, (-15.0, 0.0, 15.0), torch.Generator().manual_seed(2))
+    assert not torch.equal(a, c)
+
+
+def test_lr_and_lambda_idt_schedules_at_start_and_end():
+    exp = make_experiment("tiny", epochs=3, lambda_idt_start=0.1, lambda_idt_end=0.5)
+    state = FoldState.create(exp)
+    assert state.opt_g.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert state.loss.lambda_idt(0.0) == pytest.approx(0.1) and state.loss.lambda_idt(1.0) == pytest.approx(0.5)
+    faces = toy_faces(size=36)
+    for _ in range(3):
+        metrics = train_epoch(state, faces, TargetSampler(faces.labels, faces.subjects, 0))
+    assert state.opt_g.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert state.opt_d.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert {"cls", "gan", "rec", "cyc", "d_real", "d_fake"} <= set(metrics) and state.epoch == 3
+
+
+def test_checkpoint_round_trip_weights_only_and_corruption(tmp_path):
+    exp = make_experiment("tiny", epochs=2)
+    state = FoldState.create(exp)
+    faces = toy_faces()
+    train_epoch(state, faces, TargetSampler(faces.labels, faces.subjects, 0))
+    folder = tmp_path / "runs" / "r" / "fold-0" / "checkpoint-epoch-0001"
+    folder.mkdir(parents=True)
+    write_checkpoint_dir(state.state_dict(), str(folder))
+    store = Store.from_uri(str(tmp_path))
+    assert latest_checkpoint(store, "r", 0) == str(folder)
+    restored = FoldState.create(exp)
+    restored.load_state_dict(read_checkpoint(store, str(folder)))
+    assert restored.epoch == 1 and restored.sched_g.last_epoch == state.sched_g.last_epoch
+    for a, b in zip(restored.model.state_dict().values(), state.model.state_dict().values()):
+        assert torch.equal(a, b)
+    result = evaluate(restored.model, faces, 32)
+    assert np.array(result["confusion"]).sum() == len(faces) == result["total"]
+
+    (folder / "state.pt").write_bytes((folder / "state.pt").read_bytes()[:100])  # truncated upload
+    with pytest.raises(TrainError, match="checkpoint-epoch-0001/state.pt is incomplete or corrupt"):
+        read_checkpoint(store, str(folder))
+    assert latest_checkpoint(store, "r", 0) is None
+
+
+def _checkpointed(store: Store, run: str, fold: int) -> int:
+    """Epochs done in the fold's newest complete checkpoint (0 if none)."""
+    path = latest_checkpoint(store, run, fold)
+    return json.loads(store.read_bytes(f"{path}/meta.json"))["epoch"] if path else 0
+
+
+def test_two_folds_on_ray_with_s3_checkpoints_resume_after_kill(ray_local, s3_bucket):
+    uri = f"{s3_bucket}/fer"
+    prepare(PrepareConfig(dataset="demo", store=uri, folds=3, options={"subjects": 6}))
+    store = Store.from_uri(uri)
+    epochs = 10
+    args = ["train", "--store", uri, "--dataset", "demo", "--run", "r", "--folds", "0,1", "--preset", "tiny",
+            "--epochs", str(epochs)]
+    address = ray_local.get_runtime_context().gcs_address
+    # The first attempt runs as its own driver process (as a user's terminal would), killed mid-run.
+    code = f"from fersnet_ray.cli import app; app({args + ['--address', address]!r})"
+    log = open(os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), "first-attempt.log"), "w")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and _checkpointed(store, "r", 0) < 4:
+            assert proc.poll() is None, f"the first attempt ended before it was killed: see {log.name}"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    at_kill = {f: _checkpointed(store, "r", f) for f in (0, 1)}
+    assert 4 <= at_kill[0] < epochs
+
+    out = runner.invoke(app, args)  # the same command again
+    assert out.exit_code == 0, out.output
+    for fold in (0, 1):
+        state = read_checkpoint(store, latest_checkpoint(store, "r", fold))
+        history = state["history"]
+        assert state["epoch"] == epochs and [m["epoch"] for m in history] == list(range(epochs))
+        resumed = [m for m in history if m["start_epoch"] > 0]
+        if 0 < at_kill[fold] < epochs:  # this fold had a checkpoint: the re-run went on from the epoch after it
+            assert resumed and resumed[0]["epoch"] == resumed[0]["start_epoch"] == at_kill[fold]
+        assert store.exists(f"{store.fold_dir('r', fold)}/evaluation.json")
+    assert "mean ± std over 2 folds" in out.stdout
+
+    # A finished run re-run is skipped; a different config is refused.
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "fold 0: finished earlier" in again.stdout
+    changed = runner.invoke(app, args[:-1] + ["12"])
+    assert changed.exit_code == 1 and "exists with a different config (experiment.train.epochs: 10 → 12)" in changed.stderr
