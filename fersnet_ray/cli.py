@@ -70,9 +70,10 @@ def _user_errors():
     from fersnet_ray.prepare.job import PrepareError
     from fersnet_ray.prepare.sources import SourceError
     from fersnet_ray.store import StoreError
+    from fersnet_ray.synth.job import SynthError
     from fersnet_ray.train.job import TrainError
 
-    return (PrepareError, SourceError, StoreError, TrainError, ValueError, FileNotFoundError, PermissionError)
+    return (PrepareError, SourceError, StoreError, TrainError, SynthError, ValueError, FileNotFoundError, PermissionError)
 
 
 @app.command()
@@ -196,6 +197,54 @@ def evaluate(
     from fersnet_ray.train.job import evaluate_run
 
     print_evaluation(_run(evaluate_run, Store.from_uri(store), run))
+
+
+@app.command()
+def synthesize(
+    run: Annotated[str, typer.Option(help="Trained run whose FES branches synthesise.")] = "demo",
+    store: StoreOpt = "./fersnet-store",
+    folds: Annotated[str, typer.Option(help="'all' (every trained fold) or a list, e.g. 0,3.")] = "all",
+    actors: Annotated[int, typer.Option(help="Generator actors (each loads the fold's FES branch once).")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per generator actor (0 on CPU).")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Faces per generator forward pass.")] = 256,
+    rows_per_shard: Annotated[int, typer.Option(help="Synthetic faces per Parquet shard (about).")] = 1200,
+    overwrite: Annotated[bool, typer.Option(help="Redo folds whose output is complete.")] = False,
+    address: AddressOpt = None,
+) -> None:
+    """Write every missing expression of every training face as balanced Parquet shards, exactly once."""
+    from fersnet_ray.runtime import init_ray
+    from fersnet_ray.synth.job import SynthJob, synthesize as run_synth
+
+    fold_list = None if folds == "all" else _parse_folds(folds, 0)
+    job = SynthJob(store=store, run=run, folds=fold_list, actors=actors, gpus_per_actor=gpus_per_actor,
+                   batch_size=batch_size, rows_per_shard=rows_per_shard, overwrite=overwrite)
+    _run(init_ray, address)
+    manifests = _run(run_synth, job)
+    table = Table("fold", "shards", "synthetic", "per class (real + synthetic)", "balanced", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for fold, m in manifests.items():
+        per = sorted(set(m["total_per_class"].values()))
+        table.add_row(str(fold), str(len(m["shards"])), str(m["rows"]), ", ".join(map(str, per)),
+                      "yes" if m["balanced"] else "no")
+    console.print(table)
+
+
+@app.command()
+def verify(
+    run: Annotated[str, typer.Option(help="Run whose synthetic shards to check.")] = "demo",
+    store: StoreOpt = "./fersnet-store",
+) -> None:
+    """Re-check every fold's shards: checksums, schema, no duplicates, no missing pairs, balance."""
+    from fersnet_ray.store import Store
+    from fersnet_ray.synth.verify import verify_run
+
+    problems = _run(verify_run, Store.from_uri(store), run)
+    bad = [p for ps in problems.values() for p in ps]
+    for p in bad:
+        err_console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
+    if bad:
+        raise typer.Exit(1)
+    console.print(f"{run}: {len(problems)} fold(s) verified: complete, no duplicates, balanced", highlight=False)
 
 
 def print_evaluation(summary: dict) -> None:

@@ -55,7 +55,7 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def check_schema(schema: pa.Schema, where: str, expected: pa.Schema = FACE_SCHEMA) -> None:
+def check_schema(schema: pa.Schema, where: str, expected: pa.Schema = FACE_SCHEMA, what: str = "face table") -> None:
     """Raises a clear error naming `where` when a Parquet file does not hold the expected columns."""
     missing = [f.name for f in expected if f.name not in schema.names]
     wrong = [
@@ -65,7 +65,7 @@ def check_schema(schema: pa.Schema, where: str, expected: pa.Schema = FACE_SCHEM
     ]
     if missing or wrong:
         reasons = ([f"missing columns {missing}"] if missing else []) + wrong
-        raise StoreError(f"{where}: not a face table of this version ({'; '.join(reasons)})")
+        raise StoreError(f"{where}: not a {what} of this version ({'; '.join(reasons)})")
 
 
 def table_dir(store: Store, name: str) -> str:

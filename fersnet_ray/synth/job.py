@@ -1,0 +1,386 @@
+"""Stage 3, synthesize: every missing expression of every training face, written exactly once.
+
+    fersnet synthesize --store URI --run NAME [--folds all --actors 2 --gpus-per-actor 1 --rows-per-shard 1200]
+
+For fold k the sources are the face table's training faces (fold ≠ k). Each source face is
+synthesised with every expression other than its own by the fold's FES branch, so real +
+synthetic faces per class are equal (the paper's "completely balanced" set).
+
+Exactly once: the driver plans shards from the face table's metadata alone: the fold's training
+rows in table order, cut into consecutive chunks, shard s ↦ `part-{s:05d}.parquet`. The plan
+depends only on the table and --rows-per-shard, so a re-run writes the same names. A shard counts
+as done when its sidecar `_part-{s:05d}.json` (rows, per-class counts, SHA-256; written after the
+Parquet file) matches the file; a re-run after a crash writes only shards that are not done.
+Files are written to a temporary name and moved into place, so no half-written shard is ever
+read as done. `_manifest.json`, written last, marks the fold complete.
+
+Ray Data pipeline, one block per shard so the stages overlap:
+    read (CPU tasks)  shard spec → source rows from the face table (only the needed row groups)
+    generate (actor pool, GPU)  FES branch built once per actor from the checkpoint *path*; bf16
+    write (CPU tasks)  PNG encode, Parquet to tmp, move, sidecar → one summary row per shard
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fersnet_ray.store import Store, StoreError
+from fersnet_ray.table import check_schema, face_id, read_card, table_files
+
+MANIFEST = "_manifest.json"
+
+# Documented in the README ("Synthetic shards"); same conventions as the face table.
+SYNTH_SCHEMA = pa.schema(
+    [
+        ("face_id", pa.string()),  # deterministic: hash of source face_id and target label
+        ("source_face_id", pa.string()),
+        ("subject", pa.string()),
+        ("label", pa.int64()),  # the target expression
+        ("label_name", pa.string()),
+        ("source_label", pa.int64()),
+        ("fold", pa.int64()),  # the fold whose training split this face augments
+        ("image", pa.binary()),  # PNG, the face table's size and channels
+        ("checkpoint", pa.string()),  # generator: checkpoint path @ sha256
+        ("score", pa.float32()),  # recogniser's probability of the target (null without one)
+    ]
+)
+
+
+class SynthError(RuntimeError):
+    """A fold that cannot be synthesised or verified; the message names the thing and the reason."""
+
+
+@dataclass(frozen=True)
+class SynthJob:
+    store: str
+    run: str
+    folds: tuple[int, ...] | None = None  # None: every trained fold
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    batch_size: int = 256
+    rows_per_shard: int = 1200
+    overwrite: bool = False
+
+
+def synthetic_face_id(source_face_id: str, target: int) -> str:
+    return face_id(source_face_id, f"target={target}")
+
+
+def shard_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
+def sidecar_name(shard: int) -> str:
+    return f"_part-{shard:05d}.json"
+
+
+def plan_shards(store: Store, dataset: str, fold: int, num_classes: int, rows_per_shard: int) -> list[dict]:
+    """Shard specs for a fold: consecutive training rows of the face table, in table order.
+
+    Each spec: {"shard": s, "rows": [(file, [row indices])...], "sources": n}. Only metadata
+    columns are read, never the images.
+    """
+    per_source = num_classes - 1
+    sources_per_shard = max(1, rows_per_shard // per_source)
+    entries: list[tuple[str, int]] = []
+    for path in table_files(store, dataset):
+        folds = pq.read_table(path, columns=["fold"], filesystem=store.arrow_fs)["fold"].to_numpy()
+        entries += [(path, int(i)) for i in np.flatnonzero(folds != fold)]
+    if not entries:
+        raise SynthError(f"face table {dataset!r} has no training faces for fold {fold}")
+    shards = []
+    for s, start in enumerate(range(0, len(entries), sources_per_shard)):
+        chunk = entries[start : start + sources_per_shard]
+        by_file: dict[str, list[int]] = {}
+        for path, i in chunk:
+            by_file.setdefault(path, []).append(i)
+        shards.append({"shard": s, "rows": list(by_file.items()), "sources": len(chunk)})
+    return shards
+
+
+def shard_done(store: Store, folder: str, shard: int, checkpoint_id: str) -> dict | None:
+    """The shard's sidecar if its Parquet file is complete (size matches) and from this generator."""
+    side = f"{folder}/{sidecar_name(shard)}"
+    part = f"{folder}/{shard_name(shard)}"
+    try:
+        info = json.loads(store.read_bytes(side))
+        return info if store.fs.size(part) == info["bytes"] and info["checkpoint"] == checkpoint_id else None
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+
+
+# --- pipeline stages (plain functions; the Ray calls are in `synthesize`) ---------------------------
+
+
+def read_sources(batch: dict, store: Store) -> dict:
+    """Stage 1: one shard spec → its source rows (face_id, subject, label, image) and the shard id."""
+    spec = json.loads(batch["spec"][0])
+    cols = ["face_id", "subject", "label", "image"]
+    tables = []
+    for path, rows in spec["rows"]:
+        pf = pq.ParquetFile(path, filesystem=store.arrow_fs)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+        offsets = np.cumsum([0] + sizes)  # first row of each row group
+        group_of = {r: int(np.searchsorted(offsets, r, side="right") - 1) for r in rows}
+        groups = sorted(set(group_of.values()))  # read only the row groups that hold the shard's rows
+        start_in_read, pos = {}, 0
+        for g in groups:
+            start_in_read[g] = pos
+            pos += sizes[g]
+        take = [start_in_read[group_of[r]] + r - offsets[group_of[r]] for r in rows]
+        tables.append(pf.read_row_groups(groups, columns=cols).take(take))
+    out = pa.concat_tables(tables).to_pydict()
+    return {
+        "shard": np.full(len(out["face_id"]), spec["shard"]),
+        "face_id": np.array(out["face_id"], dtype=object),
+        "subject": np.array(out["subject"], dtype=object),
+        "label": np.array(out["label"]),
+        "image": np.array(out["image"], dtype=object),
+    }
+
+
+class Generator:
+    """Stage 2, a Ray Data actor: the fold's FES branch, built once from the checkpoint path.
+
+    Input columns: shard, face_id, subject, label, image (PNG of the face table).
+    Output columns: shard, source_face_id, subject, source_label, label (target), image (uint8 array
+    in the face table's size and channels). Every source gets every target ≠ its own label.
+    """
+
+    def __init__(self, store: Store, checkpoint: str, batch_size: int, aligned_size: int):
+        import torch
+
+        from fersnet_ray.model import create_model
+        from fersnet_ray.train.config import Experiment
+        from fersnet_ray.train.job import read_checkpoint
+
+        state = read_checkpoint(store, checkpoint)
+        self.exp = Experiment.from_dict(state["experiment"])
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = create_model(self.exp.model).to(self.device).eval()
+        self.model.load_state_dict(state["model"])
+        if self.model.fes_head is None:
+            raise SynthError(f"checkpoint {checkpoint} is a {self.exp.model.variant!r} model: it has no FES branch")
+        self.batch_size, self.aligned_size = batch_size, aligned_size
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+        import torch.nn.functional as F
+
+        from fersnet_ray.train.data import center_crop, decode_faces, to_unit
+        from fersnet_ray.train.loop import autocast
+
+        t, e = self.exp.train, self.exp.model.num_classes
+        faces = decode_faces(list(batch["image"]), t.load_size)  # (N, C, L, L) uint8
+        labels = np.asarray(batch["label"], dtype=np.int64)
+        src = np.repeat(np.arange(len(labels)), e - 1)  # source index of each pair
+        tgt = np.array([y for lab in labels for y in range(e) if y != lab], dtype=np.int64)
+        off = (t.load_size - t.crop_size) // 2
+        out = faces[src].clone()  # (P, C, L, L): the synthesis replaces the centre crop, the border stays real
+        with torch.no_grad():
+            for i in range(0, len(src), self.batch_size):
+                j = slice(i, i + self.batch_size)
+                x = to_unit(center_crop(faces[src[j]], t.crop_size).to(self.device))
+                with autocast(self.device, t.amp):
+                    fake = self.model.synthesize(x, torch.as_tensor(tgt[j], device=self.device))
+                u8 = ((fake.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+                out[j, :, off : off + t.crop_size, off : off + t.crop_size] = u8
+        if t.load_size != self.aligned_size:
+            out = F.interpolate(out.float(), size=(self.aligned_size,) * 2, mode="bilinear", antialias=True,
+                                align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        images = out.permute(0, 2, 3, 1).numpy()  # (P, S, S, C)
+        return {
+            "shard": np.asarray(batch["shard"])[src],
+            "source_face_id": np.asarray(batch["face_id"], dtype=object)[src],
+            "subject": np.asarray(batch["subject"], dtype=object)[src],
+            "source_label": labels[src],
+            "label": tgt,
+            "image": images[..., 0] if images.shape[-1] == 1 else images,
+        }
+
+
+def write_shard(batch: dict, store: Store, folder: str, fold: int, classes: list[str], checkpoint_id: str) -> dict:
+    """Stage 3: PNG-encode one shard's rows, write part-NNNNN.parquet (tmp + move), then its sidecar."""
+    from PIL import Image
+
+    from fersnet_ray.table import encode_png
+
+    shards = set(np.asarray(batch["shard"]).tolist())
+    if len(shards) != 1:
+        raise SynthError(f"a write block mixes shards {sorted(shards)}")  # one block per shard by construction
+    shard = shards.pop()
+    n = len(batch["label"])
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    table = pa.Table.from_pydict(
+        {
+            "face_id": [synthetic_face_id(s, int(y)) for s, y in zip(batch["source_face_id"], labels)],
+            "source_face_id": list(batch["source_face_id"]),
+            "subject": list(batch["subject"]),
+            "label": labels,
+            "label_name": [classes[y] for y in labels],
+            "source_label": np.asarray(batch["source_label"], dtype=np.int64),
+            "fold": np.full(n, fold, dtype=np.int64),
+            "image": [encode_png(Image.fromarray(np.ascontiguousarray(img))) for img in batch["image"]],
+            "checkpoint": [checkpoint_id] * n,
+            "score": pa.nulls(n, pa.float32()),
+        },
+        schema=SYNTH_SCHEMA,
+    )
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    data = buf.getvalue().to_pybytes()
+    part = f"{folder}/{shard_name(shard)}"
+    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}-{shard_name(shard)}"
+    store.write_bytes(tmp, data)
+    store.fs.mv(tmp, part)
+    info = {
+        "shard": shard,
+        "file": shard_name(shard),
+        "rows": n,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "checkpoint": checkpoint_id,
+        "per_class": {classes[c]: int(k) for c, k in sorted(Counter(labels.tolist()).items())},
+    }
+    store.write_json(f"{folder}/{sidecar_name(shard)}", info)
+    return {"shard": np.array([shard]), "info": np.array([json.dumps(info)], dtype=object)}
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+def trained_folds(store: Store, run: str) -> list[int]:
+    run_dir = store.run_dir(run)
+    if not store.exists(f"{run_dir}/config.json"):
+        raise StoreError(f"no run {run!r} in {store.uri}")
+    names = [p.rsplit("/", 1)[-1] for p in store.fs.ls(run_dir, detail=False)]
+    return sorted(int(n[5:]) for n in names if n.startswith("fold-") and n[5:].isdigit())
+
+
+def synthesize_fold(job: SynthJob, fold: int) -> dict:
+    """Synthesises one fold (skipping done shards) and writes its manifest; returns the manifest."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from fersnet_ray.train.job import latest_checkpoint, META_FILE
+
+    store = Store.from_uri(job.store)
+    config = store.read_json(f"{store.run_dir(job.run)}/config.json")
+    dataset = config["dataset"]
+    card = read_card(store, dataset)
+    classes = card["classes"]
+    checkpoint = latest_checkpoint(store, job.run, fold)
+    if checkpoint is None:
+        raise SynthError(f"fold {fold} of run {job.run!r} has no complete checkpoint in {store.uri_of('runs', job.run)}")
+    meta = json.loads(store.read_bytes(f"{checkpoint}/{META_FILE}"))
+    checkpoint_id = f"{posixpath.relpath(checkpoint, store.root)}@sha256:{meta['sha256'][:16]}"
+    folder = store.synthetic_dir(job.run, fold)
+
+    manifest_path = f"{folder}/{MANIFEST}"
+    if not job.overwrite:
+        _check_foreign_files(store, folder)
+    if store.exists(manifest_path) and not job.overwrite:
+        manifest = store.read_json(manifest_path)
+        if manifest.get("checkpoint") == checkpoint_id:
+            print(f"fold {fold}: synthetic shards complete, skipped (--overwrite to redo)", flush=True)
+            return manifest
+    if job.overwrite:
+        store.remove(folder)
+    else:
+        store.remove(manifest_path)  # the fold is being (re)written: not complete until the manifest returns
+
+    specs = plan_shards(store, dataset, fold, len(classes), job.rows_per_shard)
+    done = {s["shard"]: shard_done(store, folder, s["shard"], checkpoint_id) for s in specs}
+    todo = [s for s in specs if not done[s["shard"]]]
+    print(f"fold {fold}: {len(specs)} shards, {len(specs) - len(todo)} already written, {len(todo)} to write",
+          flush=True)
+    if todo:
+        ds = ray.data.from_items([{"spec": json.dumps(s)} for s in todo], override_num_blocks=len(todo))
+        summaries = (
+            ds.map_batches(read_sources, fn_kwargs=dict(store=store), batch_size=None)
+            .map_batches(
+                Generator,
+                fn_constructor_kwargs=dict(
+                    store=store, checkpoint=checkpoint, batch_size=job.batch_size,
+                    aligned_size=card["alignment"]["size"],
+                ),
+                batch_size=None,
+                compute=ActorPoolStrategy(min_size=1, max_size=job.actors),
+                num_gpus=job.gpus_per_actor,
+                num_cpus=0 if job.gpus_per_actor else 1,
+            )
+            .map_batches(
+                write_shard,
+                fn_kwargs=dict(store=store, folder=folder, fold=fold, classes=classes, checkpoint_id=checkpoint_id),
+                batch_size=None,
+            )
+            .take_all()
+        )
+        for row in summaries:
+            done[int(row["shard"])] = json.loads(row["info"])
+    return _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, [done[s["shard"]] for s in specs])
+
+
+def _check_foreign_files(store: Store, folder: str) -> None:
+    """A Parquet file in the output folder that we did not write is an error, not something to count."""
+    if not store.exists(folder):
+        return
+    for path in store.fs.ls(folder, detail=False):
+        name = path.rsplit("/", 1)[-1]
+        if name.endswith(".parquet") and not name.startswith("_tmp-"):
+            try:
+                schema = pq.ParquetFile(path, filesystem=store.arrow_fs).schema_arrow
+                check_schema(schema, store.uri_of(path[len(store.root):]), SYNTH_SCHEMA, "synthetic shard")
+            except StoreError as e:
+                raise SynthError(f"{e}; remove it or pass --overwrite") from None
+            except Exception:  # noqa: BLE001 - unreadable: a crashed write of ours; it will be rewritten
+                store.remove(path)
+        elif name.startswith("_tmp-"):
+            store.remove(path)  # leftover of an interrupted write
+
+
+def _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, shards: list[dict]) -> dict:
+    real = read_card(store, dataset)["counts"]["per_fold_class"]
+    real_train = Counter()
+    for f, per in real.items():
+        if int(f) != fold:
+            real_train.update(per)
+    synth = Counter()
+    for s in shards:
+        synth.update(s["per_class"])
+    totals = {c: real_train[c] + synth[c] for c in classes}
+    manifest = {
+        "fold": fold,
+        "dataset": dataset,
+        "checkpoint": checkpoint_id,
+        "classes": classes,
+        "shards": shards,
+        "rows": sum(s["rows"] for s in shards),
+        "synthetic_per_class": {c: synth[c] for c in classes},
+        "real_per_class": {c: real_train[c] for c in classes},
+        "total_per_class": totals,
+        "balanced": len(set(totals.values())) == 1,
+        "schema": {f.name: str(f.type) for f in SYNTH_SCHEMA},
+    }
+    store.write_json(f"{folder}/{MANIFEST}", manifest)
+    return manifest
+
+
+def synthesize(job: SynthJob) -> dict[int, dict]:
+    """Runs every requested fold (one after another; each fold's shards run in parallel)."""
+    store = Store.from_uri(job.store)
+    store.check_writable()
+    folds = job.folds if job.folds is not None else tuple(trained_folds(store, job.run))
+    if not folds:
+        raise SynthError(f"run {job.run!r} has no trained fold")
+    return {f: synthesize_fold(job, f) for f in folds}
+

@@ -1,0 +1,133 @@
+"""Synthesis on a real local Ray with an s3:// store (moto): balance, schema, exactly-once, repair."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from fersnet_ray.cli import app
+from fersnet_ray.prepare.job import PrepareConfig, prepare
+from fersnet_ray.store import Store
+from fersnet_ray.synth.job import MANIFEST, SYNTH_SCHEMA, SynthError, SynthJob, synthesize
+from fersnet_ray.synth.verify import verify_run
+from fersnet_ray.table import read_faces
+from fersnet_ray.train.config import make_experiment
+from fersnet_ray.train.job import TrainJob, train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, s3_endpoint):
+    """A demo data set (6 subjects, 3 folds) and a tiny FERSNet trained 2 epochs on fold 0, in S3."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="synth")
+    uri = "s3://synth/fer"
+    prepare(PrepareConfig(dataset="demo", store=uri, folds=3, options={"subjects": 6}))
+    exp = make_experiment("tiny", epochs=2)
+    train(TrainJob(store=uri, dataset="demo", run="r", experiment=exp.to_dict(), folds=(0,)))
+    return uri
+
+
+def shard_files(store: Store, fold: int = 0) -> list[str]:
+    folder = store.synthetic_dir("r", fold)
+    return sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False) if p.endswith(".parquet"))
+
+
+def test_balanced_schema_and_verify(trained):
+    store = Store.from_uri(trained)
+    manifest = synthesize(SynthJob(store=trained, run="r", rows_per_shard=60))[0]
+    faces = read_faces(store, "demo", columns=["face_id", "label", "fold"]).to_pylist()
+    train_faces = [f for f in faces if f["fold"] != 0]
+    assert manifest["rows"] == len(train_faces) * 6  # every other expression of every training face
+    assert manifest["balanced"] and set(manifest["total_per_class"].values()) == {len(train_faces)}
+    files = shard_files(store)
+    assert files == [f"part-{i:05d}.parquet" for i in range(len(manifest["shards"]))] and len(files) > 1
+    table = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs)  # pyarrow alone reads it
+    assert table.schema.equals(SYNTH_SCHEMA)
+    assert len(set(table["face_id"].to_pylist())) == table.num_rows
+    rows = table.drop(["image"]).to_pylist()
+    assert all(r["label"] != r["source_label"] and r["fold"] == 0 for r in rows)
+    assert all(r["checkpoint"].startswith("runs/r/fold-0/checkpoint-epoch-0002@sha256:") for r in rows)
+    assert verify_run(store, "r") == {0: []}
+    out = runner.invoke(app, ["verify", "--store", trained, "--run", "r"])
+    assert out.exit_code == 0 and "1 fold(s) verified" in out.stdout
+
+    # Complete output is skipped on a re-run.
+    again = runner.invoke(app, ["synthesize", "--store", trained, "--run", "r", "--rows-per-shard", "60"])
+    assert again.exit_code == 0 and "fold 0: synthetic shards complete, skipped" in again.stdout
+
+
+def test_deleted_shard_fails_verify_and_rerun_restores_it(trained):
+    store = Store.from_uri(trained)
+    synthesize(SynthJob(store=trained, run="r", rows_per_shard=60))
+    files = shard_files(store)
+    before = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs).sort_by("face_id")
+    store.fs.rm(f"{store.synthetic_dir('r', 0)}/{files[1]}")
+    out = runner.invoke(app, ["verify", "--store", trained, "--run", "r"])
+    assert out.exit_code == 1 and f"shard s3://synth/fer/runs/r/synthetic/fold-0/{files[1]} is missing" in out.stderr
+
+    # Re-running writes the missing shard only (the manifest is rewritten, so the fold is redone).
+    store.remove(f"{store.synthetic_dir('r', 0)}/{MANIFEST}")
+    out = runner.invoke(app, ["synthesize", "--store", trained, "--run", "r", "--rows-per-shard", "60"])
+    assert out.exit_code == 0 and f"{len(files) - 1} already written, 1 to write" in out.stdout
+    assert shard_files(store) == files
+    after = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs).sort_by("face_id")
+    assert after.drop(["image"]).equals(before.drop(["image"]))
+    assert verify_run(store, "r") == {0: []}
+
+
+def test_killed_synthesis_resumes_without_duplicates(trained, ray_local):
+    store = Store.from_uri(trained)
+    folder = store.synthetic_dir("r", 0)
+    store.remove(folder)  # start from nothing, so every shard seen below is this attempt's
+    args = ["synthesize", "--store", trained, "--run", "r", "--rows-per-shard", "12"]
+    code = f"from fersnet_ray.cli import app; app({args + ['--address', ray_local.get_runtime_context().gcs_address]!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+    def sidecars() -> int:
+        if not store.exists(folder):
+            return 0
+        return sum(p.rsplit("/", 1)[-1].startswith("_part-") for p in store.fs.ls(folder, detail=False))
+
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and sidecars() < 2:
+            assert proc.poll() is None, "synthesis ended before it was killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not store.exists(f"{folder}/{MANIFEST}")  # an interrupted fold is never marked complete
+    assert verify_run(store, "r")[0]  # and verify says so
+
+    out = runner.invoke(app, args)  # the same command again
+    assert out.exit_code == 0, out.output
+    table = pq.read_table(folder, filesystem=store.arrow_fs)
+    assert len(set(table["face_id"].to_pylist())) == table.num_rows
+    assert shard_files(store) == [f"part-{i:05d}.parquet" for i in range(len(shard_files(store)))]
+    assert verify_run(store, "r") == {0: []}
+
+
+def test_bad_inputs_are_clear_errors(trained, tmp_path):
+    store = Store.from_uri(trained)
+    with pytest.raises(SynthError, match=r"fold 2 of run 'r' has no complete checkpoint"):
+        synthesize(SynthJob(store=trained, run="r", folds=(2,)))
+    out = runner.invoke(app, ["synthesize", "--store", trained, "--run", "nope"])
+    assert out.exit_code == 1 and out.stderr.startswith("error: no run 'nope' in s3://synth/fer")
+    # A foreign Parquet file in the output folder is named, not counted.
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"x": [1]}), f"{store.synthetic_dir('r', 0)}/part-09999.parquet", filesystem=store.arrow_fs)
+    with pytest.raises(SynthError, match=r"fer/runs/r/synthetic/fold-0/part-09999.parquet: not a synthetic shard of this version .*--overwrite"):
+        synthesize(SynthJob(store=trained, run="r", overwrite=False, rows_per_shard=61))
+    store.fs.rm(f"{store.synthetic_dir('r', 0)}/part-09999.parquet")
