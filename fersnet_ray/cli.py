@@ -209,6 +209,13 @@ def synthesize(
     batch_size: Annotated[int, typer.Option(help="Faces per generator forward pass.")] = 256,
     rows_per_shard: Annotated[int, typer.Option(help="Synthetic faces per Parquet shard (about).")] = 1200,
     overwrite: Annotated[bool, typer.Option(help="Redo folds whose output is complete.")] = False,
+    min_score: Annotated[
+        Optional[float], typer.Option(help="Keep rows whose recogniser probability of the target is ≥ this.")
+    ] = None,
+    quality: Annotated[
+        bool, typer.Option(help="Train each fold's recogniser: Table V accuracy, row scores, contact sheet.")
+    ] = True,
+    recognizer_epochs: Annotated[int, typer.Option(help="Epochs of that recogniser.")] = 30,
     address: AddressOpt = None,
 ) -> None:
     """Write every missing expression of every training face as balanced Parquet shards, exactly once."""
@@ -217,15 +224,17 @@ def synthesize(
 
     fold_list = None if folds == "all" else _parse_folds(folds, 0)
     job = SynthJob(store=store, run=run, folds=fold_list, actors=actors, gpus_per_actor=gpus_per_actor,
-                   batch_size=batch_size, rows_per_shard=rows_per_shard, overwrite=overwrite)
+                   batch_size=batch_size, rows_per_shard=rows_per_shard, overwrite=overwrite, min_score=min_score,
+                   quality=quality, recognizer_epochs=recognizer_epochs)
     _run(init_ray, address)
     manifests = _run(run_synth, job)
-    table = Table("fold", "shards", "synthetic", "per class (real + synthetic)", "balanced", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+    table = Table("fold", "shards", "synthetic", "per class (real + synthetic)", "balanced", "Table V acc.",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     for fold, m in manifests.items():
         per = sorted(set(m["total_per_class"].values()))
+        q = m.get("quality")
         table.add_row(str(fold), str(len(m["shards"])), str(m["rows"]), ", ".join(map(str, per)),
-                      "yes" if m["balanced"] else "no")
+                      "yes" if m["balanced"] else "no", f"{100 * q['synthetic_test_accuracy']:.2f}%" if q else "-")
     console.print(table)
 
 
@@ -244,7 +253,9 @@ def verify(
         err_console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(1)
-    console.print(f"{run}: {len(problems)} fold(s) verified: complete, no duplicates, balanced", highlight=False)
+    console.print(f"{run}: {len(problems)} fold(s) verified: checksums, schema, no duplicate, no missing pair, "
+                  "real + synthetic faces equal per class (or, after --min-score, as its manifest records)",
+                  highlight=False, soft_wrap=True)
 
 
 def print_evaluation(summary: dict) -> None:

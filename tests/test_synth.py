@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -44,7 +45,7 @@ def shard_files(store: Store, fold: int = 0) -> list[str]:
 
 def test_balanced_schema_and_verify(trained):
     store = Store.from_uri(trained)
-    manifest = synthesize(SynthJob(store=trained, run="r", rows_per_shard=60))[0]
+    manifest = synthesize(SynthJob(store=trained, run="r", rows_per_shard=60, recognizer_epochs=2))[0]
     faces = read_faces(store, "demo", columns=["face_id", "label", "fold"]).to_pylist()
     train_faces = [f for f in faces if f["fold"] != 0]
     assert manifest["rows"] == len(train_faces) * 6  # every other expression of every training face
@@ -57,6 +58,11 @@ def test_balanced_schema_and_verify(trained):
     rows = table.drop(["image"]).to_pylist()
     assert all(r["label"] != r["source_label"] and r["fold"] == 0 for r in rows)
     assert all(r["checkpoint"].startswith("runs/r/fold-0/checkpoint-epoch-0002@sha256:") for r in rows)
+    assert all(0.0 <= r["score"] <= 1.0 for r in rows)  # the recogniser's probability of the target
+    quality = manifest["quality"]  # Table V protocol on the held-out subjects of fold 0
+    assert quality["synthetic_test_faces"] == 6 * sum(f["fold"] == 0 for f in faces)
+    assert 0.0 <= quality["synthetic_test_accuracy"] <= 1.0
+    assert store.read_bytes(f"{store.synthetic_dir('r', 0)}/_contact_sheet.png")[:4] == b"\x89PNG"
     assert verify_run(store, "r") == {0: []}
     out = runner.invoke(app, ["verify", "--store", trained, "--run", "r"])
     assert out.exit_code == 0 and "1 fold(s) verified" in out.stdout
@@ -116,6 +122,20 @@ def test_killed_synthesis_resumes_without_duplicates(trained, ray_local):
     assert len(set(table["face_id"].to_pylist())) == table.num_rows
     assert shard_files(store) == [f"part-{i:05d}.parquet" for i in range(len(shard_files(store)))]
     assert verify_run(store, "r") == {0: []}
+
+
+def test_min_score_filters_and_reports_balance_as_it_is(trained):
+    store = Store.from_uri(trained)
+    synthesize(SynthJob(store=trained, run="r", rows_per_shard=60, recognizer_epochs=2))  # skipped if complete
+    scores = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs, columns=["score"])["score"]
+    threshold = float(np.median(scores.to_numpy()))  # about half the rows fall below it
+    manifest = synthesize(SynthJob(store=trained, run="r", rows_per_shard=60, min_score=threshold))[0]
+    below = sum(manifest["below_min_score_per_class"].values())
+    assert below > 0 and manifest["rows"] + below == 6 * sum(manifest["real_per_class"].values())
+    table = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs, columns=["score"])
+    assert table.num_rows > 0 and min(table["score"].to_pylist()) >= threshold
+    assert manifest["balanced"] == (len(set(manifest["total_per_class"].values())) == 1)
+    assert verify_run(store, "r") == {0: []}  # filtered rows are recorded, not missing
 
 
 def test_bad_inputs_are_clear_errors(trained, tmp_path):

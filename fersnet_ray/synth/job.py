@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -69,6 +70,9 @@ class SynthJob:
     batch_size: int = 256
     rows_per_shard: int = 1200
     overwrite: bool = False
+    min_score: float | None = None  # keep only rows the recogniser gives at least this target probability
+    quality: bool = True  # train the fold's recogniser: Table V accuracy, per-row scores, contact sheet
+    recognizer_epochs: int = 30
 
 
 def synthetic_face_id(source_face_id: str, target: int) -> str:
@@ -103,17 +107,23 @@ def plan_shards(store: Store, dataset: str, fold: int, num_classes: int, rows_pe
         by_file: dict[str, list[int]] = {}
         for path, i in chunk:
             by_file.setdefault(path, []).append(i)
-        shards.append({"shard": s, "rows": list(by_file.items()), "sources": len(chunk)})
+        spec = {"shard": s, "rows": list(by_file.items()), "sources": len(chunk)}
+        # Identifies the rows a shard holds: a done shard of another plan (other --rows-per-shard, a
+        # re-prepared table) must not count as done.
+        spec["spec_id"] = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+        shards.append(spec)
     return shards
 
 
-def shard_done(store: Store, folder: str, shard: int, checkpoint_id: str) -> dict | None:
-    """The shard's sidecar if its Parquet file is complete (size matches) and from this generator."""
-    side = f"{folder}/{sidecar_name(shard)}"
-    part = f"{folder}/{shard_name(shard)}"
+def shard_done(store: Store, folder: str, spec: dict, checkpoint_id: str, min_score: float | None) -> dict | None:
+    """The shard's sidecar if its Parquet file is complete (size matches), of this plan, generator and filter."""
+    side = f"{folder}/{sidecar_name(spec['shard'])}"
+    part = f"{folder}/{shard_name(spec['shard'])}"
     try:
         info = json.loads(store.read_bytes(side))
-        return info if store.fs.size(part) == info["bytes"] and info["checkpoint"] == checkpoint_id else None
+        same = (info["checkpoint"], info.get("min_score"), info.get("spec_id")) == (checkpoint_id, min_score,
+                                                                                   spec["spec_id"])
+        return info if same and store.fs.size(part) == info["bytes"] else None
     except (FileNotFoundError, ValueError, KeyError):
         return None
 
@@ -141,6 +151,7 @@ def read_sources(batch: dict, store: Store) -> dict:
     out = pa.concat_tables(tables).to_pydict()
     return {
         "shard": np.full(len(out["face_id"]), spec["shard"]),
+        "spec_id": np.full(len(out["face_id"]), spec["spec_id"], dtype=object),
         "face_id": np.array(out["face_id"], dtype=object),
         "subject": np.array(out["subject"], dtype=object),
         "label": np.array(out["label"]),
@@ -149,17 +160,19 @@ def read_sources(batch: dict, store: Store) -> dict:
 
 
 class Generator:
-    """Stage 2, a Ray Data actor: the fold's FES branch, built once from the checkpoint path.
+    """Stage 2, a Ray Data actor: the fold's FES branch (and recogniser), built once from their paths.
 
     Input columns: shard, face_id, subject, label, image (PNG of the face table).
     Output columns: shard, source_face_id, subject, source_label, label (target), image (uint8 array
-    in the face table's size and channels). Every source gets every target ≠ its own label.
+    in the face table's size and channels), score (recogniser's probability of the target, or NaN).
+    Every source gets every target ≠ its own label.
     """
 
-    def __init__(self, store: Store, checkpoint: str, batch_size: int, aligned_size: int):
+    def __init__(self, store: Store, checkpoint: str, batch_size: int, aligned_size: int, recognizer: str | None):
         import torch
 
         from fersnet_ray.model import create_model
+        from fersnet_ray.synth.quality import load_fold_recognizer
         from fersnet_ray.train.config import Experiment
         from fersnet_ray.train.job import read_checkpoint
 
@@ -170,46 +183,49 @@ class Generator:
         self.model.load_state_dict(state["model"])
         if self.model.fes_head is None:
             raise SynthError(f"checkpoint {checkpoint} is a {self.exp.model.variant!r} model: it has no FES branch")
+        self.recognizer = load_fold_recognizer(store, recognizer).to(self.device) if recognizer else None
         self.batch_size, self.aligned_size = batch_size, aligned_size
 
     def __call__(self, batch: dict) -> dict:
         import torch
         import torch.nn.functional as F
 
-        from fersnet_ray.train.data import center_crop, decode_faces, to_unit
-        from fersnet_ray.train.loop import autocast
+        from fersnet_ray.synth.quality import synthesize_all_targets
+        from fersnet_ray.synth.recognizer import target_probability
+        from fersnet_ray.train.data import FaceSet, decode_faces
 
-        t, e = self.exp.train, self.exp.model.num_classes
-        faces = decode_faces(list(batch["image"]), t.load_size)  # (N, C, L, L) uint8
-        labels = np.asarray(batch["label"], dtype=np.int64)
-        src = np.repeat(np.arange(len(labels)), e - 1)  # source index of each pair
-        tgt = np.array([y for lab in labels for y in range(e) if y != lab], dtype=np.int64)
-        off = (t.load_size - t.crop_size) // 2
-        out = faces[src].clone()  # (P, C, L, L): the synthesis replaces the centre crop, the border stays real
-        with torch.no_grad():
-            for i in range(0, len(src), self.batch_size):
-                j = slice(i, i + self.batch_size)
-                x = to_unit(center_crop(faces[src[j]], t.crop_size).to(self.device))
-                with autocast(self.device, t.amp):
-                    fake = self.model.synthesize(x, torch.as_tensor(tgt[j], device=self.device))
-                u8 = ((fake.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-                out[j, :, off : off + t.crop_size, off : off + t.crop_size] = u8
-        if t.load_size != self.aligned_size:
+        t = self.exp.train
+        labels = torch.as_tensor(np.array(batch["label"], dtype=np.int64))  # a writable copy
+        faces = FaceSet(decode_faces(list(batch["image"]), t.load_size), labels, np.asarray(batch["subject"]), [])
+        out, src, tgt = synthesize_all_targets(self.model, faces, self.exp, self.device, self.batch_size)
+        score = np.full(len(tgt), np.nan, dtype=np.float32)
+        if self.recognizer is not None:
+            score = target_probability(self.recognizer, out.to(self.device), torch.as_tensor(tgt, device=self.device),
+                                       t.crop_size).cpu().numpy().astype(np.float32)
+        if t.load_size != self.aligned_size:  # back to the face table's size
             out = F.interpolate(out.float(), size=(self.aligned_size,) * 2, mode="bilinear", antialias=True,
                                 align_corners=False).round().clamp(0, 255).to(torch.uint8)
         images = out.permute(0, 2, 3, 1).numpy()  # (P, S, S, C)
         return {
             "shard": np.asarray(batch["shard"])[src],
+            "spec_id": np.asarray(batch["spec_id"], dtype=object)[src],
             "source_face_id": np.asarray(batch["face_id"], dtype=object)[src],
             "subject": np.asarray(batch["subject"], dtype=object)[src],
-            "source_label": labels[src],
+            "source_label": labels.numpy()[src],
             "label": tgt,
             "image": images[..., 0] if images.shape[-1] == 1 else images,
+            "score": score,
         }
 
 
-def write_shard(batch: dict, store: Store, folder: str, fold: int, classes: list[str], checkpoint_id: str) -> dict:
-    """Stage 3: PNG-encode one shard's rows, write part-NNNNN.parquet (tmp + move), then its sidecar."""
+def write_shard(
+    batch: dict, store: Store, folder: str, fold: int, classes: list[str], checkpoint_id: str,
+    min_score: float | None = None,
+) -> dict:
+    """Stage 3: PNG-encode one shard's rows, write part-NNNNN.parquet (tmp + move), then its sidecar.
+
+    With `min_score`, rows whose score is below it are left out and counted per class in the sidecar.
+    """
     from PIL import Image
 
     from fersnet_ray.table import encode_png
@@ -218,6 +234,11 @@ def write_shard(batch: dict, store: Store, folder: str, fold: int, classes: list
     if len(shards) != 1:
         raise SynthError(f"a write block mixes shards {sorted(shards)}")  # one block per shard by construction
     shard = shards.pop()
+    spec_id = str(np.asarray(batch["spec_id"])[0])
+    score = np.asarray(batch["score"], dtype=np.float32)
+    keep = np.ones(len(score), dtype=bool) if min_score is None else score >= min_score
+    dropped = Counter(np.asarray(batch["label"], dtype=np.int64)[~keep].tolist())
+    batch = {k: [x for x, kp in zip(v, keep) if kp] if k == "image" else np.asarray(v)[keep] for k, v in batch.items()}
     n = len(batch["label"])
     labels = np.asarray(batch["label"], dtype=np.int64)
     table = pa.Table.from_pydict(
@@ -231,7 +252,8 @@ def write_shard(batch: dict, store: Store, folder: str, fold: int, classes: list
             "fold": np.full(n, fold, dtype=np.int64),
             "image": [encode_png(Image.fromarray(np.ascontiguousarray(img))) for img in batch["image"]],
             "checkpoint": [checkpoint_id] * n,
-            "score": pa.nulls(n, pa.float32()),
+            "score": pa.array(np.asarray(batch["score"], dtype=np.float32), pa.float32(),
+                              mask=np.isnan(np.asarray(batch["score"], dtype=np.float32))),
         },
         schema=SYNTH_SCHEMA,
     )
@@ -249,7 +271,10 @@ def write_shard(batch: dict, store: Store, folder: str, fold: int, classes: list
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "checkpoint": checkpoint_id,
+        "min_score": min_score,
+        "spec_id": spec_id,
         "per_class": {classes[c]: int(k) for c, k in sorted(Counter(labels.tolist()).items())},
+        "below_min_score": {classes[c]: int(k) for c, k in sorted(dropped.items())},
     }
     store.write_json(f"{folder}/{sidecar_name(shard)}", info)
     return {"shard": np.array([shard]), "info": np.array([json.dumps(info)], dtype=object)}
@@ -290,7 +315,7 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
         _check_foreign_files(store, folder)
     if store.exists(manifest_path) and not job.overwrite:
         manifest = store.read_json(manifest_path)
-        if manifest.get("checkpoint") == checkpoint_id:
+        if manifest.get("checkpoint") == checkpoint_id and manifest.get("min_score") == job.min_score:
             print(f"fold {fold}: synthetic shards complete, skipped (--overwrite to redo)", flush=True)
             return manifest
     if job.overwrite:
@@ -298,8 +323,20 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
     else:
         store.remove(manifest_path)  # the fold is being (re)written: not complete until the manifest returns
 
+    quality, recognizer = None, None
+    if job.quality or job.min_score is not None:
+        from fersnet_ray.synth.quality import fold_quality, recognizer_path
+
+        task = ray.remote(fold_quality).options(num_gpus=job.gpus_per_actor, num_cpus=0 if job.gpus_per_actor else 1)
+        quality = ray.get(task.remote(job.store, job.run, fold, checkpoint, job.recognizer_epochs))
+        recognizer = recognizer_path(store, job.run, fold)
+        print(f"fold {fold}: Table V accuracy of synthesised test-subject faces "
+              f"{100 * quality['synthetic_test_accuracy']:.2f}% (recogniser on real test faces "
+              f"{100 * quality['recognizer_real_test_accuracy']:.2f}%)", flush=True)
+
     specs = plan_shards(store, dataset, fold, len(classes), job.rows_per_shard)
-    done = {s["shard"]: shard_done(store, folder, s["shard"], checkpoint_id) for s in specs}
+    _remove_unplanned(store, folder, len(specs))
+    done = {s["shard"]: shard_done(store, folder, s, checkpoint_id, job.min_score) for s in specs}
     todo = [s for s in specs if not done[s["shard"]]]
     print(f"fold {fold}: {len(specs)} shards, {len(specs) - len(todo)} already written, {len(todo)} to write",
           flush=True)
@@ -311,7 +348,7 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
                 Generator,
                 fn_constructor_kwargs=dict(
                     store=store, checkpoint=checkpoint, batch_size=job.batch_size,
-                    aligned_size=card["alignment"]["size"],
+                    aligned_size=card["alignment"]["size"], recognizer=recognizer,
                 ),
                 batch_size=None,
                 compute=ActorPoolStrategy(min_size=1, max_size=job.actors),
@@ -320,14 +357,26 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
             )
             .map_batches(
                 write_shard,
-                fn_kwargs=dict(store=store, folder=folder, fold=fold, classes=classes, checkpoint_id=checkpoint_id),
+                fn_kwargs=dict(store=store, folder=folder, fold=fold, classes=classes, checkpoint_id=checkpoint_id,
+                               min_score=job.min_score),
                 batch_size=None,
             )
             .take_all()
         )
         for row in summaries:
             done[int(row["shard"])] = json.loads(row["info"])
-    return _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, [done[s["shard"]] for s in specs])
+    shards = [done[s["shard"]] for s in specs]
+    return _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, shards, job.min_score, quality)
+
+
+def _remove_unplanned(store: Store, folder: str, n_shards: int) -> None:
+    """Shards of ours beyond this plan (an earlier run with another --rows-per-shard) would duplicate rows."""
+    if not store.exists(folder):
+        return
+    for path in store.fs.ls(folder, detail=False):
+        m = re.fullmatch(r"_?part-(\d{5})\.(parquet|json)", path.rsplit("/", 1)[-1])
+        if m and int(m.group(1)) >= n_shards:
+            store.remove(path)
 
 
 def _check_foreign_files(store: Store, folder: str) -> None:
@@ -348,15 +397,16 @@ def _check_foreign_files(store: Store, folder: str) -> None:
             store.remove(path)  # leftover of an interrupted write
 
 
-def _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, shards: list[dict]) -> dict:
+def _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, shards: list[dict], min_score, quality) -> dict:
     real = read_card(store, dataset)["counts"]["per_fold_class"]
     real_train = Counter()
     for f, per in real.items():
         if int(f) != fold:
             real_train.update(per)
-    synth = Counter()
+    synth, below = Counter(), Counter()
     for s in shards:
         synth.update(s["per_class"])
+        below.update(s.get("below_min_score", {}))
     totals = {c: real_train[c] + synth[c] for c in classes}
     manifest = {
         "fold": fold,
@@ -368,7 +418,10 @@ def _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, shards
         "synthetic_per_class": {c: synth[c] for c in classes},
         "real_per_class": {c: real_train[c] for c in classes},
         "total_per_class": totals,
-        "balanced": len(set(totals.values())) == 1,
+        "balanced": len(set(totals.values())) == 1,  # measured, not claimed: --min-score can unbalance
+        "min_score": min_score,
+        "below_min_score_per_class": {c: below[c] for c in classes},
+        "quality": quality,
         "schema": {f.name: str(f.type) for f in SYNTH_SCHEMA},
     }
     store.write_json(f"{folder}/{MANIFEST}", manifest)

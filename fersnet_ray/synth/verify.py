@@ -69,6 +69,9 @@ def verify_fold(store: Store, run: str, fold: int) -> list[str]:
     expected = {(f, t) for f, y in zip(train["face_id"].to_pylist(), train["label"].to_pylist())
                 for t in range(n_classes) if t != y}
     missing = expected - pairs
+    filtered = sum(sum(s.get("below_min_score", {}).values()) for s in manifest["shards"])
+    if filtered and len(missing) == filtered:
+        missing = set()  # left out by --min-score, as the manifest records
     if missing and not any("missing" in p or "checksum" in p or "unreadable" in p for p in problems):
         src, tgt = sorted(missing)[0]
         problems.append(f"fold {fold}: {len(missing)} (source face, target) pair(s) missing, e.g. ({src}, "
@@ -76,7 +79,7 @@ def verify_fold(store: Store, run: str, fold: int) -> list[str]:
     extra = pairs - expected
     if extra:
         problems.append(f"fold {fold}: {len(extra)} synthetic face(s) from faces outside the fold's training split")
-    if not problems:
+    if not problems and not filtered:
         real = Counter(train["label"].to_pylist())
         synth = Counter(t for _, t in pairs)
         totals = {real[c] + synth[c] for c in range(n_classes)}
