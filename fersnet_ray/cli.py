@@ -73,7 +73,16 @@ def _user_errors():
     from fersnet_ray.synth.job import SynthError
     from fersnet_ray.train.job import TrainError
 
-    return (PrepareError, SourceError, StoreError, TrainError, SynthError, ValueError, FileNotFoundError, PermissionError)
+    return (
+        PrepareError,
+        SourceError,
+        StoreError,
+        TrainError,
+        SynthError,
+        ValueError,
+        FileNotFoundError,
+        PermissionError,
+    )
 
 
 @app.command()
@@ -125,9 +134,19 @@ def prepare(
         "demo": {"subjects": demo_subjects, "seed": seed},
     }.get(dataset, {})
     cfg = PrepareConfig(
-        dataset=dataset, source=source, store=store, name=name, folds=folds, seed=seed, align=align,
-        aligned_size=aligned_size, channels=3 if rgb else 1, weights=weights, actors=actors,
-        gpus_per_actor=gpus_per_actor, options={k: v for k, v in options.items() if v is not None},
+        dataset=dataset,
+        source=source,
+        store=store,
+        name=name,
+        folds=folds,
+        seed=seed,
+        align=align,
+        aligned_size=aligned_size,
+        channels=3 if rgb else 1,
+        weights=weights,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        options={k: v for k, v in options.items() if v is not None},
     )
     _run(init_ray, address)
     result = _run(run_prepare, cfg)
@@ -175,12 +194,24 @@ def train(
 
     card = _run(read_card, Store.from_uri(store), dataset)
     exp = _run(
-        make_experiment, preset, variant, len(card["classes"]), card["alignment"]["channels"], match_capacity,
-        gan_mode, **{"epochs": epochs, "batch_size": batch_size, "identity": identity},
+        make_experiment,
+        preset,
+        variant,
+        len(card["classes"]),
+        card["alignment"]["channels"],
+        match_capacity,
+        gan_mode,
+        **{"epochs": epochs, "batch_size": batch_size, "identity": identity},
     )
     job = TrainJob(
-        store=store, dataset=dataset, run=run, experiment=exp.to_dict(), folds=_parse_folds(folds, card["folds"]),
-        workers_per_fold=workers_per_fold, gpus_per_fold=gpus_per_fold, cpus_per_worker=cpus_per_worker,
+        store=store,
+        dataset=dataset,
+        run=run,
+        experiment=exp.to_dict(),
+        folds=_parse_folds(folds, card["folds"]),
+        workers_per_fold=workers_per_fold,
+        gpus_per_fold=gpus_per_fold,
+        cpus_per_worker=cpus_per_worker,
         max_failures=max_failures,
     )
     _run(init_ray, address)
@@ -223,18 +254,42 @@ def synthesize(
     from fersnet_ray.synth.job import SynthJob, synthesize as run_synth
 
     fold_list = None if folds == "all" else _parse_folds(folds, 0)
-    job = SynthJob(store=store, run=run, folds=fold_list, actors=actors, gpus_per_actor=gpus_per_actor,
-                   batch_size=batch_size, rows_per_shard=rows_per_shard, overwrite=overwrite, min_score=min_score,
-                   quality=quality, recognizer_epochs=recognizer_epochs)
+    job = SynthJob(
+        store=store,
+        run=run,
+        folds=fold_list,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        batch_size=batch_size,
+        rows_per_shard=rows_per_shard,
+        overwrite=overwrite,
+        min_score=min_score,
+        quality=quality,
+        recognizer_epochs=recognizer_epochs,
+    )
     _run(init_ray, address)
     manifests = _run(run_synth, job)
-    table = Table("fold", "shards", "synthetic", "per class (real + synthetic)", "balanced", "Table V acc.",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        "fold",
+        "shards",
+        "synthetic",
+        "per class (real + synthetic)",
+        "balanced",
+        "Table V acc.",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     for fold, m in manifests.items():
         per = sorted(set(m["total_per_class"].values()))
         q = m.get("quality")
-        table.add_row(str(fold), str(len(m["shards"])), str(m["rows"]), ", ".join(map(str, per)),
-                      "yes" if m["balanced"] else "no", f"{100 * q['synthetic_test_accuracy']:.2f}%" if q else "-")
+        table.add_row(
+            str(fold),
+            str(len(m["shards"])),
+            str(m["rows"]),
+            ", ".join(map(str, per)),
+            "yes" if m["balanced"] else "no",
+            f"{100 * q['synthetic_test_accuracy']:.2f}%" if q else "-",
+        )
     console.print(table)
 
 
@@ -253,9 +308,12 @@ def verify(
         err_console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(1)
-    console.print(f"{run}: {len(problems)} fold(s) verified: checksums, schema, no duplicate, no missing pair, "
-                  "real + synthetic faces equal per class (or, after --min-score, as its manifest records)",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"{run}: {len(problems)} fold(s) verified: checksums, schema, no duplicate, no missing pair, "
+        "real + synthetic faces equal per class (or, after --min-score, as its manifest records)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def print_evaluation(summary: dict) -> None:
@@ -276,7 +334,8 @@ def print_card(card: dict, where: str) -> None:
     counts = card["counts"]
     console.print(
         f"{card['name']}: {card['num_faces']} faces of {card['num_subjects']} subjects; faces per class and fold:",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("class")
@@ -284,7 +343,9 @@ def print_card(card: dict, where: str) -> None:
         table.add_column(f, justify="right")
     table.add_column("total", justify="right", style="bold")
     for c in card["classes"]:
-        table.add_row(c, *(str(counts["per_fold_class"][f][c]) for f in counts["per_fold"]), str(counts["per_class"][c]))
+        table.add_row(
+            c, *(str(counts["per_fold_class"][f][c]) for f in counts["per_fold"]), str(counts["per_class"][c])
+        )
     table.add_row("all", *(str(n) for n in counts["per_fold"].values()), str(card["num_faces"]), style="bold")
     console.print(table)
     rejects = card["rejects"]

@@ -27,9 +27,11 @@ def main() -> None:
     r = bench_synth(args.store, args.run, args.fold, args.batch_size, args.actors, args.gpus_per_actor, args.times)
     print(json.dumps(r, indent=2))
     big = r["pipeline"][f"{args.times}x"]
-    print(f"pipeline/bare = {r['pipeline_over_bare']:.3f} on {r['device']}; driver peak RSS growth "
-          f"1x {r['pipeline']['1x']['driver_peak_rss_growth_mb']:.0f} MB, {args.times}x "
-          f"{big['driver_peak_rss_growth_mb']:.0f} MB ({r['rows_ratio']:.0f}x the rows)")
+    print(
+        f"pipeline/bare = {r['pipeline_over_bare']:.3f} on {r['device']}; driver peak RSS growth "
+        f"1x {r['pipeline']['1x']['driver_peak_rss_growth_mb']:.0f} MB, {args.times}x "
+        f"{big['driver_peak_rss_growth_mb']:.0f} MB ({r['rows_ratio']:.0f}x the rows)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,12 +36,21 @@ def main() -> None:
 
         prepare(PrepareConfig(dataset="demo", store=args.store))
     card = read_card(store, args.dataset)
-    exp = make_experiment(args.preset, args.variant, len(card["classes"]), card["alignment"]["channels"],
-                          epochs=args.epochs, batch_size=args.batch_size, identity="none")
+    exp = make_experiment(
+        args.preset,
+        args.variant,
+        len(card["classes"]),
+        card["alignment"]["channels"],
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        identity="none",
+    )
     result = bench_train(args.store, args.dataset, exp, k=args.folds_sharing, cpus=args.cpus_per_worker)
     print(json.dumps(result, indent=2))
-    print(f"ray/plain = {result['ray_over_plain']:.3f}   "
-          f"{args.folds_sharing} folds shared/one = {result['shared_over_one']:.3f}   on {result['device']}")
+    print(
+        f"ray/plain = {result['ray_over_plain']:.3f}   "
+        f"{args.folds_sharing} folds shared/one = {result['shared_over_one']:.3f}   on {result['device']}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Cluster-job entry point for stage 1 (prepare): the same arguments as `fersnet prepare`.
 
-    ray job submit --working-dir . -- python jobs/prepare.py --dataset ckplus --source s3://b/ck --store s3://b/fer
+ray job submit --working-dir . -- python jobs/prepare.py --dataset ckplus --source s3://b/ck --store s3://b/fer
 """
 
 import sys

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
@@ -11,7 +10,14 @@ from PIL import Image
 
 from builders import face, png_bytes, write_16bit, write_face_alignment_weights
 from fersnet_ray.prepare.align import (
-    TEMPLATE, FaceError, FanAligner, center_resize, decode_image, similarity_transform, stage_weights, warp,
+    TEMPLATE,
+    FaceError,
+    FanAligner,
+    center_resize,
+    decode_image,
+    similarity_transform,
+    stage_weights,
+    warp,
 )
 
 

@@ -6,6 +6,7 @@ arguments in any process, the image format, and that *both* expression (across
 unseen subjects) and identity (across frames and expressions) can be learned
 from pixels even by trivial linear / nearest-neighbour models at 32x32.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,8 +67,9 @@ def test_deterministic_across_processes() -> None:
         f"print(' '.join(hashlib.sha256(render_face(*a).tobytes()).hexdigest() for a in {args!r}))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "4242"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         check=True, timeout=60).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=60
+    ).stdout.split()
     assert out == [_digest(*a) for a in args]
 
 

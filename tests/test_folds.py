@@ -34,7 +34,11 @@ def training_splits_missing(subjects, labels, fold_of, k) -> list[tuple[int, int
     for s, c in zip(subjects, labels):
         holders[c].add(s)
     return [
-        (c, f) for c, subs in holders.items() if len(subs) >= 2 for f in range(k) if not {fold_of[s] for s in subs} - {f}
+        (c, f)
+        for c, subs in holders.items()
+        if len(subs) >= 2
+        for f in range(k)
+        if not {fold_of[s] for s in subs} - {f}
     ]
 
 

@@ -92,8 +92,14 @@ def test_fan_alignment_end_to_end_through_ray(ray_local, tmp_path, fan_weights):
         save(root / "happy" / f"S{s + 1:03d}_001_00000001.png", face(s, 4, 0, 128).convert("RGB"))
     save(root / "happy" / "S003_001_00000001.png", data=b"\x89PNG broken")
     cfg = PrepareConfig(
-        dataset="ckplus48", source=str(root), store=str(tmp_path / "st"), folds=2, align="fan",
-        aligned_size=64, weights=fan_weights, actors=1,
+        dataset="ckplus48",
+        source=str(root),
+        store=str(tmp_path / "st"),
+        folds=2,
+        align="fan",
+        aligned_size=64,
+        weights=fan_weights,
+        actors=1,
     )
     card = prepare(cfg).card
     assert card["alignment"]["method"] == "fan" and card["num_faces"] == 2
@@ -115,7 +121,10 @@ def test_cli_prepare_and_datasets(ray_local, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--dataset", "ckplus48", "--source", "/no/such/dir"], "error: source directory '/no/such/dir' does not exist"),
+        (
+            ["--dataset", "ckplus48", "--source", "/no/such/dir"],
+            "error: source directory '/no/such/dir' does not exist",
+        ),
         (["--dataset", "nope", "--source", "x"], "error: unknown data set adapter 'nope'"),
         (["--dataset", "demo", "--align", "dlib"], "error: --align 'dlib': use one of none, fan"),
         (["--dataset", "demo", "--folds", "30"], "error: 30 subject-disjoint folds need at least 30 subjects"),

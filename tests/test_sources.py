@@ -25,10 +25,16 @@ def test_ckplus_last_three_frames_of_labelled_sequences(tmp_path):
     assert listing.classes == CKPLUS_CLASSES
     got = sorted((f.subject, f.sequence, f.frame, CKPLUS_CLASSES[f.label]) for f in listing.faces)
     assert got == [
-        ("S005", "001", 3, "happy"), ("S005", "001", 4, "happy"), ("S005", "001", 5, "happy"),
-        ("S010", "002", 1, "anger"), ("S010", "002", 2, "anger"), ("S010", "002", 3, "anger"),
+        ("S005", "001", 3, "happy"),
+        ("S005", "001", 4, "happy"),
+        ("S005", "001", 5, "happy"),
+        ("S010", "002", 1, "anger"),
+        ("S010", "002", 2, "anger"),
+        ("S010", "002", 3, "anger"),
     ]
-    assert reasons(listing) == {"Emotion/S010/001/S010_001_00000003_emotion.txt": "unknown emotion code 9 (CK+ uses 1-7)"}
+    assert reasons(listing) == {
+        "Emotion/S010/001/S010_001_00000003_emotion.txt": "unknown emotion code 9 (CK+ uses 1-7)"
+    }
     assert listing.notes == ["1 sequences without an emotion label left out (as in the paper)"]
 
 

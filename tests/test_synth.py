@@ -96,9 +96,12 @@ def test_killed_synthesis_resumes_without_duplicates(trained, ray_local):
     folder = store.synthetic_dir("r", 0)
     store.remove(folder)  # start from nothing, so every shard seen below is this attempt's
     args = ["synthesize", "--store", trained, "--run", "r", "--rows-per-shard", "12"]
-    code = f"from fersnet_ray.cli import app; app({args + ['--address', ray_local.get_runtime_context().gcs_address]!r})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    code = (
+        f"from fersnet_ray.cli import app; app({args + ['--address', ray_local.get_runtime_context().gcs_address]!r})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
     def sidecars() -> int:
         if not store.exists(folder):
@@ -148,6 +151,9 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
     import pyarrow as pa
 
     pq.write_table(pa.table({"x": [1]}), f"{store.synthetic_dir('r', 0)}/part-09999.parquet", filesystem=store.arrow_fs)
-    with pytest.raises(SynthError, match=r"fer/runs/r/synthetic/fold-0/part-09999.parquet: not a synthetic shard of this version .*--overwrite"):
+    with pytest.raises(
+        SynthError,
+        match=r"fer/runs/r/synthetic/fold-0/part-09999.parquet: not a synthetic shard of this version .*--overwrite",
+    ):
         synthesize(SynthJob(store=trained, run="r", overwrite=False, rows_per_shard=61))
     store.fs.rm(f"{store.synthetic_dir('r', 0)}/part-09999.parquet")

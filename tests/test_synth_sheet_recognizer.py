@@ -60,6 +60,7 @@ def trained():
 
 # --- contact sheet ------------------------------------------------------------------------------
 
+
 def png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -93,8 +94,12 @@ def test_contact_sheet_layout_real_frame_and_mixed_inputs():
     # The real face's cell has a frame in REAL_COLOUR on all four sides; other cells have none.
     for row, real in ((0, 2), (1, 5)):
         left, top = real * cell, HEADER + row * cell
-        for xy in ((left + 1, top + cell // 2), (left + cell - 2, top + cell // 2),
-                   (left + cell // 2, top + 1), (left + cell // 2, top + cell - 2)):
+        for xy in (
+            (left + 1, top + cell // 2),
+            (left + cell - 2, top + cell // 2),
+            (left + cell // 2, top + 1),
+            (left + cell // 2, top + cell - 2),
+        ):
             assert sheet.getpixel(xy) == REAL_COLOUR, (row, xy)
         other = (real + 1) % len(classes)
         assert sheet.getpixel((other * cell + 1, top + cell // 2)) != REAL_COLOUR
@@ -111,6 +116,7 @@ def test_contact_sheet_rejects_a_source_label_outside_the_classes():
 
 
 # --- recogniser ---------------------------------------------------------------------------------
+
 
 def test_class_weights_are_inverse_to_frequency():
     w = class_weights(torch.tensor([0, 0, 0, 1, 2, 2]), num_classes=4)
@@ -140,8 +146,9 @@ def test_recognizer_learns_expressions_of_unseen_subjects(trained):
 def test_target_probability_shape_and_range(trained):
     model, test = trained
     faces = test.images[:10]
-    probs = torch.stack([target_probability(model, faces, torch.full((10,), c), CROP, batch_size=4)
-                         for c in range(len(CLASSES))], dim=1)  # (10, E), over batches of 4
+    probs = torch.stack(
+        [target_probability(model, faces, torch.full((10,), c), CROP, batch_size=4) for c in range(len(CLASSES))], dim=1
+    )  # (10, E), over batches of 4
     assert probs.shape == (10, len(CLASSES)) and probs.dtype == torch.float32
     assert ((probs >= 0) & (probs <= 1)).all()
     assert torch.allclose(probs.sum(1), torch.ones(10), atol=1e-5)

@@ -19,7 +19,7 @@ from fersnet_ray.prepare.job import PrepareConfig, prepare
 from fersnet_ray.store import Store
 from fersnet_ray.train.config import Experiment, make_experiment
 from fersnet_ray.train.data import FaceSet, TargetSampler, augment
-from fersnet_ray.train.job import TrainError, TrainJob, latest_checkpoint, read_checkpoint, train, write_checkpoint_dir
+from fersnet_ray.train.job import TrainError, latest_checkpoint, read_checkpoint, write_checkpoint_dir
 from fersnet_ray.train.loop import FoldState, evaluate, train_epoch
 
 runner = CliRunner()
@@ -124,8 +124,21 @@ def test_two_folds_on_ray_with_s3_checkpoints_resume_after_kill(ray_local, s3_bu
     prepare(PrepareConfig(dataset="demo", store=uri, folds=3, options={"subjects": 6}))
     store = Store.from_uri(uri)
     epochs = 10
-    args = ["train", "--store", uri, "--dataset", "demo", "--run", "r", "--folds", "0,1", "--preset", "tiny",
-            "--epochs", str(epochs)]
+    args = [
+        "train",
+        "--store",
+        uri,
+        "--dataset",
+        "demo",
+        "--run",
+        "r",
+        "--folds",
+        "0,1",
+        "--preset",
+        "tiny",
+        "--epochs",
+        str(epochs),
+    ]
     address = ray_local.get_runtime_context().gcs_address
     # The first attempt runs as its own driver process (as a user's terminal would), killed mid-run.
     code = f"from fersnet_ray.cli import app; app({args + ['--address', address]!r})"
@@ -158,4 +171,6 @@ def test_two_folds_on_ray_with_s3_checkpoints_resume_after_kill(ray_local, s3_bu
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "fold 0: finished earlier" in again.stdout
     changed = runner.invoke(app, args[:-1] + ["12"])
-    assert changed.exit_code == 1 and "exists with a different config (experiment.train.epochs: 10 → 12)" in changed.stderr
+    assert (
+        changed.exit_code == 1 and "exists with a different config (experiment.train.epochs: 10 → 12)" in changed.stderr
+    )

@@ -164,8 +164,9 @@ class FERSNet(FERSNetBase):
     def encode(self, images: torch.Tensor, return_gates: bool = False) -> Encoded:
         fer = fes = images  # (B, C_in, H, W)
         gates: list[BlockGates] = []
-        for fer_block, fes_block, to_fer, to_fes in zip(self.fer_blocks, self.fes_blocks, self.flu_to_fer,
-                                                        self.flu_to_fes):
+        for fer_block, fes_block, to_fer, to_fes in zip(
+            self.fer_blocks, self.fes_blocks, self.flu_to_fer, self.flu_to_fes
+        ):
             fer, fes = fer_block(fer), fes_block(fes)  # (B, C_i, H / 2^i, W / 2^i)
             # Both directions read the same pre-exchange features, so neither task sees the other's update.
             new_fer, fer_gates = to_fer(fer, fes)

@@ -57,7 +57,9 @@ def decode_image(data: bytes, channels: int = 1) -> Image.Image:
     except Image.UnidentifiedImageError:
         raise FaceError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise FaceError(f"truncated or corrupt image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise FaceError(
+            f"truncated or corrupt image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from None
     if img.width < 8 or img.height < 8:
         raise FaceError(f"image too small ({img.width}×{img.height})")
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

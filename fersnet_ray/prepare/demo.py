@@ -20,6 +20,7 @@ Design:
   one affine map (so rotation/shift apply to every primitive), then each 4x4
   block is averaged (Image.reduce) for antialiasing; ~1-3 ms per 128x128 face.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,13 +45,31 @@ def subject_name(subject: int) -> str:
 
 @dataclass(frozen=True)
 class _Identity:
-    rx: float; ry: float; jaw: float  # face half-width / half-height (canvas units), chin shape
-    skin: float; bg: float; bg_grad: float; shirt: float
-    hair_style: str; hair: float; hairline: float
-    eye_dx: float; eye_y: float; eye_w: float; iris: float
-    brow_gap: float; brow_w: float; brow_len: float; brow_arch: float
-    nose_len: float; nose_w: float; mouth_w: float; mouth_gap: float
-    glasses: bool; beard: bool; expressive: float
+    rx: float
+    ry: float
+    jaw: float  # face half-width / half-height (canvas units), chin shape
+    skin: float
+    bg: float
+    bg_grad: float
+    shirt: float
+    hair_style: str
+    hair: float
+    hairline: float
+    eye_dx: float
+    eye_y: float
+    eye_w: float
+    iris: float
+    brow_gap: float
+    brow_w: float
+    brow_len: float
+    brow_arch: float
+    nose_len: float
+    nose_w: float
+    mouth_w: float
+    mouth_gap: float
+    glasses: bool
+    beard: bool
+    expressive: float
 
 
 @lru_cache(maxsize=4096)
@@ -66,41 +85,100 @@ def _identity(seed: int, subject: int) -> _Identity:
         bg = bg - 60 if bg > 110 else bg + 60
     glasses, beard = bool(r.random() < 0.25), bool(r.random() < 0.22)
     return _Identity(
-        rx=u(0.28, 0.345), ry=u(0.375, 0.425), jaw=u(2.0, 3.2), skin=skin, bg=bg, bg_grad=u(-25, 25),
-        shirt=u(30, 220), hair_style=HAIR_STYLES[int(r.integers(len(HAIR_STYLES)))],
-        hair=hair, hairline=u(0.0, 0.04), eye_dx=u(0.105, 0.145), eye_y=u(0.43, 0.47),
-        eye_w=u(0.042, 0.058), iris=u(20, 110), brow_gap=u(0.065, 0.085),
-        brow_w=u(0.012, 0.024), brow_len=u(0.9, 1.25), brow_arch=u(0.0, 0.015),
-        nose_len=u(0.115, 0.15), nose_w=u(0.022, 0.034), mouth_w=u(0.15, 0.2),
-        mouth_gap=u(0.075, 0.095), glasses=glasses,
-        beard=beard and not glasses, expressive=u(0.85, 1.15))
+        rx=u(0.28, 0.345),
+        ry=u(0.375, 0.425),
+        jaw=u(2.0, 3.2),
+        skin=skin,
+        bg=bg,
+        bg_grad=u(-25, 25),
+        shirt=u(30, 220),
+        hair_style=HAIR_STYLES[int(r.integers(len(HAIR_STYLES)))],
+        hair=hair,
+        hairline=u(0.0, 0.04),
+        eye_dx=u(0.105, 0.145),
+        eye_y=u(0.43, 0.47),
+        eye_w=u(0.042, 0.058),
+        iris=u(20, 110),
+        brow_gap=u(0.065, 0.085),
+        brow_w=u(0.012, 0.024),
+        brow_len=u(0.9, 1.25),
+        brow_arch=u(0.0, 0.015),
+        nose_len=u(0.115, 0.15),
+        nose_w=u(0.022, 0.034),
+        mouth_w=u(0.15, 0.2),
+        mouth_gap=u(0.075, 0.095),
+        glasses=glasses,
+        beard=beard and not glasses,
+        expressive=u(0.85, 1.15),
+    )
 
 
 # Expression geometry as offsets from neutral, in canvas units.  Brows and mouth
 # corners (cl/cr): + = up.  Lip midpoints relative to the resting mouth line:
 # up = upper lip raised, lo = lower lip dropped (their sum is the opening).
 # eye = lid opening as a fraction of eye width; the rest are cue strengths.
-_NEUTRAL = dict(raise_=0.0, inner=0.0, outer=0.0, arch=0.0, squeeze=0.0, eye=0.55, lid=0.0,
-                mw=1.0, cl=0.0, cr=0.0, up=0.0, lo=0.0, round_=1.0, teeth=0.0,
-                frown=0.0, forehead=0.0, nose=0.0, cheek=0.0, dimple=0.0)
+_NEUTRAL = dict(
+    raise_=0.0,
+    inner=0.0,
+    outer=0.0,
+    arch=0.0,
+    squeeze=0.0,
+    eye=0.55,
+    lid=0.0,
+    mw=1.0,
+    cl=0.0,
+    cr=0.0,
+    up=0.0,
+    lo=0.0,
+    round_=1.0,
+    teeth=0.0,
+    frown=0.0,
+    forehead=0.0,
+    nose=0.0,
+    cheek=0.0,
+    dimple=0.0,
+)
 _EXPR: dict[str, dict[str, float]] = {
-    "anger":    dict(raise_=-0.02, inner=-0.05, outer=0.01, squeeze=0.012, eye=0.42, mw=0.8,
-                     cl=-0.015, cr=-0.015, frown=1.0),
+    "anger": dict(
+        raise_=-0.02, inner=-0.05, outer=0.01, squeeze=0.012, eye=0.42, mw=0.8, cl=-0.015, cr=-0.015, frown=1.0
+    ),
     "contempt": dict(eye=0.48, cl=-0.005, cr=0.045, mw=1.05, dimple=1.0),
-    "disgust":  dict(raise_=-0.02, inner=-0.015, eye=0.28, lid=0.5, mw=0.85, cl=-0.02, cr=-0.02,
-                     up=0.015, lo=0.035, teeth=0.5, nose=1.0, cheek=0.6),
-    "fear":     dict(raise_=0.035, inner=0.035, outer=-0.01, squeeze=0.015, eye=1.0, mw=1.3,
-                     cl=-0.015, cr=-0.015, up=0.0, lo=0.06, teeth=0.3, round_=0.6, forehead=1.0),
-    "happy":    dict(eye=0.38, lid=0.6, mw=1.45, cl=0.05, cr=0.05, up=0.03, lo=0.04,
-                     teeth=0.6, cheek=1.0),
-    "sadness":  dict(inner=0.045, outer=-0.015, eye=0.42, mw=0.85, cl=-0.045, cr=-0.045),
-    "surprise": dict(raise_=0.055, arch=0.02, eye=1.05, mw=0.55, up=0.03, lo=0.08,
-                     round_=0.45, forehead=1.0),
+    "disgust": dict(
+        raise_=-0.02,
+        inner=-0.015,
+        eye=0.28,
+        lid=0.5,
+        mw=0.85,
+        cl=-0.02,
+        cr=-0.02,
+        up=0.015,
+        lo=0.035,
+        teeth=0.5,
+        nose=1.0,
+        cheek=0.6,
+    ),
+    "fear": dict(
+        raise_=0.035,
+        inner=0.035,
+        outer=-0.01,
+        squeeze=0.015,
+        eye=1.0,
+        mw=1.3,
+        cl=-0.015,
+        cr=-0.015,
+        up=0.0,
+        lo=0.06,
+        teeth=0.3,
+        round_=0.6,
+        forehead=1.0,
+    ),
+    "happy": dict(eye=0.38, lid=0.6, mw=1.45, cl=0.05, cr=0.05, up=0.03, lo=0.04, teeth=0.6, cheek=1.0),
+    "sadness": dict(inner=0.045, outer=-0.015, eye=0.42, mw=0.85, cl=-0.045, cr=-0.045),
+    "surprise": dict(raise_=0.055, arch=0.02, eye=1.05, mw=0.55, up=0.03, lo=0.08, round_=0.45, forehead=1.0),
 }
 
 
-def _arc(x0: float, y0: float, x1: float, y1: float, sag: float, n: int = 12,
-         p: float = 1.0) -> np.ndarray:
+def _arc(x0: float, y0: float, x1: float, y1: float, sag: float, n: int = 12, p: float = 1.0) -> np.ndarray:
     """Points from (x0,y0) to (x1,y1) bowed by `sag` (+down) with a sin**p profile:
     p=1 is a smooth arc, p<1 squarer/rounder ends (an 'O' mouth)."""
     t, prof = _profile(n, p)
@@ -116,8 +194,9 @@ def _profile(n: int, p: float) -> tuple[np.ndarray, np.ndarray]:
     return t, np.sin(np.pi * t) ** p
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 40,
-             a0: float = 0.0, a1: float = 2 * math.pi) -> np.ndarray:
+def _ellipse(
+    cx: float, cy: float, rx: float, ry: float, n: int = 40, a0: float = 0.0, a1: float = 2 * math.pi
+) -> np.ndarray:
     cos, sin = _angles(n, a0, a1)
     out = np.empty((len(cos), 2))
     out[:, 0] = cx + rx * cos
@@ -125,8 +204,9 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 40,
     return out
 
 
-def _face(cx: float, cy: float, rx: float, ry: float, jaw: float, n: int = 64,
-          a0: float = 0.0, a1: float = 2 * math.pi) -> np.ndarray:
+def _face(
+    cx: float, cy: float, rx: float, ry: float, jaw: float, n: int = 64, a0: float = 0.0, a1: float = 2 * math.pi
+) -> np.ndarray:
     """Ellipse whose lower half is a superellipse of exponent `jaw` (2 = round
     chin, ~3 = square jaw): a cheap, strong face-shape identity cue."""
     cos, sin = _angles(n, a0, a1)
@@ -150,8 +230,7 @@ def _grey(tone: float) -> int:
 class _Pen:
     """ImageDraw wrapper mapping canvas units through one rotation+shift."""
 
-    def __init__(self, img: Image.Image, angle_deg: float, shift: tuple[float, float],
-                 gain: float) -> None:
+    def __init__(self, img: Image.Image, angle_deg: float, shift: tuple[float, float], gain: float) -> None:
         self.d = ImageDraw.Draw(img)
         self.gain = gain  # frame brightness, applied per primitive (cheaper than a final pass)
         # Rotate about the frame centre, shift, scale to pixels: one x @ m + b per shape.
@@ -206,12 +285,22 @@ def render_face(seed: int, subject: int, label: int, frame: int, size: int = 128
 
     # Body, back hair, ears, face.
     pen.poly(_ellipse(cx, 1.14, 0.46, 0.22), idn.shirt)
-    pen.poly(np.array([[cx - rx * 0.42, cy], [cx + rx * 0.42, cy], [cx + rx * 0.42, 1.1],
-                       [cx - rx * 0.42, 1.1]]), s * 0.85)
+    pen.poly(
+        np.array([[cx - rx * 0.42, cy], [cx + rx * 0.42, cy], [cx + rx * 0.42, 1.1], [cx - rx * 0.42, 1.1]]), s * 0.85
+    )
     if idn.hair_style == "long":
         pen.poly(_ellipse(cx, cy - 0.02, rx * 1.18, ry * 1.08), idn.hair)
-        pen.poly(np.array([[cx - rx * 1.18, cy], [cx + rx * 1.18, cy],
-                           [cx + rx * 1.1, cy + ry * 0.95], [cx - rx * 1.1, cy + ry * 0.95]]), idn.hair)
+        pen.poly(
+            np.array(
+                [
+                    [cx - rx * 1.18, cy],
+                    [cx + rx * 1.18, cy],
+                    [cx + rx * 1.1, cy + ry * 0.95],
+                    [cx - rx * 1.1, cy + ry * 0.95],
+                ]
+            ),
+            idn.hair,
+        )
     else:
         for side in (-1, 1):
             pen.poly(_ellipse(cx + side * rx * 0.97, idn.eye_y + 0.04, 0.035, 0.06, 20), s * 0.9)
@@ -222,8 +311,7 @@ def render_face(seed: int, subject: int, label: int, frame: int, size: int = 128
     if idn.beard:  # jaw from the sideburns down, with a bare patch around the mouth
         a = math.asin((ey + 0.08 - cy) / ry)
         jaw = _face(cx, cy, rx * 1.02, ry * 1.02, idn.jaw, 40, a, math.pi - a)
-        inner = _arc(jaw[-1, 0] + 0.02, jaw[-1, 1], jaw[0, 0] - 0.02, jaw[0, 1],
-                     mouth_y + 0.03 - jaw[0, 1], 16)
+        inner = _arc(jaw[-1, 0] + 0.02, jaw[-1, 1], jaw[0, 0] - 0.02, jaw[0, 1], mouth_y + 0.03 - jaw[0, 1], 16)
         pen.poly(np.concatenate([jaw, inner]), min(idn.hair, s * 0.5))
         pen.poly(_ellipse(cx, mouth_y + 0.005, idn.mouth_w * 0.75, 0.045, 32), s)
 
@@ -252,8 +340,7 @@ def render_face(seed: int, subject: int, label: int, frame: int, size: int = 128
         inner_x = ex - side * (ew * 1.05 + 0.005 - e["squeeze"])
         outer_x = ex + side * ew * 1.15 * idn.brow_len
         base = brow_y - e["raise_"]
-        pts = _arc(inner_x, base - e["inner"], outer_x, base - e["outer"],
-                   -(idn.brow_arch + e["arch"]), 8)
+        pts = _arc(inner_x, base - e["inner"], outer_x, base - e["outer"], -(idn.brow_arch + e["arch"]), 8)
         pen.line(pts, idn.brow_w, brow_tone)
 
     # Eyes: almond white, iris clipped to the lids, thick upper lid line.
@@ -276,8 +363,7 @@ def render_face(seed: int, subject: int, label: int, frame: int, size: int = 128
         if idn.glasses:
             pen.line(_ellipse(ex, ey, ew * 1.6, ew * 1.35, 28, 0, 2 * math.pi + 0.3), 0.008, 25)
     if idn.glasses:
-        pen.line(_arc(cx - idn.eye_dx + ew * 1.6, ey, cx + idn.eye_dx - ew * 1.6, ey, -0.012, 5),
-                 0.008, 25)
+        pen.line(_arc(cx - idn.eye_dx + ew * 1.6, ey, cx + idn.eye_dx - ew * 1.6, ey, -0.012, 5), 0.008, 25)
 
     # Nose: bridge, nostrils; disgust wrinkles the bridge and lifts the nostrils.
     tip_y = ey + idn.nose_len - 0.015 * e["nose"]
@@ -292,9 +378,18 @@ def render_face(seed: int, subject: int, label: int, frame: int, size: int = 128
             pen.line(_arc(cx - 0.03, y, cx + 0.03, y, -0.008, 6), 0.005, s * 0.55)
     if e["cheek"] > 0.3:  # nasolabial folds pulled up by a smile / sneer
         for side in (-1, 1):
-            pen.line(_arc(cx + side * (nw + 0.015), tip_y - 0.01,
-                          cx + side * (idn.mouth_w * 0.5 * e["mw"] + 0.02), mouth_y - 0.02, 0.0, 6),
-                     0.006, s * 0.65)
+            pen.line(
+                _arc(
+                    cx + side * (nw + 0.015),
+                    tip_y - 0.01,
+                    cx + side * (idn.mouth_w * 0.5 * e["mw"] + 0.02),
+                    mouth_y - 0.02,
+                    0.0,
+                    6,
+                ),
+                0.006,
+                s * 0.65,
+            )
 
     # Mouth: upper and lower lip curves between the corners; open area filled
     # dark with a light band of teeth under the upper lip.
@@ -332,4 +427,5 @@ def contact_sheet(seed: int = 0, subjects: range = range(6), size: int = 96) -> 
 
 if __name__ == "__main__":  # python -m fersnet_ray.prepare.demo [out.png]
     import sys
+
     contact_sheet().save(sys.argv[1] if len(sys.argv) > 1 else "/tmp/demo_sheet.png")

@@ -84,15 +84,22 @@ def load_face(raw: bytes, method: str, size: int, channels: int, aligner: FanAli
 
 
 def load_batch(
-    batch: dict[str, np.ndarray], adapter: Adapter, method: str, size: int, channels: int,
+    batch: dict[str, np.ndarray],
+    adapter: Adapter,
+    method: str,
+    size: int,
+    channels: int,
     aligner: FanAligner | None = None,
 ) -> dict[str, np.ndarray]:
     """A batch of listed faces → the same columns plus `image` (PNG, b"" if rejected) and `reject`."""
     images, rejects = [], []
     for i in range(len(batch["face_id"])):
         face = SourceFace(
-            str(batch["source"][i]), str(batch["subject"][i]), int(batch["label"][i]),
-            str(batch["sequence"][i]), int(batch["frame"][i]),
+            str(batch["source"][i]),
+            str(batch["subject"][i]),
+            int(batch["label"][i]),
+            str(batch["sequence"][i]),
+            int(batch["frame"][i]),
         )
         try:
             images.append(load_face(adapter.read(face), method, size, channels, aligner))
@@ -241,7 +248,10 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         batch_format="pyarrow",
         batch_size=None,
     ).write_parquet(
-        out_dir, filesystem=store.arrow_fs, filename_provider=_Names(), min_rows_per_file=ROWS_PER_FILE,
+        out_dir,
+        filesystem=store.arrow_fs,
+        filename_provider=_Names(),
+        min_rows_per_file=ROWS_PER_FILE,
         mode=SaveMode.OVERWRITE,
     )
 

@@ -24,8 +24,15 @@ CKPLUS_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "s
 SIX_CLASSES = ("anger", "disgust", "fear", "happy", "sadness", "surprise")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 # Spellings seen in public releases (Oulu-CASIA "Happiness", MMI "Happy", ...).
-ALIASES = {"happiness": "happy", "sad": "sadness", "surprised": "surprise", "angry": "anger", "disgusted": "disgust",
-           "fearful": "fear", "afraid": "fear"}
+ALIASES = {
+    "happiness": "happy",
+    "sad": "sadness",
+    "surprised": "surprise",
+    "angry": "anger",
+    "disgusted": "disgust",
+    "fearful": "fear",
+    "afraid": "fear",
+}
 
 
 class SourceError(ValueError):
@@ -425,7 +432,9 @@ class Manifest(Adapter):
             else:
                 frame = row.get("frame", "")
                 out.faces.append(
-                    SourceFace(rel, row["subject"], label, row.get("sequence", ""), int(frame) if frame.isdigit() else -1)
+                    SourceFace(
+                        rel, row["subject"], label, row.get("sequence", ""), int(frame) if frame.isdigit() else -1
+                    )
                 )
         return out
 

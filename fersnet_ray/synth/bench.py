@@ -75,8 +75,15 @@ def _tenfold_copy(store: Store, dataset: str, fold: int, name: str, times: int) 
     store.write_json(f"{out}/_card.json", {**card, "name": name})
 
 
-def bench_synth(store_uri: str, run: str, fold: int = 0, batch_size: int = 256, actors: int = 1,
-                gpus_per_actor: float = 0.0, times: int = 10) -> dict:
+def bench_synth(
+    store_uri: str,
+    run: str,
+    fold: int = 0,
+    batch_size: int = 256,
+    actors: int = 1,
+    gpus_per_actor: float = 0.0,
+    times: int = 10,
+) -> dict:
     store = Store.from_uri(store_uri)
     bare = bare_rate(store, run, fold, batch_size)
     config = store.read_json(f"{store.run_dir(run)}/config.json")
@@ -91,14 +98,27 @@ def bench_synth(store_uri: str, run: str, fold: int = 0, batch_size: int = 256, 
         src = store.fold_dir(run, fold)
         for path in store.fs.find(src):
             if "/checkpoint-epoch-" in path:
-                store.write_bytes(store.fold_dir(scratch, fold) + path[len(src):], store.read_bytes(path))
+                store.write_bytes(store.fold_dir(scratch, fold) + path[len(src) :], store.read_bytes(path))
         before = _peak_rss_mb()
         start = time.perf_counter()
-        manifest = synthesize(SynthJob(store=store_uri, run=scratch, folds=(fold,), actors=actors,
-                                       gpus_per_actor=gpus_per_actor, batch_size=batch_size, quality=False))[fold]
+        manifest = synthesize(
+            SynthJob(
+                store=store_uri,
+                run=scratch,
+                folds=(fold,),
+                actors=actors,
+                gpus_per_actor=gpus_per_actor,
+                batch_size=batch_size,
+                quality=False,
+            )
+        )[fold]
         seconds = time.perf_counter() - start
-        results[label] = {"rows": manifest["rows"], "seconds": seconds, "images_per_s": manifest["rows"] / seconds,
-                          "driver_peak_rss_growth_mb": _peak_rss_mb() - before}
+        results[label] = {
+            "rows": manifest["rows"],
+            "seconds": seconds,
+            "images_per_s": manifest["rows"] / seconds,
+            "driver_peak_rss_growth_mb": _peak_rss_mb() - before,
+        }
         store.remove(store.run_dir(scratch))
         store.remove(store.dataset_dir(name))
     big = results[f"{times}x"]

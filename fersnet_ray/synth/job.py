@@ -15,7 +15,7 @@ Files are written to a temporary name and moved into place, so no half-written s
 read as done. `_manifest.json`, written last, marks the fold complete.
 
 Ray Data pipeline, one block per shard so the stages overlap:
-    read (CPU tasks)  shard spec → source rows from the face table (only the needed row groups)
+    read (CPU tasks)  shard spec → source rows from the face table (only the needed row groups), decoded
     generate (actor pool, GPU)  FES branch built once per actor from the checkpoint *path*; bf16
     write (CPU tasks)  PNG encode, Parquet to tmp, move, sidecar → one summary row per shard
 """
@@ -121,8 +121,11 @@ def shard_done(store: Store, folder: str, spec: dict, checkpoint_id: str, min_sc
     part = f"{folder}/{shard_name(spec['shard'])}"
     try:
         info = json.loads(store.read_bytes(side))
-        same = (info["checkpoint"], info.get("min_score"), info.get("spec_id")) == (checkpoint_id, min_score,
-                                                                                   spec["spec_id"])
+        same = (info["checkpoint"], info.get("min_score"), info.get("spec_id")) == (
+            checkpoint_id,
+            min_score,
+            spec["spec_id"],
+        )
         return info if same and store.fs.size(part) == info["bytes"] else None
     except (FileNotFoundError, ValueError, KeyError):
         return None
@@ -131,8 +134,13 @@ def shard_done(store: Store, folder: str, spec: dict, checkpoint_id: str, min_sc
 # --- pipeline stages (plain functions; the Ray calls are in `synthesize`) ---------------------------
 
 
-def read_sources(batch: dict, store: Store) -> dict:
-    """Stage 1: one shard spec → its source rows (face_id, subject, label, image) and the shard id."""
+def read_sources(batch: dict, store: Store, load_size: int) -> dict:
+    """Stage 1: one shard spec → its source rows, images decoded to uint8 (N, C, L, L) at load_size.
+
+    Decoding here, in CPU tasks, keeps it off the generator actors, so it overlaps the GPU work.
+    """
+    from fersnet_ray.train.data import decode_faces
+
     spec = json.loads(batch["spec"][0])
     cols = ["face_id", "subject", "label", "image"]
     tables = []
@@ -155,14 +163,14 @@ def read_sources(batch: dict, store: Store) -> dict:
         "face_id": np.array(out["face_id"], dtype=object),
         "subject": np.array(out["subject"], dtype=object),
         "label": np.array(out["label"]),
-        "image": np.array(out["image"], dtype=object),
+        "image": decode_faces(out["image"], load_size).numpy(),
     }
 
 
 class Generator:
     """Stage 2, a Ray Data actor: the fold's FES branch (and recogniser), built once from their paths.
 
-    Input columns: shard, face_id, subject, label, image (PNG of the face table).
+    Input columns: shard, spec_id, face_id, subject, label, image (uint8 (N, C, L, L) at load_size).
     Output columns: shard, source_face_id, subject, source_label, label (target), image (uint8 array
     in the face table's size and channels), score (recogniser's probability of the target, or NaN).
     Every source gets every target ≠ its own label.
@@ -192,19 +200,32 @@ class Generator:
 
         from fersnet_ray.synth.quality import synthesize_all_targets
         from fersnet_ray.synth.recognizer import target_probability
-        from fersnet_ray.train.data import FaceSet, decode_faces
+        from fersnet_ray.train.data import FaceSet
 
         t = self.exp.train
-        labels = torch.as_tensor(np.array(batch["label"], dtype=np.int64))  # a writable copy
-        faces = FaceSet(decode_faces(list(batch["image"]), t.load_size), labels, np.asarray(batch["subject"]), [])
+        labels = torch.as_tensor(np.array(batch["label"], dtype=np.int64))  # writable copies of Arrow buffers
+        images = torch.from_numpy(np.array(batch["image"], dtype=np.uint8))
+        faces = FaceSet(images, labels, np.asarray(batch["subject"]), [])
         out, src, tgt = synthesize_all_targets(self.model, faces, self.exp, self.device, self.batch_size)
         score = np.full(len(tgt), np.nan, dtype=np.float32)
         if self.recognizer is not None:
-            score = target_probability(self.recognizer, out.to(self.device), torch.as_tensor(tgt, device=self.device),
-                                       t.crop_size).cpu().numpy().astype(np.float32)
+            score = (
+                target_probability(
+                    self.recognizer, out.to(self.device), torch.as_tensor(tgt, device=self.device), t.crop_size
+                )
+                .cpu()
+                .numpy()
+                .astype(np.float32)
+            )
         if t.load_size != self.aligned_size:  # back to the face table's size
-            out = F.interpolate(out.float(), size=(self.aligned_size,) * 2, mode="bilinear", antialias=True,
-                                align_corners=False).round().clamp(0, 255).to(torch.uint8)
+            out = (
+                F.interpolate(
+                    out.float(), size=(self.aligned_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+                )
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
         images = out.permute(0, 2, 3, 1).numpy()  # (P, S, S, C)
         return {
             "shard": np.asarray(batch["shard"])[src],
@@ -219,7 +240,12 @@ class Generator:
 
 
 def write_shard(
-    batch: dict, store: Store, folder: str, fold: int, classes: list[str], checkpoint_id: str,
+    batch: dict,
+    store: Store,
+    folder: str,
+    fold: int,
+    classes: list[str],
+    checkpoint_id: str,
     min_score: float | None = None,
 ) -> dict:
     """Stage 3: PNG-encode one shard's rows, write part-NNNNN.parquet (tmp + move), then its sidecar.
@@ -252,8 +278,11 @@ def write_shard(
             "fold": np.full(n, fold, dtype=np.int64),
             "image": [encode_png(Image.fromarray(np.ascontiguousarray(img))) for img in batch["image"]],
             "checkpoint": [checkpoint_id] * n,
-            "score": pa.array(np.asarray(batch["score"], dtype=np.float32), pa.float32(),
-                              mask=np.isnan(np.asarray(batch["score"], dtype=np.float32))),
+            "score": pa.array(
+                np.asarray(batch["score"], dtype=np.float32),
+                pa.float32(),
+                mask=np.isnan(np.asarray(batch["score"], dtype=np.float32)),
+            ),
         },
         schema=SYNTH_SCHEMA,
     )
@@ -305,7 +334,9 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
     classes = card["classes"]
     checkpoint = latest_checkpoint(store, job.run, fold)
     if checkpoint is None:
-        raise SynthError(f"fold {fold} of run {job.run!r} has no complete checkpoint in {store.uri_of('runs', job.run)}")
+        raise SynthError(
+            f"fold {fold} of run {job.run!r} has no complete checkpoint in {store.uri_of('runs', job.run)}"
+        )
     meta = json.loads(store.read_bytes(f"{checkpoint}/{META_FILE}"))
     checkpoint_id = f"{posixpath.relpath(checkpoint, store.root)}@sha256:{meta['sha256'][:16]}"
     folder = store.synthetic_dir(job.run, fold)
@@ -330,25 +361,38 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
         task = ray.remote(fold_quality).options(num_gpus=job.gpus_per_actor, num_cpus=0 if job.gpus_per_actor else 1)
         quality = ray.get(task.remote(job.store, job.run, fold, checkpoint, job.recognizer_epochs))
         recognizer = recognizer_path(store, job.run, fold)
-        print(f"fold {fold}: Table V accuracy of synthesised test-subject faces "
-              f"{100 * quality['synthetic_test_accuracy']:.2f}% (recogniser on real test faces "
-              f"{100 * quality['recognizer_real_test_accuracy']:.2f}%)", flush=True)
+        print(
+            f"fold {fold}: Table V accuracy of synthesised test-subject faces "
+            f"{100 * quality['synthetic_test_accuracy']:.2f}% (recogniser on real test faces "
+            f"{100 * quality['recognizer_real_test_accuracy']:.2f}%)",
+            flush=True,
+        )
 
     specs = plan_shards(store, dataset, fold, len(classes), job.rows_per_shard)
     _remove_unplanned(store, folder, len(specs))
     done = {s["shard"]: shard_done(store, folder, s, checkpoint_id, job.min_score) for s in specs}
     todo = [s for s in specs if not done[s["shard"]]]
-    print(f"fold {fold}: {len(specs)} shards, {len(specs) - len(todo)} already written, {len(todo)} to write",
-          flush=True)
+    print(
+        f"fold {fold}: {len(specs)} shards, {len(specs) - len(todo)} already written, {len(todo)} to write", flush=True
+    )
     if todo:
         ds = ray.data.from_items([{"spec": json.dumps(s)} for s in todo], override_num_blocks=len(todo))
         summaries = (
-            ds.map_batches(read_sources, fn_kwargs=dict(store=store), batch_size=None)
+            # num_cpus differs from the actors' so Ray does not fuse the stages: reads overlap generation.
+            ds.map_batches(
+                read_sources,
+                batch_size=None,
+                num_cpus=0.5,
+                fn_kwargs=dict(store=store, load_size=config["experiment"]["train"]["load_size"]),
+            )
             .map_batches(
                 Generator,
                 fn_constructor_kwargs=dict(
-                    store=store, checkpoint=checkpoint, batch_size=job.batch_size,
-                    aligned_size=card["alignment"]["size"], recognizer=recognizer,
+                    store=store,
+                    checkpoint=checkpoint,
+                    batch_size=job.batch_size,
+                    aligned_size=card["alignment"]["size"],
+                    recognizer=recognizer,
                 ),
                 batch_size=None,
                 compute=ActorPoolStrategy(min_size=1, max_size=job.actors),
@@ -357,8 +401,14 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
             )
             .map_batches(
                 write_shard,
-                fn_kwargs=dict(store=store, folder=folder, fold=fold, classes=classes, checkpoint_id=checkpoint_id,
-                               min_score=job.min_score),
+                fn_kwargs=dict(
+                    store=store,
+                    folder=folder,
+                    fold=fold,
+                    classes=classes,
+                    checkpoint_id=checkpoint_id,
+                    min_score=job.min_score,
+                ),
                 batch_size=None,
             )
             .take_all()
@@ -388,7 +438,7 @@ def _check_foreign_files(store: Store, folder: str) -> None:
         if name.endswith(".parquet") and not name.startswith("_tmp-"):
             try:
                 schema = pq.ParquetFile(path, filesystem=store.arrow_fs).schema_arrow
-                check_schema(schema, store.uri_of(path[len(store.root):]), SYNTH_SCHEMA, "synthetic shard")
+                check_schema(schema, store.uri_of(path[len(store.root) :]), SYNTH_SCHEMA, "synthetic shard")
             except StoreError as e:
                 raise SynthError(f"{e}; remove it or pass --overwrite") from None
             except Exception:  # noqa: BLE001 - unreadable: a crashed write of ours; it will be rewritten
@@ -397,7 +447,9 @@ def _check_foreign_files(store: Store, folder: str) -> None:
             store.remove(path)  # leftover of an interrupted write
 
 
-def _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, shards: list[dict], min_score, quality) -> dict:
+def _write_manifest(
+    store, folder, fold, classes, checkpoint_id, dataset, shards: list[dict], min_score, quality
+) -> dict:
     real = read_card(store, dataset)["counts"]["per_fold_class"]
     real_train = Counter()
     for f, per in real.items():
@@ -436,4 +488,3 @@ def synthesize(job: SynthJob) -> dict[int, dict]:
     if not folds:
         raise SynthError(f"run {job.run!r} has no trained fold")
     return {f: synthesize_fold(job, f) for f in folds}
-

@@ -18,7 +18,12 @@ import torch
 
 from fersnet_ray.store import Store
 from fersnet_ray.synth.recognizer import (
-    Recognizer, accuracy_against, load_recognizer, save_recognizer, target_probability, train_recognizer,
+    Recognizer,
+    accuracy_against,
+    load_recognizer,
+    save_recognizer,
+    target_probability,
+    train_recognizer,
 )
 from fersnet_ray.synth.sheet import contact_sheet
 from fersnet_ray.train.config import Experiment
@@ -77,13 +82,18 @@ def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognize
     if store.exists(path):
         recognizer = load_fold_recognizer(store, path).to(device)
     else:
-        recognizer = train_recognizer(train_set.to(device), exp.model.num_classes, exp.train.crop_size,
-                                      epochs=recognizer_epochs, device=device, seed=exp.train.seed + fold)
+        recognizer = train_recognizer(
+            train_set.to(device),
+            exp.model.num_classes,
+            exp.train.crop_size,
+            epochs=recognizer_epochs,
+            device=device,
+            seed=exp.train.seed + fold,
+        )
         buf = io.BytesIO()
         torch.save(save_recognizer(recognizer), buf)
         store.write_bytes(path, buf.getvalue())
-    real_acc = accuracy_against(recognizer, test_set.images.to(device), test_set.labels.to(device),
-                                exp.train.crop_size)
+    real_acc = accuracy_against(recognizer, test_set.images.to(device), test_set.labels.to(device), exp.train.crop_size)
 
     model = create_model(exp.model).to(device).eval()
     model.load_state_dict(state["model"])
@@ -117,4 +127,3 @@ def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognize
         "mean_target_probability": float(probs.mean()) if len(probs) else float("nan"),
         "contact_sheet": SHEET_FILE,
     }
-

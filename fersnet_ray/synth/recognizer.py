@@ -42,8 +42,12 @@ class Recognizer(nn.Module):
         blocks, c_in = [], cfg.in_channels
         for w in cfg.widths:
             # ceil_mode: an odd side (45 → 23 → 12 → ...) keeps its last row and column.
-            blocks += [nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2, ceil_mode=True)]
+            blocks += [
+                nn.Conv2d(c_in, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2, ceil_mode=True),
+            ]
             c_in = w
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(c_in, cfg.num_classes)

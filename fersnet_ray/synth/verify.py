@@ -66,16 +66,22 @@ def verify_fold(store: Store, run: str, fold: int) -> list[str]:
     faces = read_faces(store, manifest["dataset"], columns=["face_id", "label", "fold"])
     train = faces.filter(pc.not_equal(faces["fold"], fold))
     n_classes = len(manifest["classes"])
-    expected = {(f, t) for f, y in zip(train["face_id"].to_pylist(), train["label"].to_pylist())
-                for t in range(n_classes) if t != y}
+    expected = {
+        (f, t)
+        for f, y in zip(train["face_id"].to_pylist(), train["label"].to_pylist())
+        for t in range(n_classes)
+        if t != y
+    }
     missing = expected - pairs
     filtered = sum(sum(s.get("below_min_score", {}).values()) for s in manifest["shards"])
     if filtered and len(missing) == filtered:
         missing = set()  # left out by --min-score, as the manifest records
     if missing and not any("missing" in p or "checksum" in p or "unreadable" in p for p in problems):
         src, tgt = sorted(missing)[0]
-        problems.append(f"fold {fold}: {len(missing)} (source face, target) pair(s) missing, e.g. ({src}, "
-                        f"{manifest['classes'][tgt]})")
+        problems.append(
+            f"fold {fold}: {len(missing)} (source face, target) pair(s) missing, e.g. ({src}, "
+            f"{manifest['classes'][tgt]})"
+        )
     extra = pairs - expected
     if extra:
         problems.append(f"fold {fold}: {len(extra)} synthetic face(s) from faces outside the fold's training split")
@@ -84,8 +90,10 @@ def verify_fold(store: Store, run: str, fold: int) -> list[str]:
         synth = Counter(t for _, t in pairs)
         totals = {real[c] + synth[c] for c in range(n_classes)}
         if len(totals) != 1:
-            problems.append(f"fold {fold}: not balanced: real + synthetic per class = "
-                            f"{[real[c] + synth[c] for c in range(n_classes)]}")
+            problems.append(
+                f"fold {fold}: not balanced: real + synthetic per class = "
+                f"{[real[c] + synth[c] for c in range(n_classes)]}"
+            )
     return problems
 
 

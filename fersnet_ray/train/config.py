@@ -97,8 +97,15 @@ PRESETS: dict[str, Experiment] = {
     "tiny": Experiment(
         ModelConfig.tiny(),
         TrainConfig(
-            epochs=6, batch_size=32, load_size=36, crop_size=32, identity="none", lambda_idt_start=0.0,
-            lambda_idt_end=0.0, checkpoint_every=2, eval_every=2,
+            epochs=6,
+            batch_size=32,
+            load_size=36,
+            crop_size=32,
+            identity="none",
+            lambda_idt_start=0.0,
+            lambda_idt_end=0.0,
+            checkpoint_every=2,
+            eval_every=2,
         ),
     ),
 }
@@ -122,7 +129,11 @@ def make_experiment(
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(list_models())}")
     base = PRESETS[preset]
     model = replace(
-        base.model, variant=variant, num_classes=num_classes, in_channels=in_channels, match_capacity=match_capacity,
+        base.model,
+        variant=variant,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        match_capacity=match_capacity,
         gan_mode=gan_mode or base.model.gan_mode,
     )
     train = replace(base.train, **{k: v for k, v in train_overrides.items() if v is not None})

@@ -43,8 +43,9 @@ class FaceSet:
     def shard(self, rank: int, world: int) -> "FaceSet":
         """Every `world`-th face from `rank`: one DDP worker's part of the training faces."""
         idx = torch.arange(rank, len(self), world)
-        return FaceSet(self.images[idx], self.labels[idx], self.subjects[idx.numpy()],
-                       [self.face_ids[i] for i in idx.tolist()])
+        return FaceSet(
+            self.images[idx], self.labels[idx], self.subjects[idx.numpy()], [self.face_ids[i] for i in idx.tolist()]
+        )
 
 
 def decode_faces(pngs: list[bytes], load_size: int) -> torch.Tensor:
@@ -55,8 +56,14 @@ def decode_faces(pngs: list[bytes], load_size: int) -> torch.Tensor:
         t = torch.from_numpy(np.array(arr))  # a writable copy (the decoded PNG buffer is read-only)
         t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W)
         if t.shape[-1] != load_size:
-            t = F.interpolate(t[None].float(), size=(load_size, load_size), mode="bilinear", antialias=True,
-                              align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+            t = (
+                F.interpolate(
+                    t[None].float(), size=(load_size, load_size), mode="bilinear", antialias=True, align_corners=False
+                )[0]
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
         out.append(t)
     return torch.stack(out) if out else torch.zeros((0, 1, load_size, load_size), dtype=torch.uint8)
 
@@ -111,8 +118,9 @@ def augment(
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta.to(device), [b, images[0].shape[1], crop, crop], align_corners=False)
-    return [F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-            for x in images]
+    return [
+        F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False) for x in images
+    ]
 
 
 class TargetSampler:

@@ -79,7 +79,7 @@ def write_checkpoint_dir(state_dict: dict, folder: str) -> None:
 
 def read_checkpoint(store: Store, path: str) -> dict:
     """Loads a checkpoint folder (weights_only: never unpickles code); errors name the file."""
-    where = f"{store.uri_of()}{path[len(store.root):]}/{STATE_FILE}" if path.startswith(store.root) else path
+    where = f"{store.uri_of()}{path[len(store.root) :]}/{STATE_FILE}" if path.startswith(store.root) else path
     try:
         meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
         data = store.read_bytes(f"{path}/{STATE_FILE}")
@@ -98,8 +98,10 @@ def latest_checkpoint(store: Store, run: str, fold: int) -> str | None:
     folder = store.fold_dir(run, fold)
     if not store.exists(folder):
         return None
-    names = sorted((p for p in store.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint-epoch-")),
-                   reverse=True)
+    names = sorted(
+        (p for p in store.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint-epoch-")),
+        reverse=True,
+    )
     for path in names:
         try:
             meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
@@ -160,8 +162,11 @@ def train_fold(config: dict) -> None:
             identity_net = ident.train_identity_net(train_set, exp.train.identity_epochs, device, seed=seed)
             if rank == 0:
                 acc = ident.identity_accuracy(identity_net, train_set)
-                print(f"fold {fold}: identity net trained on {len(set(train_set.subjects))} subjects, "
-                      f"train acc {acc:.3f}", flush=True)
+                print(
+                    f"fold {fold}: identity net trained on {len(set(train_set.subjects))} subjects, "
+                    f"train acc {acc:.3f}",
+                    flush=True,
+                )
         else:
             identity_net = ident.load_identity_weights(exp.train.identity)
         identity_net = identity_net.to(device).eval().requires_grad_(False)
@@ -262,7 +267,9 @@ def _trainer(job: TrainJob, fold: int, resume_from: str | None, resume_epoch: in
     return TorchTrainer(
         train_fold,
         train_loop_config={"job": asdict(job), "fold": fold, "resume_from": resume_from, "resume_epoch": resume_epoch},
-        scaling_config=ScalingConfig(num_workers=job.workers_per_fold, use_gpu=use_gpu, resources_per_worker=per_worker),
+        scaling_config=ScalingConfig(
+            num_workers=job.workers_per_fold, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
         run_config=RunConfig(
             name=f"fold-{fold}",
             storage_path=store.run_dir(job.run),
@@ -286,8 +293,10 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
         raise TrainError(f"face table {job.dataset!r} has folds 0..{card['folds'] - 1}; no fold {bad[0]}")
     exp = Experiment.from_dict(job.experiment)
     if exp.model.num_classes != len(card["classes"]) or exp.model.in_channels != card["alignment"]["channels"]:
-        raise TrainError(f"experiment expects {exp.model.num_classes} classes / {exp.model.in_channels} channels; "
-                         f"data set {job.dataset!r} has {len(card['classes'])} / {card['alignment']['channels']}")
+        raise TrainError(
+            f"experiment expects {exp.model.num_classes} classes / {exp.model.in_channels} channels; "
+            f"data set {job.dataset!r} has {len(card['classes'])} / {card['alignment']['channels']}"
+        )
     job = save_run_config(store, job, resume, overwrite)
     epochs = Experiment.from_dict(job.experiment).train.epochs
 

@@ -125,8 +125,9 @@ def train_epoch(
         y = faces.labels[idx.to(faces.labels.device)]
         yt = torch.as_tensor(target_label[idx_np], device=state.device)
         x_u8, xt_u8 = faces.images[idx.to(faces.images.device)], faces.images[torch.as_tensor(target_face[idx_np])]
-        x, xt = augment([to_unit(x_u8.to(state.device)), to_unit(xt_u8.to(state.device))],
-                        t.crop_size, t.rotations, gen)  # (B, C, crop, crop) each, same geometry
+        x, xt = augment(
+            [to_unit(x_u8.to(state.device)), to_unit(xt_u8.to(state.device))], t.crop_size, t.rotations, gen
+        )  # (B, C, crop, crop) each, same geometry
         if state.device.type == "cuda" and t.amp:
             x, xt = x.contiguous(memory_format=torch.channels_last), xt.contiguous(memory_format=torch.channels_last)
         progress = (state.epoch + step / steps) / t.epochs
@@ -173,15 +174,23 @@ def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]
     with autocast(state.device, amp):
         cycled = model(out.fake, y).fake  # G(z, G(z^t, I)), through the (DDP) forward
         g_total, g_parts = state.loss.generator_loss(
-            out.logits.float(), y, fake=out.fake.float(), target_images=xt, source_images=x,
-            cycled=cycled.float(), d_fake=disc(out.fake, yt).float(), progress=progress,
+            out.logits.float(),
+            y,
+            fake=out.fake.float(),
+            target_images=xt,
+            source_images=x,
+            cycled=cycled.float(),
+            d_fake=disc(out.fake, yt).float(),
+            progress=progress,
         )
     state.opt_g.zero_grad(set_to_none=True)
     g_total.backward()
     state.opt_g.step()
     g_parts.pop("lambda_idt", None)
-    return {**{f"g_{k}" if k == "total" else k: v for k, v in g_parts.items()},
-            **{k if k.startswith("d_") else f"d_{k}": v for k, v in d_parts.items()}}
+    return {
+        **{f"g_{k}" if k == "total" else k: v for k, v in g_parts.items()},
+        **{k if k.startswith("d_") else f"d_{k}": v for k, v in d_parts.items()},
+    }
 
 
 @torch.no_grad()
@@ -219,4 +228,3 @@ def progress_line(fold: int, m: dict, epochs: int) -> str:
     parts = " ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
     acc = f" test_acc {m['accuracy']:.3f}" if "accuracy" in m else ""
     return f"fold {fold} epoch {m['epoch'] + 1}/{epochs} {parts}{acc} ({m['images_per_s']:.0f} img/s)"
-

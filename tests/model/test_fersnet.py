@@ -70,8 +70,9 @@ def test_both_directions_read_pre_exchange_features(batch: dict) -> None:
 def test_soft_label_vectors_equal_one_hot_indices(batch: dict) -> None:
     model = create_model(ModelConfig.tiny()).eval()
     one_hot = torch.nn.functional.one_hot(batch["tgt_labels"], 7).float()
-    torch.testing.assert_close(model.synthesize(batch["src"], batch["tgt_labels"]),
-                               model.synthesize(batch["src"], one_hot))
+    torch.testing.assert_close(
+        model.synthesize(batch["src"], batch["tgt_labels"]), model.synthesize(batch["src"], one_hot)
+    )
 
 
 def test_fersnet_hard_shares_one_encoder() -> None:

@@ -21,8 +21,13 @@ def test_shapes(net: LightCNN9) -> None:
 
 def test_public_module_names() -> None:
     keys = set(LightCNN9(num_classes=10).state_dict())
-    for key in ("features.0.filter.weight", "features.2.conv_a.filter.weight", "features.7.conv.filter.bias",
-                "fc1.filter.weight", "fc2.weight"):
+    for key in (
+        "features.0.filter.weight",
+        "features.2.conv_a.filter.weight",
+        "features.7.conv.filter.bias",
+        "fc1.filter.weight",
+        "fc2.weight",
+    ):
         assert key in keys
     assert LightCNN9(num_classes=10).fc1.filter.in_features == 8 * 8 * 128
 

@@ -29,14 +29,20 @@ class TinyIdentity(torch.nn.Module):
         return feature, feature
 
 
-def _generator_loss(loss_fn: FERSNetLoss, model: FERSNetBase, disc: PatchDiscriminator, b: dict,
-                    progress: float = 0.5) -> tuple[torch.Tensor, dict]:
+def _generator_loss(
+    loss_fn: FERSNetLoss, model: FERSNetBase, disc: PatchDiscriminator, b: dict, progress: float = 0.5
+) -> tuple[torch.Tensor, dict]:
     out = model(b["src"], b["tgt_labels"])
     if out.fake is None:
         return loss_fn.generator_loss(out.logits, b["src_labels"])
     return loss_fn.generator_loss(
-        out.logits, b["src_labels"], fake=out.fake, target_images=b["tgt"], source_images=b["src"],
-        cycled=model.synthesize(out.fake, b["src_labels"]), d_fake=disc(out.fake, b["tgt_labels"]),
+        out.logits,
+        b["src_labels"],
+        fake=out.fake,
+        target_images=b["tgt"],
+        source_images=b["src"],
+        cycled=model.synthesize(out.fake, b["src_labels"]),
+        d_fake=disc(out.fake, b["tgt_labels"]),
         progress=progress,
     )
 
