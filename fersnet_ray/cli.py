@@ -45,14 +45,6 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def _one_line(e: BaseException) -> str:
-    """An unexpected failure as one line; Ray wraps worker errors, so take the innermost cause."""
-    while e.__cause__ is not None:
-        e = e.__cause__
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[-1] if lines else ''} (set FERSNET_DEBUG=1 for the traceback)"
-
-
 def _run(fn, *args, **kwargs):
     """Calls a library function; user errors and unexpected failures end in one `error:` line."""
     try:
@@ -62,7 +54,9 @@ def _run(fn, *args, **kwargs):
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence; FERSNET_DEBUG shows all
         if os.environ.get("FERSNET_DEBUG"):
             raise
-        _fail(_one_line(e))
+        from fersnet_ray.runtime import root_cause
+
+        _fail(f"{root_cause(e)} (set FERSNET_DEBUG=1 for the traceback)")
 
 
 def _user_errors():

@@ -39,3 +39,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     else:
         # include_dashboard=False: a local run needs no web UI and starts seconds faster.
         ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
+def root_cause(e: BaseException) -> str:
+    """A failure as one line. Ray wraps worker errors, so the innermost cause says what went wrong."""
+    from fersnet_ray.store import redact
+
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = [ln.strip() for ln in redact(str(e)).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"

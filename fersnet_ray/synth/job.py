@@ -416,7 +416,7 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
         for row in summaries:
             done[int(row["shard"])] = json.loads(row["info"])
     shards = [done[s["shard"]] for s in specs]
-    return _write_manifest(store, folder, fold, classes, checkpoint_id, dataset, shards, job.min_score, quality)
+    return _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards, job.min_score, quality)
 
 
 def _remove_unplanned(store: Store, folder: str, n_shards: int) -> None:
@@ -447,10 +447,9 @@ def _check_foreign_files(store: Store, folder: str) -> None:
             store.remove(path)  # leftover of an interrupted write
 
 
-def _write_manifest(
-    store, folder, fold, classes, checkpoint_id, dataset, shards: list[dict], min_score, quality
-) -> dict:
-    real = read_card(store, dataset)["counts"]["per_fold_class"]
+def _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards: list[dict], min_score, quality) -> dict:
+    classes = card["classes"]
+    real = card["counts"]["per_fold_class"]
     real_train = Counter()
     for f, per in real.items():
         if int(f) != fold:

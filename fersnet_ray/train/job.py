@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from fersnet_ray.store import Store, StoreError, redact
+from fersnet_ray.runtime import root_cause
+from fersnet_ray.store import Store, StoreError
 from fersnet_ray.train.config import Experiment
 
 log = logging.getLogger(__name__)
@@ -183,15 +184,14 @@ def train_fold(config: dict) -> None:
     if world > 1:
         ddp_model = ray.train.torch.prepare_model(state.model, move_to_device=False)
         ddp_disc = ray.train.torch.prepare_model(state.disc, move_to_device=False) if state.disc else None
-    sampler = TargetSampler(train_set.labels, train_set.subjects, seed)
     shard = train_set.shard(rank, world) if world > 1 else train_set
-    # Per-rank sampler over the shard: each worker draws targets among its own faces.
-    shard_sampler = TargetSampler(shard.labels, shard.subjects, seed * 1000 + rank) if world > 1 else sampler
+    # Each worker draws targets among its own faces, with its own seed under DDP.
+    sampler = TargetSampler(shard.labels, shard.subjects, seed * 1000 + rank if world > 1 else seed)
 
     t = exp.train
     start_epoch = state.epoch  # recorded with every epoch: shows where this attempt (re)started
     while state.epoch < t.epochs:
-        metrics = train_epoch(state, shard, shard_sampler, ddp_model, ddp_disc)
+        metrics = train_epoch(state, shard, sampler, ddp_model, ddp_disc)
         metrics["start_epoch"] = start_epoch
         last = state.epoch == t.epochs
         if last or (t.eval_every and state.epoch % t.eval_every == 0):
@@ -310,7 +310,7 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
         try:
             _trainer(job, fold, resume_from, done).fit()
         except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
-            raise TrainError(f"fold {fold} failed: {_root_cause(e)}") from None
+            raise TrainError(f"fold {fold} failed: {root_cause(e)}") from None
 
     errors: list[str] = []
     lock = threading.Lock()
@@ -329,13 +329,6 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
     if errors:
         raise TrainError("; ".join(errors))
     return evaluate_run(store, job.run)
-
-
-def _root_cause(e: BaseException) -> str:
-    while e.__cause__ is not None:
-        e = e.__cause__
-    lines = [ln.strip() for ln in redact(str(e)).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[-1] if lines else ''}"
 
 
 def evaluate_run(store: Store, run: str) -> dict:
