@@ -61,18 +61,24 @@ def _run(fn, *args, **kwargs):
 
 def _user_errors():
     """Exception types whose message is a complete, user-facing explanation."""
+    from fersnet_ray.jobs import JobsError
     from fersnet_ray.prepare.job import PrepareError
     from fersnet_ray.prepare.sources import SourceError
     from fersnet_ray.store import StoreError
     from fersnet_ray.synth.job import SynthError
     from fersnet_ray.train.job import TrainError
+    from fersnet_ray.finetune.job import FinetuneError
+    from fersnet_ray.pipeline import PipelineError
 
     return (
+        FinetuneError,
+        PipelineError,
         PrepareError,
         SourceError,
         StoreError,
         TrainError,
         SynthError,
+        JobsError,
         ValueError,
         FileNotFoundError,
         PermissionError,
@@ -174,6 +180,9 @@ def train(
     workers_per_fold: Annotated[int, typer.Option(help="Ray Train workers per fold (DDP when > 1).")] = 1,
     gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold; fractions let folds share a GPU.")] = 0.0,
     cpus_per_worker: Annotated[float, typer.Option(help="CPUs per training worker.")] = 1.0,
+    parallel_folds: Annotated[
+        Optional[int], typer.Option(help="Folds at once (default: as many as the cluster holds now).")
+    ] = None,
     max_failures: Annotated[int, typer.Option(help="Worker-group restarts per fold before giving up.")] = 2,
     resume: Annotated[bool, typer.Option(help="Continue an existing run with its stored config.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run and start again.")] = False,
@@ -207,6 +216,7 @@ def train(
         gpus_per_fold=gpus_per_fold,
         cpus_per_worker=cpus_per_worker,
         max_failures=max_failures,
+        parallel_folds=parallel_folds,
     )
     _run(init_ray, address)
     print_evaluation(_run(run_train, job, resume, overwrite))
@@ -222,6 +232,214 @@ def evaluate(
     from fersnet_ray.train.job import evaluate_run
 
     print_evaluation(_run(evaluate_run, Store.from_uri(store), run))
+
+
+@app.command()
+def finetune(
+    run: Annotated[str, typer.Option(help="Trained and synthesised run to fine-tune (FES-DA).")] = "demo",
+    store: StoreOpt = "./fersnet-store",
+    folds: Annotated[str, typer.Option(help="'all' (every synthesised fold) or a list, e.g. 0,3.")] = "all",
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs over real + synthetic faces.")] = 30,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed to --lr-min).")] = 1e-4,
+    lr_min: Annotated[float, typer.Option(help="Final learning rate.")] = 1e-6,
+    batch_size: Annotated[int, typer.Option(help="Batch size per fold.")] = 64,
+    shuffle_buffer: Annotated[int, typer.Option(help="Rows in Ray Data's local shuffle buffer per worker.")] = 2048,
+    cache: Annotated[
+        Optional[bool],
+        typer.Option("--cache/--stream", help="Keep decoded faces in Ray's object store (default: auto)."),
+    ] = None,
+    workers_per_fold: Annotated[int, typer.Option(help="Ray Train workers per fold (DDP when > 1).")] = 1,
+    gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold; fractions let folds share a GPU.")] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per training worker.")] = 1.0,
+    parallel_folds: Annotated[
+        Optional[int], typer.Option(help="Folds at once (default: as many as the cluster holds now).")
+    ] = None,
+    max_failures: Annotated[int, typer.Option(help="Worker-group restarts per fold before giving up.")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="Fine-tune again from the trained model.")] = False,
+    address: AddressOpt = None,
+) -> None:
+    """Fine-tune each fold's FERSNet on its real + synthetic faces, streamed by Ray Data (FES-DA)."""
+    from dataclasses import asdict
+
+    from fersnet_ray.finetune.job import FinetuneJob, finetune as run_finetune
+    from fersnet_ray.finetune.loop import FinetuneConfig
+    from fersnet_ray.runtime import init_ray
+
+    cfg = _run(
+        FinetuneConfig,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        lr_min=lr_min,
+        shuffle_buffer=shuffle_buffer,
+        cache=cache,
+    )
+    job = FinetuneJob(
+        store=store,
+        run=run,
+        folds=None if folds == "all" else _parse_folds(folds, 0),
+        config=asdict(cfg),
+        workers_per_fold=workers_per_fold,
+        gpus_per_fold=gpus_per_fold,
+        cpus_per_worker=cpus_per_worker,
+        max_failures=max_failures,
+        overwrite=overwrite,
+        parallel_folds=parallel_folds,
+    )
+    _run(init_ray, address)
+    print_evaluation(_run(run_finetune, job))
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Option(help="Run to report on.")] = "demo",
+    store: StoreOpt = "./fersnet-store",
+    compare: Annotated[str, typer.Option(help="Other runs to add as Table VI rows, e.g. r1,r2.")] = "",
+) -> None:
+    """Write the Markdown results report with PNG charts into the store (runs/<run>/report/)."""
+    from fersnet_ray.report.job import write_report
+
+    uri = _run(write_report, store, run, tuple(r for r in compare.split(",") if r.strip()))
+    print_results(store, run)
+    console.print(f"report: {uri}", highlight=False, soft_wrap=True)
+
+
+def _pipeline(
+    ctx: typer.Context,
+    store: StoreOpt = "./fersnet-store",
+    dataset: Annotated[str, typer.Option(help="Adapter: see `fersnet datasets`.")] = "demo",
+    source: Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")] = None,
+    run: Annotated[Optional[str], typer.Option(help="Run name (default: the data set name).")] = None,
+    folds: Annotated[int, typer.Option(help="Number of subject-disjoint, stratified folds.")] = 10,
+    train_folds: Annotated[str, typer.Option(help="Folds to train, synthesise and fine-tune: 'all' or 0,3.")] = "all",
+    seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
+    align: Annotated[Optional[str], typer.Option(help="fan | none (default: by data set).")] = None,
+    aligned_size: Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")] = 110,
+    rgb: Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")] = False,
+    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = 24,
+    classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order.")] = None,
+    subject_regex: Annotated[Optional[str], typer.Option(help="folder: regex for the subject.")] = None,
+    manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="paper | ck48 | tiny (default: tiny for demo).")] = None,
+    variant: Annotated[str, typer.Option(help="run: fersnet | fersnet_hard.")] = "fersnet",
+    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's training epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
+    gan_mode: Annotated[Optional[str], typer.Option(help="vanilla (eq. 6) | lsgan.")] = None,
+    identity: Annotated[Optional[str], typer.Option(help="Identity net: train | none | weights URI.")] = None,
+    match_capacity: Annotated[
+        Optional[bool], typer.Option(help="Enlarge ablations to the original's size (ablation default: yes).")
+    ] = None,
+    workers_per_fold: Annotated[int, typer.Option(help="Ray Train workers per fold.")] = 1,
+    gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold (train and finetune).")] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per training worker.")] = 1.0,
+    parallel_folds: Annotated[
+        Optional[int], typer.Option(help="Folds at once (default: as many as the cluster holds now).")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="Synthesis generator actors.")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per synthesis actor.")] = 0.0,
+    rows_per_shard: Annotated[int, typer.Option(help="Synthetic faces per Parquet shard (about).")] = 1200,
+    min_score: Annotated[Optional[float], typer.Option(help="Keep synthetic rows scored ≥ this.")] = None,
+    recognizer_epochs: Annotated[Optional[int], typer.Option(help="Table V recogniser epochs.")] = None,
+    finetune_epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs.")] = None,
+    finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-4,
+    address: AddressOpt = None,
+) -> None:
+    from dataclasses import asdict
+
+    from fersnet_ray.finetune.loop import FinetuneConfig
+    from fersnet_ray.pipeline import PipelineConfig, run_ablation, run_pipeline
+    from fersnet_ray.runtime import init_ray
+
+    ablation = ctx.info_name == "ablation"
+    demo = dataset == "demo"
+    options = {
+        "folder": {"subject_regex": subject_regex, "classes": classes},
+        "manifest": {"classes": classes},
+        "mmi": {"manifest": manifest},
+        "demo": {"subjects": demo_subjects, "seed": seed},
+    }.get(dataset, {})
+    # CPU-sized defaults for the demo (the whole pipeline in minutes on 2 cores), the paper's otherwise.
+    ft = _run(
+        FinetuneConfig,
+        epochs=finetune_epochs or (4 if demo else 30),
+        lr=finetune_lr,
+        lr_min=min(1e-6, finetune_lr),
+        checkpoint_every=2 if demo else 5,
+    )
+    cfg = PipelineConfig(
+        store=store,
+        dataset=dataset,
+        source=source,
+        name=name,
+        run=run,
+        folds=folds,
+        train_folds=None if train_folds == "all" else _parse_folds(train_folds, 0),
+        seed=seed,
+        align=align,
+        aligned_size=aligned_size,
+        channels=3 if rgb else 1,
+        prepare_options={k: v for k, v in options.items() if v is not None},
+        preset=preset,
+        variant=variant,
+        epochs=epochs,
+        batch_size=batch_size,
+        gan_mode=gan_mode,
+        identity=identity,
+        match_capacity=ablation if match_capacity is None else match_capacity,
+        workers_per_fold=workers_per_fold,
+        gpus_per_fold=gpus_per_fold,
+        cpus_per_worker=cpus_per_worker,
+        parallel_folds=parallel_folds,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        rows_per_shard=rows_per_shard,
+        min_score=min_score,
+        recognizer_epochs=recognizer_epochs or (10 if demo else 30),
+        finetune=asdict(ft),
+    )
+    _run(init_ray, address)
+    result = _run(run_ablation if ablation else run_pipeline, cfg)
+    print_results(store, cfg.run_name)
+    console.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
+
+
+app.command(
+    "run",
+    help="Run the whole pipeline: prepare → train → synthesize → finetune → report (resumable; "
+    "with no options: the demo set on a local Ray, CPU-sized).",
+)(_pipeline)
+app.command(
+    "ablation",
+    help="The paper's Table VI on the same folds: fer_only, fersnet_hard, fersnet, and fersnet + FES-DA, "
+    "then the report.",
+)(_pipeline)
+
+
+def print_results(store: str, run: str) -> None:
+    """The report's Table VI rows as a console table."""
+    from fersnet_ray.report.job import collect
+    from fersnet_ray.store import Store
+
+    data = collect(Store.from_uri(store), run)
+    table = Table("model", "run", "folds", "mean ± std", "pooled", box=box.SIMPLE_HEAD, pad_edge=False)
+    for r in data["rows"]:
+        table.add_row(
+            r["name"],
+            r["run"],
+            str(len(r["per_fold"])),
+            f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}%",
+            f"{100 * r['pooled']:.2f}%",
+        )
+    console.print(table)
+    if data["table_v"]:
+        import numpy as np
+
+        console.print(
+            f"synthetic faces, Table V accuracy: {100 * np.mean(list(data['table_v'].values())):.2f}% "
+            f"over {len(data['table_v'])} fold(s)",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -308,6 +526,154 @@ def verify(
         highlight=False,
         soft_wrap=True,
     )
+
+
+# --- cluster jobs: submit and jobs (fersnet_ray/jobs.py) ---
+
+DashboardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray dashboard (Jobs API) URL, http(s)://HEAD:8265 (default: RAY_ADDRESS).",
+        envvar="RAY_ADDRESS",
+    ),
+]
+HeaderOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--header", help="'Name: value' HTTP header on every request, repeatable (default: RAY_JOB_HEADERS, JSON)."
+    ),
+]
+jobs_app = typer.Typer(help="Ray jobs on the cluster: list, status, logs, stop.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+def _headers(header: list[str] | None) -> dict | None:
+    from fersnet_ray.jobs import parse_headers
+
+    return _run(parse_headers, header) if header else None  # none given: RAY_JOB_HEADERS
+
+
+def _print_logs(chunks) -> None:
+    """Job output verbatim (no Rich markup or wrapping); call it through `_run`, which sees its errors."""
+    for chunk in chunks:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def _end(info) -> None:
+    """The job's final status on stderr; exit 1 unless it SUCCEEDED."""
+    if info.status != "SUCCEEDED":
+        _fail(f"job {info.submission_id} {info.status}: {info.message}")
+    err_console.print(f"job {info.submission_id} SUCCEEDED", highlight=False, soft_wrap=True)
+
+
+# allow_interspersed_args=False: everything after STAGE belongs to the stage, even options submit
+# also has (--address); ignore_unknown_options + allow_extra_args collect them into ctx.args.
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+def submit(
+    ctx: typer.Context,
+    stage: Annotated[
+        str, typer.Argument(metavar="STAGE [STAGE_ARGS]...", help="prepare, train, … and the stage's own arguments.")
+    ],
+    address: DashboardOpt = None,
+    header: HeaderOpt = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="KEY=VALUE in the job's environment, repeatable; no secrets.")
+    ] = None,
+    pip: Annotated[
+        bool, typer.Option(help="Install the project's dependencies except torch and Ray in the job.")
+    ] = True,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to end; exit 1 unless it SUCCEEDED.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Stream the job's output until it ends; exit 1 unless it SUCCEEDED.")
+    ] = False,
+    submission_id: Annotated[str | None, typer.Option(help="Job id (default: fersnet-STAGE-<random>).")] = None,
+) -> None:
+    """Run a stage on a Ray cluster as a Ray job: `fersnet submit [OPTIONS] STAGE [STAGE ARGS]…`; prints its id."""
+    from fersnet_ray import jobs
+
+    if stage.startswith("-"):
+        _fail(f"submit does not take {stage}; its options come before STAGE, see `fersnet submit --help`")
+    headers = _headers(header)
+    env_vars = _run(jobs.parse_env, env or [])
+    sid = _run(jobs.submit, stage, ctx.args, address, headers, pip, env_vars, submission_id)
+    print(sid)  # alone on stdout, for ID=$(fersnet submit …)
+    if follow:
+        _run(_print_logs, jobs.follow(sid, address, headers))
+    if follow or wait:
+        _end(_run(jobs.wait, sid, None, address, headers))
+    else:
+        err_console.print(f"follow it: fersnet jobs logs {sid} --follow", highlight=False, soft_wrap=True)
+
+
+@jobs_app.command("list")
+def jobs_list(address: DashboardOpt = None, header: HeaderOpt = None) -> None:
+    """Every job on the cluster, oldest first."""
+    import time
+
+    from fersnet_ray.jobs import list_jobs
+
+    table = Table("submission id", "status", "stage", "started", "took", box=box.SIMPLE_HEAD, pad_edge=False)
+    for j in _run(list_jobs, address, _headers(header)):
+        started = time.strftime("%m-%d %H:%M", time.localtime(j.start_time)) if j.start_time else "-"
+        took = f"{(j.end_time or time.time()) - j.start_time:.0f} s" if j.start_time else "-"
+        table.add_row(j.submission_id, j.status, j.stage or "-", started, took)
+    table.columns[0].no_wrap = True
+    console.print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(
+    submission_id: Annotated[str, typer.Argument(help="Submission id.")],
+    address: DashboardOpt = None,
+    header: HeaderOpt = None,
+) -> None:
+    """A job's status and Ray's message about it."""
+    from fersnet_ray.jobs import status
+
+    info = _run(status, submission_id, address, _headers(header))
+    console.print(f"{info.submission_id}: {info.status}  {info.message}", highlight=False, soft_wrap=True)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    submission_id: Annotated[str, typer.Argument(help="Submission id.")],
+    follow: Annotated[bool, typer.Option("--follow", help="Keep streaming until the job ends.")] = False,
+    address: DashboardOpt = None,
+    header: HeaderOpt = None,
+) -> None:
+    """A job's output (its driver's stdout and stderr)."""
+    from fersnet_ray import jobs
+
+    headers = _headers(header)
+    if follow:
+        _run(_print_logs, jobs.follow(submission_id, address, headers))
+    else:
+        _print_logs([_run(jobs.logs, submission_id, address, headers)])
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    submission_id: Annotated[str, typer.Argument(help="Submission id.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until it has stopped.")] = False,
+    address: DashboardOpt = None,
+    header: HeaderOpt = None,
+) -> None:
+    """Stop a job (SIGTERM to its driver, SIGKILL a few seconds later)."""
+    from fersnet_ray import jobs
+
+    headers = _headers(header)
+    if not _run(jobs.stop, submission_id, address, headers):
+        console.print(f"{submission_id} was not running", highlight=False)
+    elif not wait:
+        console.print(f"{submission_id}: stop requested", highlight=False)
+    if wait:
+        console.print(
+            f"{submission_id}: {_run(jobs.wait, submission_id, None, address, headers).status}", highlight=False
+        )
 
 
 def print_evaluation(summary: dict) -> None:

@@ -16,8 +16,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         # Set before Ray starts, so local workers inherit them (Ray Train forwards its own):
         # Ray Data logs its plan and, off a terminal, its progress at INFO (read when `ray.data` is
         # first imported); Ray Train would print each worker line twice, log a preemption-watcher
-        # error per fold, and Ray would fold our per-epoch lines into "[repeated Nx]".
+        # error per fold, and Ray would fold our per-epoch lines into "[repeated Nx]". Ray Data's
+        # progress bars, drawn by the actor that feeds fine-tuning workers, would flood the log.
         for name, value in (
+            ("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
             ("RAY_DATA_LOG_LEVEL", "WARNING"),
             ("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"),
             ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),

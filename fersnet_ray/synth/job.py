@@ -481,8 +481,11 @@ def _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards: l
 
 def synthesize(job: SynthJob) -> dict[int, dict]:
     """Runs every requested fold (one after another; each fold's shards run in parallel)."""
+    from dataclasses import replace
+
     store = Store.from_uri(job.store)
     store.check_writable()
+    job = replace(job, store=store.uri)  # absolute: Ray workers run in other directories
     folds = job.folds if job.folds is not None else tuple(trained_folds(store, job.run))
     if not folds:
         raise SynthError(f"run {job.run!r} has no trained fold")

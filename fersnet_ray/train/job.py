@@ -57,6 +57,7 @@ class TrainJob:
     gpus_per_fold: float = 0.0  # total GPUs of one fold, split over its workers (fractions share a GPU)
     cpus_per_worker: float = 1.0
     max_failures: int = 2
+    parallel_folds: int | None = None  # folds training at once; None: as many as the cluster holds now
 
 
 # --- checkpoints: plain files in the store ---------------------------------------------------------
@@ -96,7 +97,11 @@ def read_checkpoint(store: Store, path: str) -> dict:
 
 def latest_checkpoint(store: Store, run: str, fold: int) -> str | None:
     """The newest checkpoint of a fold that is complete (its checksum matches), or None."""
-    folder = store.fold_dir(run, fold)
+    return latest_checkpoint_in(store, store.fold_dir(run, fold))
+
+
+def latest_checkpoint_in(store: Store, folder: str) -> str | None:
+    """The newest complete `checkpoint-epoch-NNNN` folder under `folder` (training or fine-tuning)."""
     if not store.exists(folder):
         return None
     names = sorted(
@@ -215,7 +220,8 @@ def train_fold(config: dict) -> None:
     if rank == 0:
         result = evaluate(state.model, test_set, t.crop_size, amp=t.amp)
         result.update(fold=fold, epochs=state.epoch, classes=card["classes"], variant=exp.model.variant)
-        store.write_json(f"{store.fold_dir(job.run, fold)}/evaluation.json", result)
+        store.write_json(f"{store.fold_dir(job.run, fold)}/history.json", state.history)  # loss curves
+        store.write_json(f"{store.fold_dir(job.run, fold)}/evaluation.json", result)  # written last: fold done
 
 
 # --- Ray marked place 2 of 2: the driver, one TorchTrainer per fold ---------------------------------
@@ -283,9 +289,13 @@ def _trainer(job: TrainJob, fold: int, resume_from: str | None, resume_epoch: in
 
 def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
     """Trains every requested fold at once on the current Ray cluster; returns the evaluation summary."""
+    from dataclasses import replace
+
+    from fersnet_ray.table import read_card
+
     store = Store.from_uri(job.store)
     store.check_writable()
-    from fersnet_ray.table import read_card
+    job = replace(job, store=store.uri)  # absolute: Ray Train workers run in their own directories
 
     card = read_card(store, job.dataset)
     bad = [f for f in job.folds if not 0 <= f < card["folds"]]
@@ -312,23 +322,47 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
         except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
             raise TrainError(f"fold {fold} failed: {root_cause(e)}") from None
 
+    parallel = job.parallel_folds or folds_that_fit(job.workers_per_fold, job.cpus_per_worker, job.gpus_per_fold)
+    run_folds(job.folds, run_fold, TrainError, parallel)
+    return evaluate_run(store, job.run)
+
+
+def folds_that_fit(workers: int, cpus_per_worker: float, gpus_per_fold: float, spare_cpus: float = 0) -> int:
+    """How many folds' worker groups fit in the cluster's resources now (at least 1).
+
+    More would queue inside Ray Train and fail its worker-group start-up timeout while the first
+    folds run. On an autoscaling cluster that should grow, pass the number wanted explicitly.
+    """
+    import ray
+
+    total = ray.cluster_resources()
+    n = int(max(total.get("CPU", 1) - spare_cpus, 0) // max(workers * cpus_per_worker, 1e-9))
+    if gpus_per_fold > 0:
+        n = min(n, int(total.get("GPU", 0) // gpus_per_fold))
+    return max(1, n)
+
+
+def run_folds(folds, run_fold, error: type[Exception], parallel: int | None = None) -> None:
+    """Runs `run_fold(k)` for every fold, `parallel` at once (default: all); raises `error` joining
+    every fold's message.
+
+    One thread per fold: each `fit()` blocks while its trainer runs on the cluster, so the folds
+    train side by side, as many at once as the cluster's resources allow.
+    """
     errors: list[str] = []
     lock = threading.Lock()
 
     def guarded(fold: int) -> None:
         try:
             run_fold(fold)
-        except TrainError as e:
+        except error as e:
             with lock:
                 errors.append(str(e))
 
-    # One thread per fold: each `fit()` blocks while its trainer runs on the cluster, so the folds
-    # train side by side, as many at once as the cluster's resources allow.
-    with ThreadPoolExecutor(max_workers=len(job.folds)) as pool:
-        list(pool.map(guarded, job.folds))
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel or len(folds), len(folds)))) as pool:
+        list(pool.map(guarded, folds))
     if errors:
-        raise TrainError("; ".join(errors))
-    return evaluate_run(store, job.run)
+        raise error("; ".join(errors))
 
 
 def evaluate_run(store: Store, run: str) -> dict:
@@ -336,6 +370,17 @@ def evaluate_run(store: Store, run: str) -> dict:
     run_dir = store.run_dir(run)
     if not store.exists(f"{run_dir}/config.json"):
         raise StoreError(f"no run {run!r} in {store.uri}")
+    summary = summarize_folds(store, run_dir, run)
+    if summary is None:
+        raise TrainError(f"run {run!r} has no evaluated fold yet")
+    return summary
+
+
+def summarize_folds(store: Store, run_dir: str, run: str) -> dict | None:
+    """`<run_dir>/fold-*/evaluation.json` → `<run_dir>/evaluation.json` (None if no fold is evaluated).
+
+    Serves training (runs/<run>/) and fine-tuning (runs/<run>/finetune/) alike: same files, same summary.
+    """
     folds = {}
     for path in sorted(store.fs.ls(run_dir, detail=False)):
         name = path.rsplit("/", 1)[-1]
@@ -343,7 +388,7 @@ def evaluate_run(store: Store, run: str) -> dict:
             result = store.read_json(f"{path}/evaluation.json")
             folds[int(name[5:])] = {k: result[k] for k in ("accuracy", "correct", "total", "confusion", "epochs")}
     if not folds:
-        raise TrainError(f"run {run!r} has no evaluated fold yet")
+        return None
     accs = np.array([f["accuracy"] for f in folds.values()])
     summary = {
         "run": run,

@@ -1,0 +1,364 @@
+"""Stage 4, fine-tune (FES-DA): each fold's FERSNet, fine-tuned on real + synthetic faces streamed by Ray Data.
+
+    fersnet finetune --store URI --run NAME [--folds all --epochs 30 --lr 1e-4]
+
+For fold k the training data are the face table's training faces (fold ≠ k) and every synthetic
+shard of runs/<run>/synthetic/fold-k/ (which must pass `fersnet verify`), read with Ray Data's
+`read_parquet` straight from the store, decoded in Ray Data tasks, block order randomised each
+epoch and rows mixed in a local shuffle buffer, then fed to the Ray Train workers as torch batches.
+Training starts from the fold's final FERSNet checkpoint and is evaluated on the fold's real test
+faces, like training.
+
+Layout in the store:
+    runs/<run>/finetune/config.json                       data set, experiment and fine-tuning config
+    runs/<run>/finetune/fold-<k>/checkpoint-epoch-NNNN/    state.pt (+ meta.json), resumable
+    runs/<run>/finetune/fold-<k>/history.json             per-epoch loss, training and test accuracy
+    runs/<run>/finetune/fold-<k>/evaluation.json          test accuracy and confusion (written last)
+    runs/<run>/finetune/evaluation.json                   all folds: per fold, mean ± std
+
+Ray is used at the marked places only: the worker loop (`finetune_fold`), the data pipeline
+(`fold_dataset`) and the driver (`finetune`). The epoch is `loop.finetune_epoch`, plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from fersnet_ray.finetune.loop import FinetuneConfig
+from fersnet_ray.runtime import root_cause
+from fersnet_ray.store import Store, StoreError
+from fersnet_ray.train.config import Experiment
+
+log = logging.getLogger(__name__)
+
+
+class FinetuneError(RuntimeError):
+    """A fold that cannot be fine-tuned; the message names the fold and the reason."""
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    store: str
+    run: str
+    folds: tuple[int, ...] | None = None  # None: every fold with synthetic shards
+    config: dict = field(default_factory=lambda: asdict(FinetuneConfig()))
+    workers_per_fold: int = 1
+    gpus_per_fold: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+    overwrite: bool = False
+    parallel_folds: int | None = None  # None: as many as fit beside Ray Data's tasks
+
+
+def finetune_dir(store: Store, run: str) -> str:
+    return f"{store.run_dir(run)}/finetune"
+
+
+# --- Ray marked place 1 of 3: the data pipeline ----------------------------------------------------
+
+
+def _training_rows(batch, fold: int):
+    """Face table rows of the fold's training split (fold ≠ k), image and label only."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.not_equal(batch["fold"], fold)).select(["image", "label"])
+
+
+def fold_dataset(
+    store: Store,
+    dataset: str,
+    run: str,
+    fold: int,
+    load_size: int,
+    channels: int,
+    manifest: dict,
+    cache: bool = True,
+):
+    """Real training faces ∪ the fold's synthetic shards, as a Ray Dataset of decoded uint8 faces.
+
+    Nothing is copied locally: both are read from the store by Ray Data's Parquet reader, and the
+    PNG decoding runs in Ray Data tasks that stream ahead of the training workers.
+
+    cache: keep the decoded faces in Ray's object store after one pass (see `use_cache`).
+    Re-reading and re-decoding a few thousand small faces every epoch costs Ray Data more in task
+    start-up than the epoch's training takes (`python jobs/bench_finetune.py` measures both);
+    large data sets stream.
+    """
+    import ray.data
+
+    from fersnet_ray.finetune.loop import decode_batch
+    from fersnet_ray.table import table_files
+
+    real = ray.data.read_parquet(
+        table_files(store, dataset), filesystem=store.arrow_fs, columns=["image", "label", "fold"]
+    ).map_batches(_training_rows, fn_kwargs={"fold": fold}, batch_format="pyarrow", batch_size=None)
+    shards = [f"{store.synthetic_dir(run, fold)}/{s['file']}" for s in manifest["shards"]]
+    synthetic = ray.data.read_parquet(shards, filesystem=store.arrow_fs, columns=["image", "label"])
+    decoded = real.union(synthetic).map_batches(
+        decode_batch, fn_kwargs={"load_size": load_size}, batch_format="numpy", batch_size=256
+    )
+    if cache:
+        decoded = decoded.materialize()
+    return decoded.randomize_block_order()  # a new block order every epoch (each epoch re-runs the plan)
+
+
+# --- Ray marked place 2 of 3: the worker loop ------------------------------------------------------
+
+
+def finetune_fold(config: dict) -> None:
+    """Ray Train worker function for one fold (every worker of the fold runs it)."""
+    import ray.train
+    import ray.train.torch
+
+    from fersnet_ray.finetune.loop import FinetuneState, finetune_epoch
+    from fersnet_ray.train.data import load_test
+    from fersnet_ray.train.job import STATE_FILE, checkpoint_name, read_checkpoint, write_checkpoint_dir
+    from fersnet_ray.train.loop import evaluate
+
+    logging.getLogger().setLevel(logging.WARNING)
+    # Ray hands read-only Arrow buffers to torch; the batches are never written in place.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    job = FinetuneJob(**config["job"])
+    fold, dataset = config["fold"], config["dataset"]
+    exp = Experiment.from_dict(config["experiment"])
+    cfg = FinetuneConfig(**job.config)
+    cfg = replace(cfg, seed=cfg.seed + fold)
+    store = Store.from_uri(job.store)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(max(1, int(job.cpus_per_worker)))
+    test_set = load_test(store, dataset, fold, exp.train.load_size).to(device)
+
+    # Resume: Ray's registered checkpoint (worker failure, re-run) or the store's newest; else start
+    # from the trained FERSNet.
+    resume = None
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            resume = torch.load(f"{d}/{STATE_FILE}", map_location="cpu", weights_only=True)
+    if config.get("resume_from") and config["resume_epoch"] > (resume["epoch"] if resume else -1):
+        resume = read_checkpoint(store, config["resume_from"])
+    init = resume["model"] if resume else read_checkpoint(store, config["init_from"])["model"]
+    torch.manual_seed(cfg.seed)
+    state = FinetuneState.create(exp, cfg, init, device)
+    if resume is not None:
+        state.load_state_dict(resume)
+        if rank == 0:
+            print(f"finetune fold {fold}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
+    model = ray.train.torch.prepare_model(state.model, move_to_device=False) if world > 1 else None
+
+    shard = ray.train.get_dataset_shard("train")
+    per_worker = max(1, cfg.batch_size // world)
+    out_dir = f"{finetune_dir(store, job.run)}/fold-{fold}"
+    while state.epoch < cfg.epochs:
+        batches = shard.iter_torch_batches(
+            batch_size=per_worker,
+            local_shuffle_buffer_size=cfg.shuffle_buffer,
+            drop_last=config["rows"] // world >= 2 * per_worker,  # BN dislikes a ragged 1-row batch
+        )
+        metrics = finetune_epoch(state, batches, model)
+        last = state.epoch == cfg.epochs
+        if last or state.epoch % cfg.checkpoint_every == 0:
+            metrics["accuracy"] = evaluate(state.model, test_set, exp.train.crop_size, amp=exp.train.amp)["accuracy"]
+        metrics["wall"] = time.time()
+        state.history.append(metrics)
+        if rank == 0:
+            acc = f" test_acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
+            print(
+                f"finetune fold {fold} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
+                f"train_acc {metrics['train_accuracy']:.3f}{acc} ({metrics['images']} faces, "
+                f"{metrics['images_per_s']:.0f} img/s)",
+                flush=True,
+            )
+        if last or state.epoch % cfg.checkpoint_every == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:
+                    write_checkpoint_dir(state.state_dict(), tmp)
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.epoch))
+        else:
+            ray.train.report(metrics)
+
+    if rank == 0:
+        result = evaluate(state.model, test_set, exp.train.crop_size, amp=exp.train.amp)
+        result.update(
+            fold=fold,
+            epochs=state.epoch,
+            classes=config["classes"],
+            variant=f"{exp.model.variant}+fes-da",
+            training_rows=config["rows"],
+            synthetic_rows=config["synthetic_rows"],
+        )
+        store.write_json(f"{out_dir}/history.json", state.history)
+        store.write_json(f"{out_dir}/evaluation.json", result)  # written last: the fold is done
+
+
+# --- Ray marked place 3 of 3: the driver, one TorchTrainer per fold --------------------------------
+
+
+def _fold_inputs(store: Store, run: str, fold: int, train_epochs: int) -> tuple[str, dict]:
+    """The fold's final training checkpoint and its verified synthetic manifest, or a FinetuneError."""
+    from fersnet_ray.synth.job import MANIFEST
+    from fersnet_ray.synth.verify import verify_fold
+    from fersnet_ray.train.job import META_FILE, latest_checkpoint
+
+    ckpt = latest_checkpoint(store, run, fold)
+    done = json.loads(store.read_bytes(f"{ckpt}/{META_FILE}"))["epoch"] if ckpt else 0
+    if ckpt is None or done < train_epochs:
+        raise FinetuneError(
+            f"fold {fold}: training has not finished ({done}/{train_epochs} epochs); run `fersnet train` first"
+        )
+    folder = store.synthetic_dir(run, fold)
+    if not store.exists(f"{folder}/{MANIFEST}"):
+        raise FinetuneError(
+            f"fold {fold} has no synthetic shards in {store.uri_of('runs', run, 'synthetic', f'fold-{fold}')}; "
+            f"run `fersnet synthesize --run {run}` first"
+        )
+    problems = verify_fold(store, run, fold)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise FinetuneError(
+            f"fold {fold}: synthetic shards fail verify: {problems[0]}{more}; re-run `fersnet synthesize` to repair"
+        )
+    return ckpt, store.read_json(f"{folder}/{MANIFEST}")
+
+
+def _save_config(store: Store, job: FinetuneJob, run_config: dict) -> None:
+    """runs/<run>/finetune/config.json; a re-run with another fine-tuning config needs --overwrite."""
+    path = f"{finetune_dir(store, job.run)}/config.json"
+    wanted = {**run_config, "finetune": job.config}
+    if job.overwrite:
+        store.remove(finetune_dir(store, job.run))
+    elif store.exists(path):
+        stored = store.read_json(path)
+        if stored != json.loads(json.dumps(wanted)):
+            from fersnet_ray.train.job import _diff
+
+            raise FinetuneError(
+                f"run {job.run!r} was fine-tuned with a different config ({_diff(stored, wanted)}); "
+                "pass --overwrite to fine-tune it again"
+            )
+        return
+    store.write_json(path, wanted)
+
+
+def use_cache(cfg: FinetuneConfig, rows: int, channels: int, load_size: int, folds: int) -> bool:
+    """cfg.cache, or when every fold's decoded faces together fit in a tenth of Ray's object store."""
+    import ray
+
+    if cfg.cache is not None:
+        return cfg.cache
+    return folds * rows * channels * load_size**2 < 0.1 * ray.cluster_resources().get("object_store_memory", 0)
+
+
+def finetune(job: FinetuneJob) -> dict:
+    """Fine-tunes every requested fold on the current Ray cluster; returns the evaluation summary."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fersnet_ray.synth.job import trained_folds
+    from fersnet_ray.table import read_card
+    from fersnet_ray.train.job import META_FILE, folds_that_fit, latest_checkpoint_in, run_folds, summarize_folds
+
+    store = Store.from_uri(job.store)
+    store.check_writable()
+    job = replace(job, store=store.uri)  # absolute: Ray Train workers run in their own directories
+    cfg = FinetuneConfig(**job.config)  # validates
+    if not store.exists(f"{store.run_dir(job.run)}/config.json"):
+        raise StoreError(f"no run {job.run!r} in {store.uri} (train it first)")
+    run_config = store.read_json(f"{store.run_dir(job.run)}/config.json")
+    exp = Experiment.from_dict(run_config["experiment"])
+    if exp.model.variant == "fer_only":
+        raise FinetuneError(f"run {job.run!r} is fer_only: it has no FES branch, so no synthetic faces to use")
+    card = read_card(store, run_config["dataset"])
+    folds = job.folds if job.folds is not None else tuple(trained_folds(store, job.run))
+    if not folds:
+        raise FinetuneError(f"run {job.run!r} has no trained fold")
+    bad = [f for f in folds if not 0 <= f < card["folds"]]
+    if bad:
+        raise FinetuneError(f"face table {run_config['dataset']!r} has folds 0..{card['folds'] - 1}; no fold {bad[0]}")
+    inputs = {}
+    for fold in folds:  # check every fold before anything runs: a bad fold fails the job at once
+        out = f"{finetune_dir(store, job.run)}/fold-{fold}"
+        if not job.overwrite and store.exists(f"{out}/evaluation.json"):
+            continue
+        inputs[fold] = _fold_inputs(store, job.run, fold, exp.train.epochs)
+    _save_config(store, job, run_config)
+    rows = max((sum(m["real_per_class"].values()) + m["rows"] for _, m in inputs.values()), default=0)
+    cache = use_cache(cfg, rows, exp.model.in_channels, exp.train.load_size, len(inputs))
+    # Streaming, Ray Data's read and decode tasks need a CPU beside the training workers (workers
+    # holding every CPU would wait for data forever); cached, the data are read once before `fit`.
+    parallel = job.parallel_folds or folds_that_fit(
+        job.workers_per_fold, job.cpus_per_worker, job.gpus_per_fold, spare_cpus=0 if cache else 1
+    )
+
+    def run_fold(fold: int) -> None:
+        out = f"{finetune_dir(store, job.run)}/fold-{fold}"
+        if fold not in inputs:
+            print(f"finetune fold {fold}: finished earlier, skipped", flush=True)
+            return
+        init_from, manifest = inputs[fold]
+        resume_from, done = latest_checkpoint_in(store, out), -1
+        if resume_from is not None:
+            done = json.loads(store.read_bytes(f"{resume_from}/{META_FILE}"))["epoch"]
+        real_rows = sum(manifest["real_per_class"].values())
+        per_worker = {"CPU": job.cpus_per_worker}
+        if job.gpus_per_fold > 0:
+            per_worker["GPU"] = job.gpus_per_fold / job.workers_per_fold
+        trainer = TorchTrainer(
+            finetune_fold,
+            train_loop_config={
+                "job": asdict(job),
+                "fold": fold,
+                "dataset": run_config["dataset"],
+                "experiment": run_config["experiment"],
+                "classes": card["classes"],
+                "init_from": init_from,
+                "resume_from": resume_from,
+                "resume_epoch": done,
+                "rows": real_rows + manifest["rows"],
+                "synthetic_rows": manifest["rows"],
+            },
+            datasets={
+                "train": fold_dataset(
+                    store,
+                    run_config["dataset"],
+                    job.run,
+                    fold,
+                    exp.train.load_size,
+                    exp.model.in_channels,
+                    manifest,
+                    cache,
+                )
+            },
+            scaling_config=ScalingConfig(
+                num_workers=job.workers_per_fold, use_gpu=job.gpus_per_fold > 0, resources_per_worker=per_worker
+            ),
+            run_config=RunConfig(
+                name=f"fold-{fold}",
+                storage_path=finetune_dir(store, job.run),
+                storage_filesystem=store.arrow_fs,
+                failure_config=FailureConfig(max_failures=job.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                logging_config=LoggingConfig(log_level="WARNING"),
+            ),
+        )
+        try:
+            trainer.fit()
+        except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
+            raise FinetuneError(f"finetune fold {fold} failed: {root_cause(e)}") from None
+
+    run_folds(folds, run_fold, FinetuneError, parallel)
+    summary = summarize_folds(store, finetune_dir(store, job.run), job.run)
+    if summary is None:
+        raise FinetuneError(f"run {job.run!r}: no fine-tuned fold")
+    return summary

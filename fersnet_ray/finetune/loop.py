@@ -1,0 +1,160 @@
+"""Fine-tuning one fold's FERSNet for recognition, in plain PyTorch: no Ray here.
+
+The paper's "FERSNet w/ FES-DA" is the original FERSNet further fine-tuned on the synthetic
+faces its FES branch produced (Sec. IV-D). Only the recognition loss trains: the FES branch's
+encoder still feeds the FER branch through the ConvFLUs, so the whole network is updated, but no
+face is synthesised, no discriminator runs.
+
+Batches come from any iterable of {"image": (B, C, L, L) uint8, "label": (B,) int64}: Ray Data's
+`iter_torch_batches` in the job, a list of tensors in tests. The paper's training augmentation
+(random crop, mirror, rotation) is applied on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from fersnet_ray.model import create_model
+from fersnet_ray.model.fersnet import FERSNetBase
+from fersnet_ray.train.config import Experiment
+from fersnet_ray.train.data import augment, to_unit
+from fersnet_ray.train.loop import autocast
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How a fold is fine-tuned (the paper is silent; chosen to nudge, not retrain, the network).
+
+    Attributes:
+        epochs: passes over real + synthetic training faces.
+        batch_size: per fold, split across its workers.
+        lr, lr_min: Adam with cosine annealing from lr to lr_min; 10× below training's start.
+        shuffle_buffer: rows in Ray Data's local shuffle buffer, per worker (blocks are also read
+            in random order each epoch), so real and synthetic faces mix within batches.
+        checkpoint_every: epochs between checkpoints (the last is always written).
+        seed: augmentation draws; a fold adds its index.
+        cache: keep the decoded faces in Ray's object store after the first epoch; None: when
+            they fit in a tenth of it (see `job.fold_dataset`).
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-4
+    lr_min: float = 1e-6
+    shuffle_buffer: int = 2048
+    checkpoint_every: int = 5
+    seed: int = 0
+    cache: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ValueError("finetune epochs, batch_size and checkpoint_every must be positive")
+        if not 0 < self.lr_min <= self.lr:
+            raise ValueError(f"finetune lr_min {self.lr_min} must be in (0, lr={self.lr}]")
+
+
+@dataclass
+class FinetuneState:
+    """The network, its optimiser and schedule, and the epoch to run next."""
+
+    exp: Experiment
+    cfg: FinetuneConfig
+    model: FERSNetBase
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, exp: Experiment, cfg: FinetuneConfig, model_state: dict, device="cpu") -> "FinetuneState":
+        """Starts from a trained FERSNet's weights (`state["model"]` of a training checkpoint)."""
+        device = torch.device(device)
+        model = create_model(exp.model)
+        model.load_state_dict(model_state)
+        model = model.to(device)
+        if device.type == "cuda" and exp.train.amp:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
+        return cls(exp, cfg, model, opt, sched, device)
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "experiment": self.exp.to_dict(),
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state.get("history", []))
+
+
+def finetune_epoch(
+    state: FinetuneState, batches: Iterable[dict], model: torch.nn.Module | None = None
+) -> dict[str, float]:
+    """One pass over `batches`; returns the mean loss, training accuracy, rows seen and throughput.
+
+    `model` is the DDP-wrapped network under several workers (its state is `state.model`'s).
+    """
+    t = state.exp.train
+    model = model or state.model
+    gen = torch.Generator().manual_seed(state.cfg.seed * 100_003 + state.epoch)
+    state.model.train()
+    loss_sum, correct, seen, steps, start = 0.0, 0, 0, 0, time.perf_counter()
+    for batch in batches:
+        x_u8 = batch["image"].to(state.device, non_blocking=True)  # (B, C, L, L) uint8
+        y = batch["label"].to(state.device, non_blocking=True).long()  # (B,)
+        x = augment([to_unit(x_u8)], t.crop_size, t.rotations, gen)[0]  # (B, C, crop, crop) in [-1, 1]
+        if state.device.type == "cuda" and t.amp:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(state.device, t.amp):
+            logits = model(x).logits  # (B, E); no target: the FES decoder does not run
+        loss = F.cross_entropy(logits.float(), y)
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        state.opt.step()
+        loss_sum += float(loss.detach())
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        steps += 1
+    if state.device.type == "cuda":
+        torch.cuda.synchronize(state.device)
+    elapsed = time.perf_counter() - start
+    metrics = {
+        "epoch": state.epoch,
+        "cls": loss_sum / max(steps, 1),
+        "train_accuracy": correct / max(seen, 1),
+        "images": seen,
+        "seconds": elapsed,
+        "images_per_s": seen / max(elapsed, 1e-9),
+        "lr": float(state.opt.param_groups[0]["lr"]),
+    }
+    state.sched.step()
+    state.epoch += 1
+    return metrics
+
+
+def decode_batch(batch: dict, load_size: int) -> dict:
+    """Ray Data batch of Parquet rows → model input: PNG `image` bytes → (B, C, L, L) uint8, `label`.
+
+    Runs in Ray Data's CPU tasks, ahead of the training workers, so decoding overlaps training.
+    """
+    import numpy as np
+
+    from fersnet_ray.train.data import decode_faces
+
+    images = decode_faces(list(batch["image"]), load_size).numpy()
+    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64)}

@@ -1,0 +1,1 @@
+"""The results report: charts rendered as PNG bytes from plain numbers (`charts`)."""

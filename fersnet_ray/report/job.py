@@ -1,0 +1,302 @@
+"""Stage 5, report: a Markdown results report with PNG charts, written into the store.
+
+    fersnet report --store URI --run NAME [--compare RUN,RUN]
+
+Reads only what the other stages wrote (evaluations, histories, manifests, checkpoints, configs)
+and writes runs/<run>/report/:
+    report.md                 Table VI (per fold, mean ± std of each variant), Table V, class counts,
+                              confusion matrices, loss curves, contact sheets, gate maps, configs
+    report.json               every number the report shows, for scripts
+    *.png                     the charts (and the contact sheets, copied so the folder stands alone)
+
+Rows of Table VI: the runs of an ablation (runs/<run>/ablation.json names them), the run itself
+(its variant), its fine-tuned FES-DA result, and any `--compare` runs. No Ray here: the report is
+read and drawn on the driver (a few seconds on CPU).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import torch
+
+from fersnet_ray.report import charts
+from fersnet_ray.store import Store, StoreError
+
+REPORT = "report.md"
+# The paper's Table VI on CK+ (10-fold), shown beside the measured rows for reference.
+PAPER_CKPLUS = {"fer_only": 94.70, "fersnet_hard": 95.21, "fersnet": 97.35, "fersnet+fes-da": 97.75}
+ROW_TITLES = {
+    "fer_only": "FERSNet w/o MTL (fer_only)",
+    "fersnet_hard": "FERSNet w/o ConvFLU (fersnet_hard)",
+    "fersnet": "FERSNet (original)",
+    "fersnet+fes-da": "FERSNet w/ FES-DA (fine-tuned on synthetic faces)",
+}
+TRAIN_KEYS = ["cls", "gan", "rec", "cyc", "idt", "d_real", "d_fake", "accuracy"]
+FINETUNE_KEYS = ["cls", "train_accuracy", "accuracy"]
+
+
+def _read_json(store: Store, path: str):
+    return store.read_json(path) if store.exists(path) else None
+
+
+def _fold_files(store: Store, folder: str, name: str) -> dict[int, dict]:
+    """{fold: contents of folder/fold-k/<name>} for every fold that has the file."""
+    out = {}
+    if not store.exists(folder):
+        return out
+    for path in sorted(store.fs.ls(folder, detail=False)):
+        base = path.rsplit("/", 1)[-1]
+        if base.startswith("fold-") and base[5:].isdigit() and store.exists(f"{path}/{name}"):
+            out[int(base[5:])] = store.read_json(f"{path}/{name}")
+    return out
+
+
+def _row(store: Store, run: str, folder: str, key: str) -> dict | None:
+    """One Table VI row from a folder of fold evaluations (training or fine-tuning)."""
+    evals = _fold_files(store, folder, "evaluation.json")
+    if not evals:
+        return None
+    accs = np.array([e["accuracy"] for e in evals.values()])
+    confusion = np.sum([np.array(e["confusion"]) for e in evals.values()], axis=0)
+    return {
+        "key": key,
+        "name": ROW_TITLES.get(key, key),
+        "run": run,
+        "per_fold": {k: e["accuracy"] for k, e in sorted(evals.items())},
+        "mean": float(accs.mean()),
+        "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+        "pooled": int(confusion.trace()) / max(int(confusion.sum()), 1),
+        "epochs": sorted({e["epochs"] for e in evals.values()}),
+        "confusion": confusion.tolist(),
+        "paper_ckplus": PAPER_CKPLUS.get(key),
+    }
+
+
+def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
+    """Every number the report shows, read from the store."""
+    run_dir = store.run_dir(run)
+    config = _read_json(store, f"{run_dir}/config.json")
+    if config is None:
+        raise StoreError(f"no run {run!r} in {store.uri}")
+    card = store.read_json(store.path("datasets", config["dataset"], "_card.json"))
+    ablation = _read_json(store, f"{run_dir}/ablation.json") or {}
+    runs = {**{v: r for v, r in ablation.get("runs", {}).items()}}
+    runs.setdefault(config["experiment"]["model"]["variant"], run)
+    rows, configs = [], {}
+    for other in compare:
+        cfg = _read_json(store, f"{store.run_dir(other)}/config.json")
+        if cfg is None:
+            raise StoreError(f"--compare: no run {other!r} in {store.uri}")
+        runs.setdefault(f"{cfg['experiment']['model']['variant']} ({other})", other)
+    for key, name in runs.items():
+        variant_row = _row(store, name, store.run_dir(name), key)
+        if variant_row:
+            rows.append(variant_row)
+        configs[name] = _read_json(store, f"{store.run_dir(name)}/config.json")
+    ft_row = _row(store, run, f"{run_dir}/finetune", "fersnet+fes-da")
+    if ft_row:
+        rows.append(ft_row)
+        configs[f"{run} (fine-tuning)"] = _read_json(store, f"{run_dir}/finetune/config.json")
+
+    manifests = _synthetic_manifests(store, run)
+    return {
+        "run": run,
+        "dataset": config["dataset"],
+        "classes": card["classes"],
+        "card_counts": card["counts"],
+        "rows": rows,
+        "synthetic": manifests,
+        "table_v": {
+            k: m["quality"]["synthetic_test_accuracy"] for k, m in manifests.items() if m.get("quality") is not None
+        },
+        "histories": {
+            "train": {k: v for k, v in _fold_files(store, run_dir, "history.json").items()},
+            "finetune": {k: v for k, v in _fold_files(store, f"{run_dir}/finetune", "history.json").items()},
+        },
+        "configs": configs,
+    }
+
+
+def _synthetic_manifests(store: Store, run: str) -> dict[int, dict]:
+    from fersnet_ray.synth.job import MANIFEST
+
+    folder = f"{store.run_dir(run)}/synthetic"
+    out = {}
+    if store.exists(folder):
+        for path in sorted(store.fs.ls(folder, detail=False)):
+            base = path.rsplit("/", 1)[-1]
+            if base.startswith("fold-") and store.exists(f"{path}/{MANIFEST}"):
+                out[int(base[5:])] = store.read_json(f"{path}/{MANIFEST}")
+    return out
+
+
+def _gate_figure(store: Store, run: str, fold: int, faces: int = 4) -> bytes | None:
+    """ConvFLU gate maps (paper Fig. 3) of the fold's final model on a few of its test faces."""
+    from fersnet_ray.model import create_model
+    from fersnet_ray.train.config import Experiment
+    from fersnet_ray.train.data import center_crop, load_test, to_unit
+    from fersnet_ray.train.job import latest_checkpoint, read_checkpoint
+
+    ckpt = latest_checkpoint(store, run, fold)
+    if ckpt is None:
+        return None
+    state = read_checkpoint(store, ckpt)
+    exp = Experiment.from_dict(state["experiment"])
+    if exp.model.variant != "fersnet":
+        return None
+    model = create_model(exp.model).eval()
+    model.load_state_dict(state["model"])
+    dataset = store.read_json(f"{store.run_dir(run)}/config.json")["dataset"]
+    test = load_test(store, dataset, fold, exp.train.load_size)
+    # One face per class while there are classes left, so the rows show different expressions.
+    labels = test.labels.numpy()
+    pick = [int(np.flatnonzero(labels == c)[0]) for c in sorted(set(labels.tolist()))][:faces]
+    x = to_unit(center_crop(test.images[pick], exp.train.crop_size))  # (n, C, crop, crop)
+    with torch.no_grad():
+        out = model(x, test.labels[pick], return_gates=True)
+    return charts.gate_maps_chart(
+        x.numpy(), charts.gate_arrays(out.gates, directions=("fer",)), f"ConvFLU gates, {run} fold {fold}"
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def write_report(store_uri: str, run: str, compare: tuple[str, ...] = ()) -> str:
+    """Collects, draws and writes runs/<run>/report/; returns the report's URI."""
+    store = Store.from_uri(store_uri)
+    data = collect(store, run, compare)
+    out = store.report_dir(run)
+    classes = data["classes"]
+    files: dict[str, bytes] = {}
+    md: list[str] = [
+        f"# FERSNet results: run `{run}` on `{data['dataset']}`",
+        "",
+        f"Written {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} by `fersnet report "
+        f"--run {run}` from the files the stages wrote in `{store.uri_of('runs', run)}`. Every number here is "
+        "also in `report.json`.",
+        "",
+        "## Recognition accuracy (the paper's Table VI)",
+        "",
+    ]
+    if data["rows"]:
+        folds = sorted({k for r in data["rows"] for k in r["per_fold"]})
+        md += [
+            "| model | run | epochs | "
+            + " | ".join(f"fold {k}" for k in folds)
+            + " | mean ± std | pooled | paper (CK+) |",
+            "|---|---|---|" + "---|" * len(folds) + "---|---|---|",
+        ]
+        for r in data["rows"]:
+            cells = [_pct(r["per_fold"].get(k)) for k in folds]
+            paper = f"{r['paper_ckplus']:.2f}" if r["paper_ckplus"] is not None else "–"
+            md.append(
+                f"| {r['name']} | `{r['run']}` | {', '.join(map(str, r['epochs']))} | {' | '.join(cells)} | "
+                f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {_pct(r['pooled'])} | {paper} |"
+            )
+        files["accuracy.png"] = charts.accuracy_chart(
+            [{"name": r["name"], "per_fold": r["per_fold"]} for r in data["rows"]]
+        )
+        md += ["", "Accuracy in %, on each fold's held-out subjects (subject-disjoint folds).", ""]
+        md += ["![accuracy per model](accuracy.png)", "", "### Confusion matrices (all folds pooled)", ""]
+        for r in data["rows"]:
+            name = f"confusion-{r['key'].replace('+', '-').replace(' ', '_').replace('(', '').replace(')', '')}.png"
+            files[name] = charts.confusion_chart(r["confusion"], classes, r["name"])
+            md += [f"![confusion: {r['name']}]({name})", ""]
+    else:
+        md += ["No fold has been evaluated yet.", ""]
+
+    md += ["## Balancing: faces per class before and after synthesis", ""]
+    synth = data["synthetic"]
+    if synth:
+        real = {c: sum(m["real_per_class"][c] for m in synth.values()) for c in classes}
+        fake = {c: sum(m["synthetic_per_class"][c] for m in synth.values()) for c in classes}
+        files["class-counts.png"] = charts.class_counts_chart(
+            real, fake, f"training faces summed over {len(synth)} fold(s)"
+        )
+        md += [
+            "| fold | " + " | ".join(classes) + " | balanced |",
+            "|---|" + "---|" * len(classes) + "---|",
+        ]
+        for k, m in synth.items():
+            cells = [f"{m['real_per_class'][c]} → {m['total_per_class'][c]}" for c in classes]
+            md.append(f"| {k} | " + " | ".join(cells) + f" | {'yes' if m['balanced'] else 'no'} |")
+        md += ["", "Real training faces → real + synthetic, per fold.", "", "![class counts](class-counts.png)", ""]
+    else:
+        md += ["No synthetic shards yet (`fersnet synthesize`).", ""]
+
+    md += ["## Quality of the synthetic faces (the paper's Table V protocol)", ""]
+    if data["table_v"]:
+        md += [
+            "An expression recogniser trained on each fold's real training faces only classifies faces "
+            "synthesised from the fold's held-out subjects; accuracy against the target expressions "
+            "(paper, CK+: 97.04% FERSNet, 96.43% StarGAN).",
+            "",
+            "| fold | Table V accuracy | recogniser on real test faces | synthetic test faces |",
+            "|---|---|---|---|",
+        ]
+        for k, m in synth.items():
+            q = m.get("quality")
+            if q:
+                md.append(
+                    f"| {k} | {_pct(q['synthetic_test_accuracy'])} | {_pct(q['recognizer_real_test_accuracy'])} "
+                    f"| {q['synthetic_test_faces']} |"
+                )
+        vals = np.array(list(data["table_v"].values()))
+        md += ["", f"Mean: {100 * vals.mean():.2f}% over {len(vals)} fold(s).", "", "### Contact sheets", ""]
+        for k, m in synth.items():
+            sheet = f"{store.synthetic_dir(run, k)}/{(m.get('quality') or {}).get('contact_sheet', '')}"
+            if m.get("quality") and store.exists(sheet):
+                files[f"contact-sheet-fold-{k}.png"] = store.read_bytes(sheet)
+                md += [f"Fold {k} (rows: held-out faces; columns: every expression; the real one is marked):", ""]
+                md += [f"![contact sheet fold {k}](contact-sheet-fold-{k}.png)", ""]
+    else:
+        md += ["No quality scores (synthesis ran with `--no-quality`, or has not run).", ""]
+
+    md += ["## Training curves", ""]
+    for stage, keys in (("train", TRAIN_KEYS), ("finetune", FINETUNE_KEYS)):
+        hist = data["histories"][stage]
+        if hist:
+            name = f"curves-{stage}.png"
+            files[name] = charts.loss_curves_chart({f"fold {k}": h for k, h in hist.items()}, keys, f"{stage}: {run}")
+            md += [f"![{stage} curves]({name})", ""]
+
+    folds_trained = sorted(data["histories"]["train"]) or sorted(
+        _fold_files(store, store.run_dir(run), "evaluation.json")
+    )
+    if folds_trained:
+        gates = _gate_figure(store, run, folds_trained[0])
+        if gates is not None:
+            files["gates.png"] = gates
+            md += [
+                "## ConvFLU gate maps (the paper's Fig. 3)",
+                "",
+                "Reset (r) and memory (z) gates of the FER←FES units after each block, mean over channels, "
+                f"for held-out faces of fold {folds_trained[0]}: where FES features are let into recognition.",
+                "",
+                "![gate maps](gates.png)",
+                "",
+            ]
+
+    md += ["## Configurations", ""]
+    for name, cfg in data["configs"].items():
+        md += [
+            f"<details><summary><code>{name}</code></summary>",
+            "",
+            "```json",
+            json.dumps(cfg, indent=2),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+
+    for name, data_bytes in files.items():
+        store.write_bytes(f"{out}/{name}", data_bytes)
+    store.write_json(f"{out}/report.json", data)
+    store.write_bytes(f"{out}/{REPORT}", "\n".join(md).encode())  # written last
+    return store.uri_of("runs", run, "report", REPORT)

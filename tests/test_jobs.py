@@ -1,0 +1,320 @@
+"""`fersnet submit` and `fersnet jobs` against a real Ray head with its dashboard, started here.
+
+The head is a separate `ray start --head --block` process group on 127.0.0.1 with its own ports and
+temp dir, so it neither joins nor disturbs any other Ray on the machine (never `ray stop`: that would
+end them all), and it is independent of the in-process `ray_local` fixture.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from typer.testing import CliRunner
+
+from fersnet_ray import jobs
+from fersnet_ray.cli import app
+
+runner = CliRunner()
+# The head uses Ray's token auth (the default of Ray >= 2.5x clusters); every request carries the token as
+# a header, and no output of any command here may show it.
+TOKEN = "s3cr3t-token-4f1d9a7c2b"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HEADER = f"Authorization: Bearer {TOKEN}"
+
+# The cluster job of test_stage_job_succeeds: stage, its arguments ({store} is a fresh folder) and a
+# line of its output. One line to change when a bigger stage (`run`) should be the one submitted.
+STAGE_JOB = ("prepare", "--dataset demo --demo-subjects 6 --folds 2 --store {store}", "faces of")
+# A job that runs for minutes unless stopped.
+LONG_JOB = ("prepare", "--dataset demo --demo-subjects 5000 --folds 2 --store {store}")
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _jobs_api_up(address: str) -> bool:
+    try:
+        return requests.get(f"{address}/api/jobs/", headers=AUTH, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A Ray head with dashboard and Jobs API on 127.0.0.1; yields its http:// address."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    # Short: Ray's socket paths under it must stay below 108 characters.
+    temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")
+    gcs, dash, client, agent, agent_grpc, renv_agent, metrics, node_mgr, obj_mgr = free_ports(9)
+    drop = ("RAY_ADDRESS", "RAY_JOB_HEADERS", "RAY_AUTH_TOKEN_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in drop} | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
+    # The test machine is shared and at times overloaded: a late heartbeat must not end the head (5 → 30 misses).
+    env["RAY_health_check_failure_threshold"] = "30"
+    # Job entrypoints run `python -m fersnet_ray.cli`: this interpreter, as a cluster image would have it.
+    env["PATH"] = f"{ray_bin.parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [
+        str(ray_bin), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus=2",
+        f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={renv_agent}",
+        f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}",
+        f"--object-manager-port={obj_mgr}", "--object-store-memory=200000000",
+    ]  # fmt: skip
+    log = Path(temp_dir, "head.log")
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 90
+        while not _jobs_api_up(address):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                pytest.fail(f"Ray head did not come up at {address} (exit {proc.poll()}):\n{tail}")
+            time.sleep(0.5)
+        yield address
+    finally:
+        _stop_running_jobs(address)
+        _kill_group(proc)
+        subprocess.run(["rm", "-rf", temp_dir], check=False)
+
+
+def _stop_running_jobs(address: str) -> None:
+    # Job drivers live in their own sessions, outside the head's process group: stop them through the API.
+    try:
+        running = [
+            j["submission_id"]
+            for j in requests.get(f"{address}/api/jobs/", headers=AUTH, timeout=5).json()
+            if j.get("submission_id") and j["status"] not in jobs.TERMINAL
+        ]
+        for sid in running:
+            requests.post(f"{address}/api/jobs/{sid}/stop", headers=AUTH, timeout=5)
+        deadline = time.monotonic() + 15
+        while running and time.monotonic() < deadline:
+            time.sleep(0.5)
+            running = [s for s in running if jobs.status(s, address, AUTH).status not in jobs.TERMINAL]
+    except (requests.RequestException, jobs.JobsError):
+        pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    pgid = proc.pid  # start_new_session: the group id is the leader's pid
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        proc.poll()
+        try:
+            os.killpg(pgid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def cli(*args: str, env: dict | None = None):
+    result = runner.invoke(app, list(args), env=env)
+    assert TOKEN not in result.output, result.output  # nor in any error
+    return result
+
+
+def assert_one_error_line(result, *absent: str) -> str:
+    """Exit 1, one `error:` line on stderr and no traceback; nothing in `absent` shown anywhere."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for secret in absent:
+        assert secret not in result.output
+    return lines[0]
+
+
+def closed_port_address() -> str:
+    (port,) = free_ports(1)
+    return f"http://127.0.0.1:{port}"
+
+
+# --- against the real head ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stage", "args", "expect"), [STAGE_JOB])
+def test_stage_job_succeeds(head, tmp_path, monkeypatch, stage, args, expect):
+    # A RAY_ADDRESS that is not the dashboard must not override --address (Ray's client would let it).
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    stage_args = args.format(store=tmp_path / "store").split()
+    result = cli("submit", "--address", head, "--header", HEADER, "--no-pip", "--wait", stage, *stage_args)
+    sid = result.stdout.strip()
+    assert result.exit_code == 0, result.output
+    assert sid.startswith(f"fersnet-{stage}-") and f"job {sid} SUCCEEDED" in result.stderr
+
+    status = cli("jobs", "status", sid, "--address", head, "--header", HEADER)
+    assert status.exit_code == 0 and f"{sid}: SUCCEEDED" in status.stdout, status.output
+    logs = cli("jobs", "logs", sid, "--address", head, "--header", HEADER)
+    assert logs.exit_code == 0 and expect in logs.stdout, logs.output
+    monkeypatch.delenv("RAY_ADDRESS")
+    # Address and headers from the environment, as `ray job` reads them.
+    listed = cli("jobs", "list", env={"RAY_ADDRESS": head, "RAY_JOB_HEADERS": json.dumps(AUTH)})
+    assert listed.exit_code == 0 and sid in listed.stdout and "SUCCEEDED" in listed.stdout, listed.output
+    info = jobs.status(sid, head, AUTH)
+    assert info.stage == stage and info.entrypoint.startswith(f"python -m fersnet_ray.cli {stage} ")
+    again = cli("submit", "--address", head, "--header", HEADER, "--no-pip", "--submission-id", sid, stage, *stage_args)
+    assert "already exists" in assert_one_error_line(again)
+
+
+def test_long_job_is_stopped(head, tmp_path):
+    stage, args = LONG_JOB
+    sid = jobs.submit(stage, args.format(store=tmp_path / "store").split(), head, AUTH, pip=False)
+    deadline = time.monotonic() + 60
+    while (state := jobs.status(sid, head, AUTH).status) == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state == "RUNNING"
+    result = cli("jobs", "stop", sid, "--wait", "--address", head, "--header", HEADER)
+    assert result.exit_code == 0, result.output
+    assert f"{sid}: STOPPED" in result.stdout
+    assert jobs.status(sid, head, AUTH).status == "STOPPED"
+
+
+def test_failed_job_followed_exits_nonzero(head, tmp_path):
+    # verify on a run that does not exist: the stage's own error, streamed back, and the job FAILED.
+    result = cli("submit", "--address", head, "--header", HEADER, "--no-pip", "--follow", "verify", "--run", "nope",
+                 "--store", str(tmp_path))  # fmt: skip
+    sid = result.stdout.splitlines()[0]
+    assert result.exit_code == 1, result.output
+    assert "error: no run 'nope'" in result.stdout  # the job's output
+    assert result.stderr == f"error: job {sid} FAILED: Job entrypoint command failed with exit code 1\n"
+
+
+def test_unknown_submission_id(head):
+    for command in (["status"], ["logs"], ["logs", "--follow"], ["stop"]):
+        line = assert_one_error_line(cli("jobs", *command, "fersnet-nope-0", "--address", head, "--header", HEADER))
+        assert line == f"error: no job 'fersnet-nope-0' on {head}"
+
+
+def test_bad_stage_option_never_reaches_the_server(head):
+    before = len(jobs.list_jobs(head, AUTH))
+    submit = ("submit", "--address", head, "--header", HEADER, "--no-pip")
+    line = assert_one_error_line(cli(*submit, "prepare", "--no-such-option"))
+    assert line == "error: stage 'prepare' does not take --no-such-option; see `fersnet prepare --help`"
+    line = assert_one_error_line(cli(*submit, "prepare", "--folds", "two"))
+    assert "stage 'prepare'" in line and "--folds" in line
+    line = assert_one_error_line(cli(*submit, "prepare", "--address", head))
+    assert "put it before STAGE" in line
+    line = assert_one_error_line(cli(*submit, "nonsense"))
+    assert line.startswith("error: unknown stage 'nonsense'; submittable: prepare, train, evaluate")
+    assert len(jobs.list_jobs(head, AUTH)) == before
+
+
+def test_missing_or_wrong_token_is_refused(head):
+    line = assert_one_error_line(
+        cli("jobs", "list", "--address", head, "--header", "Authorization: Bearer wr0ng-t0ken")
+    )
+    assert line.startswith(f"error: Ray dashboard at {head} refused the request (HTTP 403") and "wr0ng" not in line
+    line = assert_one_error_line(cli("jobs", "status", "x", "--address", head, "--header", "X-Other: 1"))
+    assert f"Ray dashboard at {head} refused the request" in line  # 401, or 403 with ~/.ray/auth_token's
+
+
+# --- without a cluster --------------------------------------------------------------------------
+
+
+def test_unreachable_dashboard_is_one_line():
+    address = closed_port_address()
+    line = assert_one_error_line(
+        cli("submit", "--address", address, "--header", f"Authorization: Bearer {TOKEN}", "--no-pip", "prepare"),
+        TOKEN,
+    )
+    assert line == f"error: cannot reach Ray dashboard at {address}: connection refused"
+    result = cli("jobs", "list", env={"RAY_ADDRESS": address, "RAY_JOB_HEADERS": json.dumps({"X-Token": TOKEN})})
+    assert_one_error_line(result, TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("address", "hint"),
+    [
+        ("auto", "names no dashboard"),
+        ("ray://head:10001", "Ray Client address"),
+        ("head:6379", "no http:// or https://"),
+        ("http://user:hunter22@127.0.0.1:1", "cannot reach Ray dashboard at http://***@127.0.0.1:1"),
+    ],
+)
+def test_address_that_is_not_a_dashboard(address, hint):
+    line = assert_one_error_line(cli("jobs", "list", env={"RAY_ADDRESS": address}), "hunter22")
+    assert hint in line
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """An auth proxy in front of a dashboard: 401 without the right token, and errors that echo headers."""
+
+    def do_GET(self):  # the name http.server calls
+        auth = self.headers.get("Authorization", "")
+        if auth != f"Bearer {TOKEN}":
+            self._send(401, f"bad credentials: {auth}")
+        elif self.path == "/api/version":
+            self._send(200, json.dumps({"version": "4", "ray_version": "2.60.0", "ray_commit": "x"}))
+        else:
+            self._send(500, f"upstream failed\nrequest had Authorization: {auth}")
+
+    def _send(self, code: int, body: str):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def proxy():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_proxy_errors_never_show_the_token(proxy):
+    wrong = "Bearer wr0ng-t0ken-value"
+    line = assert_one_error_line(cli("jobs", "list", "--address", proxy, "--header", f"Authorization: {wrong}"), wrong)
+    assert line.startswith(f"error: Ray dashboard at {proxy} refused the request (HTTP 401") and "--header" in line
+    result = cli("jobs", "list", "--address", proxy, "--header", f"Authorization: Bearer {TOKEN}")
+    line = assert_one_error_line(result, TOKEN)
+    assert line.startswith(f"error: Ray dashboard at {proxy}: ") and "***" in line
+
+
+def test_runtime_env_ships_the_package_not_torch_or_ray():
+    renv = jobs.runtime_env(pip=True, env={"FERSNET_DEBUG": "1"})
+    assert renv["py_modules"] == [str(Path(jobs.__file__).parent)]
+    names = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip() for r in renv["pip"]}
+    assert {"torch", "ray"}.isdisjoint(names) and {"face-alignment", "pyarrow", "typer"} <= names
+    assert {"pytest", "moto"}.isdisjoint(names)  # test extras stay home
+    assert renv["env_vars"] == {"FERSNET_DEBUG": "1"}
+    assert "pip" not in jobs.runtime_env(pip=False) and "env_vars" not in jobs.runtime_env(pip=False)
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "HF_TOKEN", "DB_PASSWORD"):
+        with pytest.raises(jobs.JobsError, match="credential chain"):
+            jobs.runtime_env(pip=False, env={name: "x"})
+    line = assert_one_error_line(cli("submit", "--env", "MY_API_TOKEN=abcd1234", "prepare"), "abcd1234")
+    assert "MY_API_TOKEN looks like a credential" in line

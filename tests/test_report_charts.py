@@ -1,0 +1,173 @@
+"""Report charts: every chart is a decodable PNG, edge cases draw instead of crashing, gates come from a real model."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fersnet_ray.model import ModelConfig, create_model
+from fersnet_ray.report.charts import (
+    accuracy_chart,
+    class_counts_chart,
+    confusion_chart,
+    gate_arrays,
+    gate_maps_chart,
+    loss_curves_chart,
+)
+
+CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threading costs more than it saves on 2 cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def decode(png: bytes) -> Image.Image:
+    """Checks `png` is a real, non-empty PNG and returns it decoded."""
+    assert isinstance(png, bytes) and png.startswith(b"\x89PNG")
+    image = Image.open(io.BytesIO(png))
+    image.load()  # decodes the pixel data, not only the header
+    assert image.format == "PNG" and image.mode in ("RGB", "RGBA")
+    assert image.width > 0 and image.height > 0
+    return image
+
+
+# ---- accuracy -------------------------------------------------------------------------------------------------
+
+
+def test_accuracy_chart_grows_with_rows():
+    one = decode(accuracy_chart([{"name": "a", "per_fold": {0: 0.9, 1: 0.8}}]))
+    rows = [{"name": n, "per_fold": {f: 0.7 + 0.02 * f for f in range(10)}} for n in "abcdef"]
+    many = decode(accuracy_chart(rows))
+    assert many.width > one.width
+
+
+def test_accuracy_chart_single_fold_empty_rows_and_no_rows():
+    rows = [
+        {"name": "fersnet", "per_fold": {3: 0.95}},  # one fold: no std, must not warn or crash
+        {"name": "fer_only", "per_fold": {}},  # not run yet
+        {"name": "weak", "per_fold": {0: 0.05, 1: 0.1}},  # a bar too short for the label inside
+    ]
+    with np.errstate(all="raise"):
+        decode(accuracy_chart(rows))
+    decode(accuracy_chart([{"name": "x", "per_fold": {}}]))
+    decode(accuracy_chart([]))
+
+
+# ---- confusion ------------------------------------------------------------------------------------------------
+
+
+def test_confusion_chart_with_an_empty_class_row():
+    rng = np.random.default_rng(0)
+    confusion = rng.integers(0, 20, size=(7, 7)) + 30 * np.eye(7, dtype=int)
+    confusion[1] = 0  # a class with no test faces: rate 0, no division warning
+    with np.errstate(all="raise"):
+        decode(confusion_chart(confusion.tolist(), CLASSES, "fold 0"))
+    decode(confusion_chart([[0, 0], [0, 0]], ["a", "b"], "empty"))
+
+
+def test_confusion_chart_rejects_mismatched_classes():
+    with pytest.raises(ValueError, match="confusion must be"):
+        confusion_chart([[1, 2], [3, 4]], CLASSES, "bad")
+
+
+# ---- class counts ---------------------------------------------------------------------------------------------
+
+
+def test_class_counts_chart():
+    real = {"anger": 45, "contempt": 18, "happy": 69}
+    synthetic = {"anger": 24, "contempt": 51, "fear": 69}  # "fear" only synthesised
+    decode(class_counts_chart(real, synthetic, "CK+ fold 0"))
+    decode(class_counts_chart(real, {}, "real only"))
+    decode(class_counts_chart({}, {}, "nothing"))
+
+
+# ---- loss curves ----------------------------------------------------------------------------------------------
+
+
+def _history(epochs: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    history = []
+    for e in range(epochs):
+        m = {"epoch": e, "cls": 2.0 / (e + 1) + 0.05 * rng.random(), "gan": 0.7 + 0.1 * rng.random(), "rec": 0.3}
+        if e % 2 == 1:
+            m["accuracy"] = 0.5 + 0.04 * e  # measured every second epoch only
+        history.append(m)
+    return history
+
+
+def test_loss_curves_chart_sparse_and_absent_keys():
+    histories = {"fold 0": _history(8, 0), "fold 1": _history(6, 1)}
+    keys = ["cls", "gan", "rec", "cyc", "idt", "accuracy"]  # cyc and idt appear nowhere: skipped
+    png = loss_curves_chart(histories, keys, "training")
+    both = decode(png)
+    one_key = decode(loss_curves_chart(histories, ["cls", "cyc"], "training"))
+    assert both.width > one_key.width  # four subplots laid out in columns, one subplot alone
+
+
+def test_loss_curves_chart_nothing_to_plot():
+    decode(loss_curves_chart({}, ["cls"], "empty"))
+    decode(loss_curves_chart({"fold 0": [{"epoch": 0}]}, ["cls"], "no keys"))
+    decode(loss_curves_chart({"fold 0": [{"epoch": 0, "accuracy": 0.5}]}, ["accuracy"], "one point"))
+    only_acc = {"fold 0": [{"epoch": 0, "cls": 1.0}], "fold 1": [{"epoch": 1, "accuracy": 0.5}]}
+    decode(loss_curves_chart(only_acc, ["cls", "accuracy"], "series with disjoint keys"))
+
+
+# ---- gate maps ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_gates():
+    torch.manual_seed(0)
+    model = create_model(ModelConfig.tiny()).eval()
+    images = torch.rand(2, 1, 32, 32) * 2 - 1  # (2, 1, 32, 32) in [-1, 1]
+    with torch.no_grad():
+        out = model(images, torch.tensor([0, 3]), return_gates=True)
+    return images, out.gates
+
+
+def test_gate_arrays_from_a_real_model(model_gates):
+    _, gates = model_gates
+    arrays = gate_arrays(gates)
+    widths, sides = (8, 16, 32, 64), (16, 8, 4, 2)  # tiny config: 32x32 halved by every block
+    expected = [
+        (f"{d} {g}{b + 1}", (2, widths[b], sides[b], sides[b]))
+        for d in ("FER←FES", "FES←FER")
+        for b in range(4)
+        for g in ("r", "z")
+    ]
+    assert [(name, a.shape) for name, a in arrays.items()] == expected
+    for a in arrays.values():
+        assert a.dtype == np.float32 and (a > 0).all() and (a < 1).all()
+    assert list(gate_arrays(gates, directions=("fer",))) == [name for name, _ in expected[:8]]
+    with pytest.raises(ValueError, match="direction"):
+        gate_arrays(gates, directions=("both",))
+
+
+def test_gate_maps_chart_grey_and_rgb(model_gates):
+    images, gates = model_gates
+    fer = gate_arrays(gates, directions=("fer",))
+    grey = decode(gate_maps_chart(images.numpy(), fer, "FER←FES gates"))
+    rng = np.random.default_rng(0)
+    rgb_images = rng.uniform(-1, 1, size=(3, 3, 24, 24)).astype(np.float32)
+    rgb_gates = {"r1": rng.uniform(0, 1, size=(3, 4, 12, 12)), "z1": rng.uniform(0, 1, size=(3, 4, 12, 12))}
+    rgb = decode(gate_maps_chart(rgb_images, rgb_gates, "RGB"))
+    assert grey.width > rgb.width  # 1 + 8 columns against 1 + 2
+    assert rgb.height > grey.height  # 3 rows against 2
+    decode(gate_maps_chart(rgb_images, {}, "faces only"))
+
+
+def test_gate_maps_chart_rejects_bad_shapes():
+    faces = np.zeros((2, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="images must be"):
+        gate_maps_chart(np.zeros((2, 2, 8, 8)), {}, "two channels")
+    with pytest.raises(ValueError, match="gate 'r1'"):
+        gate_maps_chart(faces, {"r1": np.full((3, 4, 4, 4), 0.5)}, "N mismatch")
