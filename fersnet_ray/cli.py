@@ -102,7 +102,9 @@ def prepare(
     source: Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")] = None,
     store: StoreOpt = "./fersnet-store",
     name: Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")] = None,
-    folds: Annotated[int, typer.Option(help="Number of subject-disjoint, stratified folds.")] = 10,
+    folds: Annotated[
+        Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 5).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
     align: Annotated[
         Optional[str], typer.Option(help="fan | none (default: none for ckplus48/demo, fan otherwise).")
@@ -120,7 +122,7 @@ def prepare(
     ] = None,
     classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order, a,b,c.")] = None,
     manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
-    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = 24,
+    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = 12,
     address: AddressOpt = None,
 ) -> None:
     """Read a face data set, align the faces and write the face table with folds to the store."""
@@ -138,7 +140,7 @@ def prepare(
         source=source,
         store=store,
         name=name,
-        folds=folds,
+        folds=folds or (5 if dataset == "demo" else 10),
         seed=seed,
         align=align,
         aligned_size=aligned_size,
@@ -311,13 +313,15 @@ def _pipeline(
     source: Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")] = None,
     run: Annotated[Optional[str], typer.Option(help="Run name (default: the data set name).")] = None,
-    folds: Annotated[int, typer.Option(help="Number of subject-disjoint, stratified folds.")] = 10,
+    folds: Annotated[
+        Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 5).")
+    ] = None,
     train_folds: Annotated[str, typer.Option(help="Folds to train, synthesise and fine-tune: 'all' or 0,3.")] = "all",
     seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
     align: Annotated[Optional[str], typer.Option(help="fan | none (default: by data set).")] = None,
     aligned_size: Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")] = 110,
     rgb: Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")] = False,
-    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = 24,
+    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = 12,
     classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order.")] = None,
     subject_regex: Annotated[Optional[str], typer.Option(help="folder: regex for the subject.")] = None,
     manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
@@ -362,10 +366,10 @@ def _pipeline(
     # CPU-sized defaults for the demo (the whole pipeline in minutes on 2 cores), the paper's otherwise.
     ft = _run(
         FinetuneConfig,
-        epochs=finetune_epochs or (4 if demo else 30),
+        epochs=finetune_epochs or (3 if demo else 30),
         lr=finetune_lr,
         lr_min=min(1e-6, finetune_lr),
-        checkpoint_every=2 if demo else 5,
+        checkpoint_every=3 if demo else 5,
     )
     cfg = PipelineConfig(
         store=store,
@@ -373,7 +377,7 @@ def _pipeline(
         source=source,
         name=name,
         run=run,
-        folds=folds,
+        folds=folds or (5 if demo else 10),
         train_folds=None if train_folds == "all" else _parse_folds(train_folds, 0),
         seed=seed,
         align=align,

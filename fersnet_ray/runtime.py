@@ -39,8 +39,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # include_dashboard=False: a local run needs no web UI and starts seconds faster.
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # address="local": a new local Ray, never a cluster some earlier `ray start` left on this machine
+        # (Ray's default would join that one); include_dashboard=False: no web UI, seconds faster.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
 
 
 def root_cause(e: BaseException) -> str:

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +31,7 @@ import fsspec
 import pyarrow.fs as pafs
 
 DEFAULT_STORE = "./fersnet-store"
+log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -60,13 +63,70 @@ def _s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+class RetryCounter(logging.Filter):
+    """Counts the S3 requests botocore retried in this process (throttling, 5xx, dropped connections).
+
+    botocore logs each retry at DEBUG ("Retry needed, retrying request after delay of: …"). The filter
+    sits on its retry loggers, which are set to DEBUG so those records exist; it counts them and lets
+    them through only where botocore's own logging is turned up to DEBUG, so the log stays quiet.
+    """
+
+    LOGGERS = ("botocore.retries.standard", "botocore.retryhandler")  # standard/adaptive mode, legacy mode
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._count, self._lock = 0, threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Retry needed") and "not retrying" not in msg:
+            with self._lock:
+                self._count += 1
+        return logging.getLogger("botocore").isEnabledFor(record.levelno)
+
+    def install(self) -> None:
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            if self not in logger.filters:
+                logger.addFilter(self)
+                if not logger.isEnabledFor(logging.DEBUG):
+                    logger.setLevel(logging.DEBUG)
+
+    def take(self) -> int:
+        """Retries since the last `take` in this process."""
+        with self._lock:
+            n, self._count = self._count, 0
+        return n
+
+
+S3_RETRIES = RetryCounter()
+
+
+def report_retries(where: str, more: int = 0) -> int:
+    """Logs a WARNING when S3 requests were retried (this process's since the last report, plus `more`
+    counted by workers); returns the number."""
+    n = S3_RETRIES.take() + more
+    if n:
+        log.warning("s3: retried %d request(s) (throttling, 5xx or dropped connections) %s", n, where)
+    return n
+
+
 @functools.lru_cache(maxsize=8)
 def _s3fs(endpoint: str | None) -> fsspec.AbstractFileSystem:
     import s3fs
 
+    S3_RETRIES.install()
     client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
     # use_listings_cache=False: stages list folders that other processes just wrote.
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
+    # Retries: botocore's default ("legacy", 4 retries) gives up after a few seconds, so a store that
+    # throttles (503 SlowDown) for a while or restarts fails the stage; "standard" mode backs off
+    # exponentially (random, up to 20 s) on throttling, 5xx and connection errors, and 10 retries ride
+    # out about half a minute of outage. s3fs adds its own retries for a few other errors.
+    return s3fs.S3FileSystem(
+        client_kwargs=client_kwargs,
+        config_kwargs={"retries": {"max_attempts": 10, "mode": "standard"}},
+        use_listings_cache=False,
+    )
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,17 @@ def table_files(store: Store, name: str) -> list[str]:
     return sorted(p for p in store.fs.ls(store.dataset_dir(name), detail=False) if p.endswith(".parquet"))
 
 
+def open_table_file(store: Store, path: str) -> pq.ParquetFile:
+    """One of the face table's Parquet files, opened and schema-checked; errors name the file."""
+    where = f"s3://{path}" if store.protocol == "s3" else path
+    try:
+        pf = pq.ParquetFile(path, filesystem=store.arrow_fs)
+    except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise StoreError(f"{where}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+    check_schema(pf.schema_arrow, where)
+    return pf
+
+
 def read_faces(store: Store, name: str, columns: list[str] | None = None) -> pa.Table:
     """Reads the whole face table with pyarrow (small data sets, tests, reports).
 
@@ -97,9 +108,7 @@ def read_faces(store: Store, name: str, columns: list[str] | None = None) -> pa.
     read_card(store, name)
     tables = []
     for path in table_files(store, name):
-        pf = pq.ParquetFile(path, filesystem=store.arrow_fs)
-        check_schema(pf.schema_arrow, store.protocol == "s3" and f"s3://{path}" or path)
-        tables.append(pf.read(columns=columns))
+        tables.append(open_table_file(store, path).read(columns=columns))
     if not tables:
         raise StoreError(f"data set {name!r} in {store.uri} has a card but no Parquet files")
     return pa.concat_tables(tables)

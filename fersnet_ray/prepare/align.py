@@ -56,6 +56,8 @@ def decode_image(data: bytes, channels: int = 1) -> Image.Image:
         img.load()
     except Image.UnidentifiedImageError:
         raise FaceError("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as e:  # a header claiming billions of pixels: never decoded
+        raise FaceError(f"image too large ({str(e).split(',')[0]})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise FaceError(
             f"truncated or corrupt image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"

@@ -107,7 +107,7 @@ def load_batch(
         except FaceError as e:
             images.append(b"")
             rejects.append(str(e))
-        except OSError as e:  # unreadable file (permissions, vanished, storage error)
+        except (OSError, ValueError) as e:  # unreadable file (permissions, vanished, storage error, NUL in the path)
             images.append(b"")
             rejects.append(redact(f"unreadable file ({type(e).__name__}: {e})"))
     return {**batch, "image": np.array(images, dtype=object), "reject": np.array(rejects, dtype=object)}

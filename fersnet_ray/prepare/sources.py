@@ -178,7 +178,7 @@ class CKPlus(Adapter):
                 continue
             try:
                 code = int(float(self._read_text(rel).split()[0]))
-            except (ValueError, IndexError):
+            except (ValueError, IndexError, OverflowError):  # OverflowError: "inf"
                 out.rejects.append(Reject(rel, "label file does not hold an emotion code"))
                 bad.add((parts[1], parts[2]))
                 continue
@@ -271,8 +271,11 @@ def _read_table(adapter: Adapter, rel: str) -> list[dict]:
     if path.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        with fs.open(path, "rb") as f:
-            rows = pq.read_table(f).to_pylist()
+        try:
+            with fs.open(path, "rb") as f:
+                rows = pq.read_table(f).to_pylist()
+        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise SourceError(f"manifest {redact(path)!r} is not a readable Parquet file ({e})") from None
         return [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
     with fs.open(path, "rb") as f:
         text = f.read().decode("utf-8-sig", errors="replace")
@@ -280,15 +283,16 @@ def _read_table(adapter: Adapter, rel: str) -> list[dict]:
 
 
 def _require_columns(rows: list[dict], required: tuple[str, ...], where: str) -> None:
-    have = set(rows[0]) if rows else set()
-    missing = [c for c in required if c not in have]
-    if missing or not rows:
-        raise SourceError(f"manifest {where}: " + (f"missing columns {missing}" if missing else "no rows"))
+    if not rows:  # a header alone has no rows to show its columns by: say so, not "missing columns"
+        raise SourceError(f"manifest {where}: no rows")
+    missing = [c for c in required if c not in rows[0]]
+    if missing:
+        raise SourceError(f"manifest {where}: missing columns {missing}")
 
 
 def _safe_join(base: str, rel: str) -> str | None:
     """`rel` under `base` (both relative to the source root), or None if it escapes the root."""
-    if rel.startswith("/") or re.match(r"^[a-zA-Z]+://", rel):
+    if rel.startswith("/") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", rel):  # a URI (s3://, file://, ...)
         return None
     joined = posixpath.normpath(posixpath.join(base, rel)) if base else posixpath.normpath(rel)
     return None if joined == ".." or joined.startswith("../") else joined
@@ -301,7 +305,7 @@ def _parse_label(value: str, classes: tuple[str, ...], first_code: int) -> int |
         return classes.index(name)
     try:
         code = int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "inf"
         return None
     return code - first_code if first_code <= code < first_code + len(classes) else None
 
@@ -384,7 +388,7 @@ class Folder(Adapter):
             if not subject:
                 out.rejects.append(Reject(rel, f"file name has no subject (pattern {self.pattern.pattern!r})"))
                 continue
-            frame = int(groups["frame"]) if groups.get("frame", "").isdigit() else _frame_number(parts[1])
+            frame = int(groups["frame"]) if (groups.get("frame") or "").isdecimal() else _frame_number(parts[1])
             out.faces.append(SourceFace(rel, subject, out.classes.index(name), groups.get("sequence") or "", frame))
         return out
 
@@ -433,7 +437,7 @@ class Manifest(Adapter):
                 frame = row.get("frame", "")
                 out.faces.append(
                     SourceFace(
-                        rel, row["subject"], label, row.get("sequence", ""), int(frame) if frame.isdigit() else -1
+                        rel, row["subject"], label, row.get("sequence", ""), int(frame) if frame.isdecimal() else -1
                     )
                 )
         return out
@@ -446,7 +450,7 @@ class Demo(Adapter):
     description = "built-in generated faces (no download): subjects × 7 expressions × 3 frames"
     needs_source = False
 
-    def __init__(self, source: str | None = None, subjects: int = 24, seed: int = 0, size: int = 128):
+    def __init__(self, source: str | None = None, subjects: int = 12, seed: int = 0, size: int = 128):
         super().__init__(source)
         if subjects < 1:
             raise SourceError("the demo data set needs at least one subject")

@@ -34,8 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fersnet_ray.store import Store, StoreError
-from fersnet_ray.table import check_schema, face_id, read_card, table_files
+from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
+from fersnet_ray.table import check_schema, face_id, open_table_file, read_card, table_files
 
 MANIFEST = "_manifest.json"
 
@@ -97,7 +97,7 @@ def plan_shards(store: Store, dataset: str, fold: int, num_classes: int, rows_pe
     sources_per_shard = max(1, rows_per_shard // per_source)
     entries: list[tuple[str, int]] = []
     for path in table_files(store, dataset):
-        folds = pq.read_table(path, columns=["fold"], filesystem=store.arrow_fs)["fold"].to_numpy()
+        folds = open_table_file(store, path).read(columns=["fold"])["fold"].to_numpy()
         entries += [(path, int(i)) for i in np.flatnonzero(folds != fold)]
     if not entries:
         raise SynthError(f"face table {dataset!r} has no training faces for fold {fold}")
@@ -306,7 +306,9 @@ def write_shard(
         "below_min_score": {classes[c]: int(k) for c, k in sorted(dropped.items())},
     }
     store.write_json(f"{folder}/{sidecar_name(shard)}", info)
-    return {"shard": np.array([shard]), "info": np.array([json.dumps(info)], dtype=object)}
+    # S3 requests this worker process retried since its last shard: summed and logged by the driver.
+    retries = np.array([S3_RETRIES.take()])
+    return {"shard": np.array([shard]), "info": np.array([json.dumps(info)], dtype=object), "s3_retries": retries}
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -415,6 +417,7 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
         )
         for row in summaries:
             done[int(row["shard"])] = json.loads(row["info"])
+        report_retries(f"while synthesising fold {fold}", more=sum(int(row["s3_retries"]) for row in summaries))
     shards = [done[s["shard"]] for s in specs]
     return _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards, job.min_score, quality)
 
@@ -441,7 +444,12 @@ def _check_foreign_files(store: Store, folder: str) -> None:
                 check_schema(schema, store.uri_of(path[len(store.root) :]), SYNTH_SCHEMA, "synthetic shard")
             except StoreError as e:
                 raise SynthError(f"{e}; remove it or pass --overwrite") from None
-            except Exception:  # noqa: BLE001 - unreadable: a crashed write of ours; it will be rewritten
+            except Exception as e:  # noqa: BLE001 - unreadable: a crashed write of ours is rewritten
+                if not re.fullmatch(r"part-\d{5}\.parquet", name):  # not ours: never delete a user's file
+                    raise SynthError(
+                        f"{store.uri_of(path[len(store.root) :])}: not a readable Parquet file "
+                        f"({type(e).__name__}); remove it or pass --overwrite"
+                    ) from None
                 store.remove(path)
         elif name.startswith("_tmp-"):
             store.remove(path)  # leftover of an interrupted write

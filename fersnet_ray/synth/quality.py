@@ -39,8 +39,11 @@ def recognizer_path(store: Store, run: str, fold: int) -> str:
 
 
 def load_fold_recognizer(store: Store, path: str) -> Recognizer:
-    state = torch.load(io.BytesIO(store.read_bytes(path)), map_location="cpu", weights_only=True)
-    return load_recognizer(state)
+    from fersnet_ray.synth.job import SynthError
+    from fersnet_ray.train.job import load_weights
+
+    where = f"s3://{path}" if store.protocol == "s3" else path
+    return load_recognizer(load_weights(store.read_bytes(path), f"recogniser {where}", SynthError))
 
 
 def synthesize_all_targets(model, faces: FaceSet, exp: Experiment, device: torch.device, batch_size: int = 256):

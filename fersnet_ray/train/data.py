@@ -164,7 +164,7 @@ class TargetSampler:
 def load_fold(store, dataset: str, fold: int, load_size: int) -> tuple[FaceSet, FaceSet, dict]:
     """The face table's training (fold ≠ k) and test (fold = k) faces, and the data set's card.
 
-    Raises ValueError naming the data set and fold when the fold does not exist.
+    Raises ValueError naming the data set and fold when the fold or its training split is empty.
     """
     import pyarrow.compute as pc
 
@@ -176,6 +176,8 @@ def load_fold(store, dataset: str, fold: int, load_size: int) -> tuple[FaceSet, 
         raise ValueError(f"face table {dataset!r} has no fold {fold} (folds 0..{card['folds'] - 1})")
     train = table.filter(pc.not_equal(table["fold"], fold)).to_pydict()
     test = table.filter(pc.equal(table["fold"], fold)).to_pydict()
+    if not train["label"]:
+        raise ValueError(f"face table {dataset!r} has no training faces for fold {fold} (every face is in fold {fold})")
     return face_set(train, load_size), face_set(test, load_size), card
 
 

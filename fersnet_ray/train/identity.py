@@ -21,17 +21,15 @@ from fersnet_ray.train.data import FaceSet, augment, to_unit
 
 def load_identity_weights(uri: str) -> LightCNN9:
     """Published Light CNN-9 weights from a path or s3:// URI, frozen (weights_only: no pickled code)."""
-    import io
+    from fersnet_ray.train.job import load_weights
 
     fs, path = open_location(uri)
     try:
         with fs.open(path, "rb") as f:
-            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+            data = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"identity weights {redact(uri)} not found") from None
-    except Exception as e:  # noqa: BLE001 - any unpickling failure: name the file
-        raise ValueError(f"identity weights {redact(uri)} do not load: {type(e).__name__}: {e}") from None
-    return frozen_lightcnn(state)
+    return frozen_lightcnn(load_weights(data, f"identity weights {redact(uri)}", ValueError))
 
 
 def train_identity_net(

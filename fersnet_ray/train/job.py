@@ -12,7 +12,7 @@ Ray is used at the marked places only: the worker loop (`train_fold`: prepare mo
 metrics and checkpoints, read the checkpoint to resume) and the driver (`train`: one trainer per
 fold). The epoch itself is `loop.train_epoch`, plain PyTorch.
 
-Resuming: a failed worker group restarts from the last reported checkpoint (FailureConfig); a
+Resuming: a failed worker group (a lost node) restarts from the newest complete checkpoint (FailureConfig); a
 re-run of the same command finds each fold's newest complete checkpoint in the store and goes on
 from the epoch after it, never from epoch 0.
 """
@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import tempfile
 import threading
 import time
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from fersnet_ray.runtime import root_cause
-from fersnet_ray.store import Store, StoreError
+from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
 from fersnet_ray.train.config import Experiment
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,19 @@ def write_checkpoint_dir(state_dict: dict, folder: str) -> None:
         json.dump(meta, f)
 
 
+def load_weights(data: bytes, where: str, error: type[Exception] = TrainError):
+    """`torch.load(weights_only=True)`: tensors and plain values only, never pickled code; errors name `where`."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # a pickled object other than tensors and plain values: refused, not run
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
+        # torch's first line is generic advice (to load with weights_only=False); the next one says what was found
+        reason = next((ln for ln in lines[1:] if not ln.startswith("Check the documentation")), lines[0])
+        raise error(f"{where} refused by torch.load(weights_only=True): {reason}") from None
+    except Exception as e:  # noqa: BLE001 - any other loading failure (truncated, not a torch file): name the file
+        raise error(f"{where} does not load: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+
+
 def read_checkpoint(store: Store, path: str) -> dict:
     """Loads a checkpoint folder (weights_only: never unpickles code); errors name the file."""
     where = f"{store.uri_of()}{path[len(store.root) :]}/{STATE_FILE}" if path.startswith(store.root) else path
@@ -87,12 +101,15 @@ def read_checkpoint(store: Store, path: str) -> dict:
         data = store.read_bytes(f"{path}/{STATE_FILE}")
     except FileNotFoundError:
         raise TrainError(f"checkpoint {where} is missing") from None
-    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+    except ValueError:  # a truncated or hand-edited meta.json
+        raise TrainError(f"checkpoint {where}: its {META_FILE} is not valid JSON") from None
+    if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise TrainError(f"checkpoint {where} is incomplete or corrupt (checksum mismatch)")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure: name the file
-        raise TrainError(f"checkpoint {where} does not load: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    state = load_weights(data, f"checkpoint {where}")
+    missing = [k for k in ("epoch", "model", "experiment") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise TrainError(f"checkpoint {where} is not a fersnet checkpoint (no {', '.join(missing)})")
+    return state
 
 
 def latest_checkpoint(store: Store, run: str, fold: int) -> str | None:
@@ -149,14 +166,19 @@ def train_fold(config: dict) -> None:
     train_set, test_set = train_set.to(device), test_set.to(device)
 
     # Resume from the newest complete checkpoint: Ray's (registered; after a worker failure or a re-run)
-    # or the store's (a checkpoint uploaded in the last seconds before a crash may not be registered yet).
+    # or the store's, looked up at every (re)start of the worker group. The store's can be newer: Ray
+    # Train registers a reported checkpoint only when its controller next polls the workers (every 2 s),
+    # so a node lost just after an upload would otherwise restart the fold from an older one, or epoch 0.
     state_dict = None
     ray_ckpt = ray.train.get_checkpoint()
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
             state_dict = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-    if config.get("resume_from") and config["resume_epoch"] > (state_dict["epoch"] if state_dict else -1):
-        state_dict = read_checkpoint(store, config["resume_from"])
+    newest = latest_checkpoint(store, job.run, fold)
+    if newest and json.loads(store.read_bytes(f"{newest}/{META_FILE}"))["epoch"] > (
+        state_dict["epoch"] if state_dict else -1
+    ):
+        state_dict = read_checkpoint(store, newest)
 
     seed = exp.train.seed + fold
     identity_net = None
@@ -222,6 +244,9 @@ def train_fold(config: dict) -> None:
         result.update(fold=fold, epochs=state.epoch, classes=card["classes"], variant=exp.model.variant)
         store.write_json(f"{store.fold_dir(job.run, fold)}/history.json", state.history)  # loss curves
         store.write_json(f"{store.fold_dir(job.run, fold)}/evaluation.json", result)  # written last: fold done
+        retries = S3_RETRIES.take()  # this worker's checkpoint uploads and reads (workers log only errors)
+        if retries:
+            print(f"fold {fold}: s3: retried {retries} request(s) (throttling, 5xx or dropped connections)", flush=True)
 
 
 # --- Ray marked place 2 of 2: the driver, one TorchTrainer per fold ---------------------------------
@@ -261,7 +286,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> str:
     return "; ".join(out)
 
 
-def _trainer(job: TrainJob, fold: int, resume_from: str | None, resume_epoch: int):
+def _trainer(job: TrainJob, fold: int):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -272,7 +297,7 @@ def _trainer(job: TrainJob, fold: int, resume_from: str | None, resume_epoch: in
         per_worker["GPU"] = job.gpus_per_fold / job.workers_per_fold
     return TorchTrainer(
         train_fold,
-        train_loop_config={"job": asdict(job), "fold": fold, "resume_from": resume_from, "resume_epoch": resume_epoch},
+        train_loop_config={"job": asdict(job), "fold": fold},
         scaling_config=ScalingConfig(
             num_workers=job.workers_per_fold, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
@@ -291,13 +316,15 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
     """Trains every requested fold at once on the current Ray cluster; returns the evaluation summary."""
     from dataclasses import replace
 
-    from fersnet_ray.table import read_card
+    from fersnet_ray.table import open_table_file, read_card, table_files
 
     store = Store.from_uri(job.store)
     store.check_writable()
     job = replace(job, store=store.uri)  # absolute: Ray Train workers run in their own directories
 
     card = read_card(store, job.dataset)
+    for path in table_files(store, job.dataset):  # a foreign or corrupt table fails here once, not in every fold
+        open_table_file(store, path)
     bad = [f for f in job.folds if not 0 <= f < card["folds"]]
     if bad:
         raise TrainError(f"face table {job.dataset!r} has folds 0..{card['folds'] - 1}; no fold {bad[0]}")
@@ -311,19 +338,20 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
     epochs = Experiment.from_dict(job.experiment).train.epochs
 
     def run_fold(fold: int) -> None:
-        resume_from, done = latest_checkpoint(store, job.run, fold), -1
+        resume_from = latest_checkpoint(store, job.run, fold)  # the workers look it up again at every start
         if resume_from is not None:
             done = json.loads(store.read_bytes(f"{resume_from}/{META_FILE}"))["epoch"]
             if done >= epochs and store.exists(f"{store.fold_dir(job.run, fold)}/evaluation.json"):
                 print(f"fold {fold}: finished earlier ({done}/{epochs} epochs), skipped", flush=True)
                 return
         try:
-            _trainer(job, fold, resume_from, done).fit()
+            _trainer(job, fold).fit()
         except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
             raise TrainError(f"fold {fold} failed: {root_cause(e)}") from None
 
     parallel = job.parallel_folds or folds_that_fit(job.workers_per_fold, job.cpus_per_worker, job.gpus_per_fold)
     run_folds(job.folds, run_fold, TrainError, parallel)
+    report_retries("while training")
     return evaluate_run(store, job.run)
 
 

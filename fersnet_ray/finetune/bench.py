@@ -1,0 +1,73 @@
+"""Fine-tuning throughput, measured side by side in one run on one device.
+
+    python jobs/bench_finetune.py --store ./fersnet-store --run demo --fold 0
+
+    bare       images/s of `finetune_epoch` on the fold's real + synthetic faces already decoded in
+               memory (the same model, batch size, augmentation and precision; no Ray)
+    streamed   images/s of one epoch iterating the Ray Dataset that fine-tuning feeds its workers, with
+               re-reading and re-decoding every epoch (`--stream`), the model step included
+    cached     the same with the decoded faces kept in Ray's object store (`--cache`, the default for
+               data sets that fit in a tenth of it)
+    ratios     streamed / bare and cached / bare: what the Ray Data path costs against a plain loop
+
+Needs a synthesised run (fersnet run, or train + synthesize). Reads the store; writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from fersnet_ray.store import Store
+
+
+def _epoch_rate(state, batches) -> float:
+    from fersnet_ray.finetune.loop import finetune_epoch
+
+    start = time.perf_counter()
+    m = finetune_epoch(state, batches)
+    return m["images"] / (time.perf_counter() - start)
+
+
+def bench_finetune(store_uri: str, run: str, fold: int, batch_size: int = 64, epochs: int = 2) -> dict:
+    """Images/s of the three paths above; the best of `epochs` epochs each (the first one warms up)."""
+    import ray
+
+    from fersnet_ray.finetune.job import fold_dataset
+    from fersnet_ray.finetune.loop import FinetuneConfig, FinetuneState
+    from fersnet_ray.synth.job import MANIFEST
+    from fersnet_ray.train.config import Experiment
+    from fersnet_ray.train.job import latest_checkpoint, read_checkpoint
+
+    store = Store.from_uri(store_uri)
+    state_dict = read_checkpoint(store, latest_checkpoint(store, run, fold))
+    exp = Experiment.from_dict(state_dict["experiment"])
+    dataset = store.read_json(f"{store.run_dir(run)}/config.json")["dataset"]
+    manifest = store.read_json(f"{store.synthetic_dir(run, fold)}/{MANIFEST}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = FinetuneConfig(epochs=100, batch_size=batch_size)
+    args = (store, dataset, run, fold, exp.train.load_size, exp.model.in_channels, manifest)
+
+    def fresh():
+        return FinetuneState.create(exp, cfg, state_dict["model"], device)
+
+    # Bare: every face decoded once into memory, batches sliced from tensors on the device.
+    rows = list(fold_dataset(*args, cache=False).iter_torch_batches(batch_size=batch_size, device=device))
+    state = fresh()
+    bare = max(_epoch_rate(state, rows) for _ in range(epochs))
+    n = sum(len(b["label"]) for b in rows)
+
+    out = {"device": str(device), "rows": n, "batch_size": batch_size, "bare": bare}
+    for name, cache in (("streamed", False), ("cached", True)):
+        ds = fold_dataset(*args, cache=cache)
+        state = fresh()
+        out[name] = max(
+            _epoch_rate(
+                state, ds.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=cfg.shuffle_buffer)
+            )
+            for _ in range(epochs)
+        )
+        out[f"{name}_over_bare"] = out[name] / bare
+    out["ray_cpus"] = ray.cluster_resources().get("CPU", 0)
+    return out
