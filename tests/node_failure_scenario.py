@@ -89,6 +89,8 @@ def train_with_node_loss(cluster, uri: str, result: dict) -> None:
         path = latest_checkpoint(store, "r", 0)
         return json.loads(store.read_bytes(f"{path}/{META_FILE}"))["epoch"] if path else 0
 
+    # Killed as soon as the checkpoint is in the store: usually before Ray Train's controller has
+    # registered it (it polls its workers every 2 s), so the restart must find it in the store.
     at_kill = wait_for(lambda: checkpointed() >= 2 and checkpointed(), 240, "fold 0's first checkpoint", 0.2)
     nodes = wait_for(lambda: alive_actor_nodes(cluster, "RayTrainWorker"), 30, "the Ray Train worker")
     (victim,) = nodes
@@ -148,8 +150,10 @@ def synthesize_with_node_loss(cluster, uri: str, result: dict) -> None:
         "finished": not thread.is_alive() and "manifest" in outcome,
         "manifest_after_first": store.exists(f"{folder}/{MANIFEST}"),
     }
+    if thread.is_alive():
+        raise TimeoutError("synthesis still running 5 min after the node was lost")
     rerun = None
-    if not first["finished"]:
+    if not first["finished"]:  # the Ray Data job failed on the node loss: the same call again completes it
         rerun = {"shards_done_before": len(sidecars())}
         synthesize(job)
     manifest = store.read_json(f"{folder}/{MANIFEST}")

@@ -1,5 +1,7 @@
 """`fersnet run` end to end on a real local Ray with an s3:// store (moto): interrupted, resumed, skipped.
 
+The kill lands during synthesis, so this is also synthesis's kill-and-resume test (exactly once).
+
 One pipeline serves every check, because each stage costs Ray start-up time on 2 CPUs: the first
 attempt runs as its own driver process and is killed during synthesis; the same command then
 finishes the rest (skipping what is done); a third run skips everything and writes no new data.
@@ -45,7 +47,7 @@ def test_run_interrupted_resumed_skipped_and_reported(ray_local, s3_bucket, tmp_
     uri = f"{s3_bucket}/fer"
     store = Store.from_uri(uri)
     args = ["run", "--store", uri, "--demo-subjects", "6", "--folds", "3", "--train-folds", "0", "--epochs", "2"]
-    args += ["--finetune-epochs", "2", "--recognizer-epochs", "2", "--rows-per-shard", "12"]
+    args += ["--finetune-epochs", "2", "--recognizer-epochs", "2", "--rows-per-shard", "40"]
 
     # 1. The first attempt, a driver process of its own, killed once synthesis has written a shard.
     address = ray_local.get_runtime_context().gcs_address
@@ -66,6 +68,7 @@ def test_run_interrupted_resumed_skipped_and_reported(ray_local, s3_bucket, tmp_
         proc.wait()
     written = _shards_written(store, "demo", 0)
     assert written >= 1 and not store.exists(f"{store.synthetic_dir('demo', 0)}/_manifest.json")
+    assert verify_run(store, "demo")[0]  # an interrupted fold is never marked complete, and verify says so
 
     # 2. The same command finishes: finished stages are skipped, synthesis writes only what is missing.
     out = runner.invoke(app, args)
@@ -73,7 +76,9 @@ def test_run_interrupted_resumed_skipped_and_reported(ray_local, s3_bucket, tmp_
     assert "prepare: data set 'demo' is prepared" in out.stdout
     assert "fold 0: finished earlier (2/2 epochs), skipped" in out.stdout
     assert f"{written} already written" in out.stdout
-    assert verify_run(store, "demo") == {0: []}
+    assert verify_run(store, "demo") == {0: []}  # no duplicate face_id, no missing pair, balanced
+    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(store.synthetic_dir("demo", 0)) if p.endswith(".parquet"))
+    assert names == [f"part-{i:05d}.parquet" for i in range(len(names))]  # the planned names, each once
     for stage in ("prepare", "train", "synthesize", "finetune", "report"):
         assert f"== {stage}: done" in out.stdout
 
@@ -120,3 +125,10 @@ def test_run_interrupted_resumed_skipped_and_reported(ray_local, s3_bucket, tmp_
     store.fs.rm(f"{store.synthetic_dir('demo', 0)}/_manifest.json")
     with pytest.raises(FinetuneError, match="fold 0 has no synthetic shards in s3://.*/synthetic/fold-0"):
         finetune(job)
+
+    # Secrets: the fake AWS credentials every stage ran with appear in no artifact and no output.
+    secrets = [os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_ACCESS_KEY_ID"]]
+    texts = {"first attempt log": log.read_bytes(), "run output": out.output.encode(), "re-run": again.output.encode()}
+    texts.update({path: store.fs.cat_file(path) for path in store.fs.find(store.root)})
+    leaks = [where for where, data in texts.items() for s in secrets if s.encode() in data]
+    assert len(texts) > 50 and not leaks
