@@ -35,7 +35,12 @@ HEADER = f"Authorization: Bearer {TOKEN}"
 
 # The cluster job of test_stage_job_succeeds: stage, its arguments ({store} is a fresh folder) and a
 # line of its output. One line to change when a bigger stage (`run`) should be the one submitted.
-STAGE_JOB = ("prepare", "--dataset demo --demo-subjects 6 --folds 2 --store {store}", "faces of")
+STAGE_JOB = (
+    "run",
+    "--demo-subjects 6 --folds 3 --train-folds 0 --epochs 1 --finetune-epochs 1 --recognizer-epochs 1 "
+    "--rows-per-shard 200 --store {store}",
+    "report: ",
+)
 # A job that runs for minutes unless stopped.
 LONG_JOB = ("prepare", "--dataset demo --demo-subjects 5000 --folds 2 --store {store}")
 

@@ -34,8 +34,8 @@ from fersnet_ray.prepare.job import PrepareConfig, prepare
 from fersnet_ray.runtime import root_cause
 from fersnet_ray.store import S3_RETRIES, Store, report_retries
 from fersnet_ray.synth.job import MANIFEST, SYNTH_SCHEMA, SynthJob, shard_name, synthesize
-from fersnet_ray.table import read_faces
 from fersnet_ray.synth.verify import verify_run
+from fersnet_ray.table import read_faces
 from fersnet_ray.train.config import make_experiment
 from fersnet_ray.train.job import checkpoint_name, write_checkpoint_dir
 from fersnet_ray.train.loop import FoldState
