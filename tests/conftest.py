@@ -68,3 +68,14 @@ def fan_weights(tmp_path_factory) -> str:
     from builders import write_face_alignment_weights
 
     return write_face_alignment_weights(tmp_path_factory.mktemp("fan-weights"), detect=True)
+
+
+@pytest.fixture(scope="session")
+def head(s3_endpoint, torch_home):
+    """A real Ray head with dashboard and Jobs API on 127.0.0.1 (tests/ray_head.py); its http:// address.
+
+    Started after the S3 server, so its job drivers inherit the endpoint and fake credentials.
+    """
+    from ray_head import start_head
+
+    yield from start_head()

@@ -8,7 +8,7 @@ controller, Ray Data's executor) and three worker nodes of 2 CPUs each, all on t
 is a local folder, which every node sees (on a real cluster it would be S3). WORKDIR/store may hold
 the prepared demo set already; otherwise it is prepared here.
 
-1. train: fold 0 of the demo set, tiny preset, 6 epochs (checkpoint every 2). As soon as the fold's
+1. train: fold 0 of the demo set, tiny preset, 4 epochs (checkpoint every 2). As soon as the fold's
    epoch-2 checkpoint is in the store, the node running its Ray Train worker is removed (its processes
    killed); Ray Train restarts the worker group on the other node (FailureConfig(max_failures=2)) and
    `train_fold` resumes from the newest complete checkpoint.
@@ -71,7 +71,7 @@ def train_with_node_loss(cluster, uri: str, result: dict) -> None:
     from fersnet_ray.train.job import META_FILE, TrainJob, latest_checkpoint, read_checkpoint, train
 
     store = Store.from_uri(uri)
-    exp = make_experiment("tiny", epochs=6)
+    exp = make_experiment("tiny", epochs=4)
     job = TrainJob(store=uri, dataset="demo", run="r", experiment=exp.to_dict(), folds=(0,), max_failures=2)
     outcome: dict = {}
 

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -119,41 +114,26 @@ def _checkpointed(store: Store, run: str, fold: int) -> int:
     return json.loads(store.read_bytes(f"{path}/meta.json"))["epoch"] if path else 0
 
 
-def test_two_folds_on_ray_with_s3_checkpoints_resume_after_kill(ray_local, s3_bucket):
+def test_two_folds_on_ray_with_s3_checkpoints_resume_after_a_crash(ray_local, s3_bucket):
     uri = f"{s3_bucket}/fer"
     prepare(PrepareConfig(dataset="demo", store=uri, folds=3, options={"subjects": 6}))
     store = Store.from_uri(uri)
-    epochs = 6
-    args = [
-        "train",
-        "--store",
-        uri,
-        "--dataset",
-        "demo",
-        "--run",
-        "r",
-        "--folds",
-        "0,1",
-        "--preset",
-        "tiny",
-        "--epochs",
-        str(epochs),
-    ]
-    address = ray_local.get_runtime_context().gcs_address
-    # The first attempt runs as its own driver process (as a user's terminal would), killed mid-run.
-    code = f"from fersnet_ray.cli import app; app({args + ['--address', address]!r})"
-    log = open(os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), "first-attempt.log"), "w")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and _checkpointed(store, "r", 0) < 2:
-            assert proc.poll() is None, f"the first attempt ended before it was killed: see {log.name}"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    at_kill = {f: _checkpointed(store, "r", f) for f in (0, 1)}
-    assert 2 <= at_kill[0] < epochs
+    epochs = 4
+    args = ["train", "--store", uri, "--dataset", "demo", "--run", "r", "--folds", "0,1", "--preset", "tiny"]
+    args += ["--epochs", str(epochs)]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert {_checkpointed(store, "r", f) for f in (0, 1)} == {epochs}
+
+    # The store as a crash after epoch 2's checkpoint leaves it: nothing newer, no evaluation, and no
+    # record in Ray's own checkpoint snapshot (a killed driver need not have written it). The driver
+    # kill itself is tested end to end in test_pipeline (a stopped cluster job) and a lost worker node
+    # in test_reliability; both resume through the same lookup as this re-run.
+    for fold in (0, 1):
+        folder = store.fold_dir("r", fold)
+        for name in ("checkpoint-epoch-0004", "evaluation.json", "history.json", "checkpoint_manager_snapshot.json"):
+            store.remove(f"{folder}/{name}")
+        assert _checkpointed(store, "r", fold) == 2
 
     out = runner.invoke(app, args)  # the same command again
     assert out.exit_code == 0, out.output
@@ -162,14 +142,13 @@ def test_two_folds_on_ray_with_s3_checkpoints_resume_after_kill(ray_local, s3_bu
         history = state["history"]
         assert state["epoch"] == epochs and [m["epoch"] for m in history] == list(range(epochs))
         resumed = [m for m in history if m["start_epoch"] > 0]
-        if 0 < at_kill[fold] < epochs:  # this fold had a checkpoint: the re-run went on from the epoch after it
-            assert resumed and resumed[0]["epoch"] == resumed[0]["start_epoch"] == at_kill[fold]
+        assert resumed and resumed[0]["epoch"] == resumed[0]["start_epoch"] == 2  # went on from the epoch after it
         assert store.exists(f"{store.fold_dir('r', fold)}/evaluation.json")
     assert "mean ± std over 2 folds" in out.stdout
 
     # A finished run re-run is skipped; a different config is refused.
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "fold 0: finished earlier" in again.stdout
-    changed = runner.invoke(app, args[:-1] + ["8"])
+    changed = runner.invoke(app, args[:-1] + ["6"])
     assert changed.exit_code == 1
-    assert "exists with a different config (experiment.train.epochs: 6 → 8)" in changed.stderr
+    assert "exists with a different config (experiment.train.epochs: 4 → 6)" in changed.stderr

@@ -119,7 +119,14 @@ def finetune_fold(config: dict) -> None:
 
     from fersnet_ray.finetune.loop import FinetuneState, finetune_epoch
     from fersnet_ray.train.data import load_test
-    from fersnet_ray.train.job import STATE_FILE, checkpoint_name, read_checkpoint, write_checkpoint_dir
+    from fersnet_ray.train.job import (
+        META_FILE,
+        STATE_FILE,
+        checkpoint_name,
+        latest_checkpoint_in,
+        read_checkpoint,
+        write_checkpoint_dir,
+    )
     from fersnet_ray.train.loop import evaluate
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -137,15 +144,18 @@ def finetune_fold(config: dict) -> None:
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
     test_set = load_test(store, dataset, fold, exp.train.load_size).to(device)
 
-    # Resume: Ray's registered checkpoint (worker failure, re-run) or the store's newest; else start
-    # from the trained FERSNet.
+    # Resume: Ray's registered checkpoint (worker failure, re-run) or the store's newest, looked up at
+    # every (re)start of the worker group (Ray registers a reported checkpoint only at its controller's
+    # next poll, so after a lost node the store's can be newer); else start from the trained FERSNet.
+    out_dir = f"{finetune_dir(store, job.run)}/fold-{fold}"
     resume = None
     ray_ckpt = ray.train.get_checkpoint()
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
             resume = torch.load(f"{d}/{STATE_FILE}", map_location="cpu", weights_only=True)
-    if config.get("resume_from") and config["resume_epoch"] > (resume["epoch"] if resume else -1):
-        resume = read_checkpoint(store, config["resume_from"])
+    newest = latest_checkpoint_in(store, out_dir)
+    if newest and json.loads(store.read_bytes(f"{newest}/{META_FILE}"))["epoch"] > (resume["epoch"] if resume else -1):
+        resume = read_checkpoint(store, newest)
     init = resume["model"] if resume else read_checkpoint(store, config["init_from"])["model"]
     torch.manual_seed(cfg.seed)
     state = FinetuneState.create(exp, cfg, init, device)
@@ -157,7 +167,6 @@ def finetune_fold(config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     per_worker = max(1, cfg.batch_size // world)
-    out_dir = f"{finetune_dir(store, job.run)}/fold-{fold}"
     while state.epoch < cfg.epochs:
         batches = shard.iter_torch_batches(
             batch_size=per_worker,
@@ -267,7 +276,7 @@ def finetune(job: FinetuneJob) -> dict:
 
     from fersnet_ray.synth.job import trained_folds
     from fersnet_ray.table import read_card
-    from fersnet_ray.train.job import META_FILE, folds_that_fit, latest_checkpoint_in, run_folds, summarize_folds
+    from fersnet_ray.train.job import folds_that_fit, run_folds, summarize_folds
 
     store = Store.from_uri(job.store)
     store.check_writable()
@@ -302,14 +311,10 @@ def finetune(job: FinetuneJob) -> dict:
     )
 
     def run_fold(fold: int) -> None:
-        out = f"{finetune_dir(store, job.run)}/fold-{fold}"
         if fold not in inputs:
             print(f"finetune fold {fold}: finished earlier, skipped", flush=True)
             return
         init_from, manifest = inputs[fold]
-        resume_from, done = latest_checkpoint_in(store, out), -1
-        if resume_from is not None:
-            done = json.loads(store.read_bytes(f"{resume_from}/{META_FILE}"))["epoch"]
         real_rows = sum(manifest["real_per_class"].values())
         per_worker = {"CPU": job.cpus_per_worker}
         if job.gpus_per_fold > 0:
@@ -323,8 +328,6 @@ def finetune(job: FinetuneJob) -> dict:
                 "experiment": run_config["experiment"],
                 "classes": card["classes"],
                 "init_from": init_from,
-                "resume_from": resume_from,
-                "resume_epoch": done,
                 "rows": real_rows + manifest["rows"],
                 "synthetic_rows": manifest["rows"],
             },
