@@ -13,6 +13,9 @@ import uuid
 import pytest
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request at INFO
+# face-alignment's landmark decoding runs as plain Python instead of being compiled by numba first: the
+# same code path, minus a ~15 s compile in every process that aligns (the pytest process, Ray actors).
+os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +82,40 @@ def head(s3_endpoint, torch_home):
     from ray_head import start_head
 
     yield from start_head()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def node_failure_scenario(request, tmp_path_factory):
+    """Starts tests/node_failure_scenario.py (its own multi-node Ray) as the session begins, when the
+    node-failure test is selected: its ~1.5 minutes of cluster start-up, training and synthesis then
+    overlap the other tests instead of adding to the suite's time. The test collects the result."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    if not any(item.name.startswith("test_lost_node") for item in request.session.items):
+        yield None
+        return
+    workdir = tmp_path_factory.mktemp("node-failure")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    scenario = Path(__file__).with_name("node_failure_scenario.py")
+    log = open(workdir / "scenario.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(scenario), str(workdir)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    yield {"proc": proc, "workdir": workdir, "started": time.time()}
+    if proc.poll() is None:  # the test failed or was not reached: let the scenario shut its cluster down
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log.close()

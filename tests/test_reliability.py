@@ -16,11 +16,8 @@ import http.server
 import json
 import logging
 import os
-import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -40,7 +37,6 @@ from fersnet_ray.train.config import make_experiment
 from fersnet_ray.train.job import checkpoint_name, write_checkpoint_dir
 from fersnet_ray.train.loop import FoldState
 
-SCENARIO = os.path.join(os.path.dirname(__file__), "node_failure_scenario.py")
 
 
 @pytest.fixture(scope="module")
@@ -51,28 +47,12 @@ def demo_table(ray_local, tmp_path_factory) -> str:
     return local
 
 
-@pytest.fixture(scope="module", autouse=True)
-def node_failure_run(request, demo_table, tmp_path_factory):
-    """Starts the node-failure scenario as this module begins (when its test is selected)."""
-    if not any(item.name.startswith("test_lost_node") for item in request.session.items):
-        yield None
-        return
-    workdir = tmp_path_factory.mktemp("node-failure")
-    shutil.copytree(demo_table, workdir / "store")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    log = open(workdir / "scenario.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, SCENARIO, str(workdir)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    yield {"proc": proc, "workdir": workdir, "started": time.time()}
-    if proc.poll() is None:  # the test failed or was interrupted: let the scenario shut its cluster down
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    log.close()
+@pytest.fixture
+def node_failure_run(node_failure_scenario):
+    """The node-failure scenario, started with the session (tests/conftest.py) so it overlaps other tests."""
+    if node_failure_scenario is None:
+        pytest.skip("the node-failure scenario was not started")
+    return node_failure_scenario
 
 
 # --- the store: outage and throttling --------------------------------------------------------------
