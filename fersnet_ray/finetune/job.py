@@ -27,6 +27,7 @@ import logging
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -310,6 +311,24 @@ def finetune(job: FinetuneJob) -> dict:
         job.workers_per_fold, job.cpus_per_worker, job.gpus_per_fold, spare_cpus=0 if cache else 1
     )
 
+    def dataset(fold: int):
+        _, manifest = inputs[fold]
+        return fold_dataset(
+            store,
+            run_config["dataset"],
+            job.run,
+            fold,
+            exp.train.load_size,
+            exp.model.in_channels,
+            manifest,
+            cache,
+        )
+
+    # Cached: every fold's faces are read and decoded before any trainer starts, so no fold's Ray Data
+    # read waits for CPUs that other folds' training workers hold.
+    with ThreadPoolExecutor(max_workers=max(1, len(inputs))) as pool:
+        datasets = dict(zip(inputs, pool.map(dataset, inputs))) if cache else {}
+
     def run_fold(fold: int) -> None:
         if fold not in inputs:
             print(f"finetune fold {fold}: finished earlier, skipped", flush=True)
@@ -331,18 +350,7 @@ def finetune(job: FinetuneJob) -> dict:
                 "rows": real_rows + manifest["rows"],
                 "synthetic_rows": manifest["rows"],
             },
-            datasets={
-                "train": fold_dataset(
-                    store,
-                    run_config["dataset"],
-                    job.run,
-                    fold,
-                    exp.train.load_size,
-                    exp.model.in_channels,
-                    manifest,
-                    cache,
-                )
-            },
+            datasets={"train": datasets[fold] if cache else dataset(fold)},
             scaling_config=ScalingConfig(
                 num_workers=job.workers_per_fold, use_gpu=job.gpus_per_fold > 0, resources_per_worker=per_worker
             ),
