@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -120,14 +119,7 @@ def finetune_fold(config: dict) -> None:
 
     from fersnet_ray.finetune.loop import FinetuneState, finetune_epoch
     from fersnet_ray.train.data import load_test
-    from fersnet_ray.train.job import (
-        META_FILE,
-        STATE_FILE,
-        checkpoint_name,
-        latest_checkpoint_in,
-        read_checkpoint,
-        write_checkpoint_dir,
-    )
+    from fersnet_ray.train.job import META_FILE, STATE_FILE, latest_checkpoint_in, read_checkpoint, report_epoch
     from fersnet_ray.train.loop import evaluate
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -188,15 +180,7 @@ def finetune_fold(config: dict) -> None:
                 f"{metrics['images_per_s']:.0f} img/s)",
                 flush=True,
             )
-        if last or state.epoch % cfg.checkpoint_every == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint = None
-                if rank == 0:
-                    write_checkpoint_dir(state.state_dict(), tmp)
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.epoch))
-        else:
-            ray.train.report(metrics)
+        report_epoch(metrics, state, last or state.epoch % cfg.checkpoint_every == 0, rank)
 
     if rank == 0:
         result = evaluate(state.model, test_set, exp.train.crop_size, amp=exp.train.amp)

@@ -140,6 +140,24 @@ def latest_checkpoint_in(store: Store, folder: str) -> str | None:
 # --- Ray marked place 1 of 2: the worker loop ------------------------------------------------------
 
 
+def report_epoch(metrics: dict, state, save: bool, rank: int) -> None:
+    """`ray.train.report` of one epoch; with `save`, rank 0 attaches a checkpoint of `state`.
+
+    Shared by training and fine-tuning: `state` has `epoch` and `state_dict()`; every rank reports.
+    """
+    import ray.train
+
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            write_checkpoint_dir(state.state_dict(), tmp)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.epoch))
+
+
 def train_fold(config: dict) -> None:
     """Ray Train worker function for one fold (every worker of the fold runs it)."""
     import ray.train
@@ -229,15 +247,7 @@ def train_fold(config: dict) -> None:
         state.history.append(metrics)
         if rank == 0:
             print(progress_line(fold, metrics, t.epochs), flush=True)
-        if last or state.epoch % t.checkpoint_every == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint = None
-                if rank == 0:
-                    write_checkpoint_dir(state.state_dict(), tmp)
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.epoch))
-        else:
-            ray.train.report(metrics)
+        report_epoch(metrics, state, last or state.epoch % t.checkpoint_every == 0, rank)
 
     if rank == 0:
         result = evaluate(state.model, test_set, t.crop_size, amp=t.amp)
