@@ -67,6 +67,30 @@ def ray_local(s3_endpoint, torch_home):
 
 
 @pytest.fixture(scope="session")
+def trained_run(ray_local):
+    """`fersnet train` of a tiny FERSNet, 4 epochs, on folds 0 and 1 of the demo data set (6 subjects,
+    3 folds), on the local Ray into s3://trained/fer, run "r"; its (uri, command).
+
+    test_train checks it (and breaks and repairs fold 1), test_synth synthesises from a copy of fold
+    0: one training for both saves a Ray Train start-up, about 20 s on 2 CPUs.
+    """
+    import boto3
+    from typer.testing import CliRunner
+
+    from fersnet_ray.cli import app
+    from fersnet_ray.prepare.job import PrepareConfig, prepare
+
+    boto3.client("s3").create_bucket(Bucket="trained")
+    uri = "s3://trained/fer"
+    prepare(PrepareConfig(dataset="demo", store=uri, folds=3, options={"subjects": 6}))
+    args = ["train", "--store", uri, "--dataset", "demo", "--run", "r", "--folds", "0,1", "--preset", "tiny"]
+    args += ["--epochs", "4"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    return uri, args
+
+
+@pytest.fixture(scope="session")
 def fan_weights(tmp_path_factory) -> str:
     from builders import write_face_alignment_weights
 

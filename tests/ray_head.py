@@ -49,6 +49,37 @@ def _jobs_api_up(address: str) -> bool:
 
 def start_head():
     """A Ray head with dashboard and Jobs API on 127.0.0.1; yields its http:// address."""
+    proc, address, temp_dir = _launch()
+    try:
+        yield address
+    finally:
+        _stop_running_jobs(address)
+        _kill_group(proc)
+        subprocess.run(["rm", "-rf", temp_dir], check=False)
+
+
+def _launch(attempts: int = 3) -> tuple[subprocess.Popen, str, str]:
+    # free_ports() releases its ports before Ray binds them, and other Ray clusters of the suite (the
+    # node-failure scenario) start at the same time: one may take a port in between, and the GCS then dies
+    # with "Failed to start the grpc server". A fresh set of ports on each attempt.
+    for attempt in range(1, attempts + 1):
+        proc, address, temp_dir, log = _start_once()
+        deadline = time.monotonic() + 90
+        while not _jobs_api_up(address):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                _kill_group(proc)
+                subprocess.run(["rm", "-rf", temp_dir], check=False)
+                if attempt == attempts:
+                    pytest.fail(f"Ray head did not come up at {address} after {attempts} attempts:\n{tail}")
+                break
+            time.sleep(0.5)
+        else:
+            return proc, address, temp_dir
+    raise AssertionError("unreachable")
+
+
+def _start_once() -> tuple[subprocess.Popen, str, str, Path]:
     ray_bin = Path(sys.executable).with_name("ray")
     # Short: Ray's socket paths under it must stay below 108 characters.
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rh")
@@ -71,19 +102,7 @@ def start_head():
     log = Path(temp_dir, "head.log")
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
-    try:
-        deadline = time.monotonic() + 90
-        while not _jobs_api_up(address):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                pytest.fail(f"Ray head did not come up at {address} (exit {proc.poll()}):\n{tail}")
-            time.sleep(0.5)
-        yield address
-    finally:
-        _stop_running_jobs(address)
-        _kill_group(proc)
-        subprocess.run(["rm", "-rf", temp_dir], check=False)
+    return proc, f"http://127.0.0.1:{dash}", temp_dir, log
 
 
 def _stop_running_jobs(address: str) -> None:

@@ -2,7 +2,8 @@
 
 The head is a separate `ray start --head --block` process group on 127.0.0.1 with its own ports and
 temp dir, so it neither joins nor disturbs any other Ray on the machine (never `ray stop`: that would
-end them all), and it is independent of the in-process `ray_local` fixture.
+end them all), and it is independent of the in-process `ray_local` fixture. A job that succeeds (submit,
+status, logs, list, a duplicate submission id) is tests/test_pipeline.py's, which submits `fersnet run`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ from fersnet_ray.cli import app
 runner = CliRunner()
 from ray_head import AUTH, HEADER, TOKEN, free_ports  # noqa: E402
 
-# The cluster job of test_stage_job_succeeds: stage, its arguments ({store} is a fresh folder) and a
-# line of its output. One line to change when a bigger stage (`run`) should be the one submitted.
-STAGE_JOB = ("prepare", "--dataset demo --demo-subjects 4 --folds 2 --store {store}", "faces of")
 # A job that runs for minutes unless stopped.
 LONG_JOB = ("prepare", "--dataset demo --demo-subjects 5000 --folds 2 --store {store}")
 
@@ -52,30 +50,6 @@ def closed_port_address() -> str:
 
 
 # --- against the real head ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("stage", "args", "expect"), [STAGE_JOB])
-def test_stage_job_succeeds(head, tmp_path, monkeypatch, stage, args, expect):
-    # A RAY_ADDRESS that is not the dashboard must not override --address (Ray's client would let it).
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    stage_args = args.format(store=tmp_path / "store").split()
-    result = cli("submit", "--address", head, "--header", HEADER, "--no-pip", "--wait", stage, *stage_args)
-    sid = result.stdout.strip()
-    assert result.exit_code == 0, result.output
-    assert sid.startswith(f"fersnet-{stage}-") and f"job {sid} SUCCEEDED" in result.stderr
-
-    status = cli("jobs", "status", sid, "--address", head, "--header", HEADER)
-    assert status.exit_code == 0 and f"{sid}: SUCCEEDED" in status.stdout, status.output
-    logs = cli("jobs", "logs", sid, "--address", head, "--header", HEADER)
-    assert logs.exit_code == 0 and expect in logs.stdout, logs.output
-    monkeypatch.delenv("RAY_ADDRESS")
-    # Address and headers from the environment, as `ray job` reads them.
-    listed = cli("jobs", "list", env={"RAY_ADDRESS": head, "RAY_JOB_HEADERS": json.dumps(AUTH)})
-    assert listed.exit_code == 0 and sid in listed.stdout and "SUCCEEDED" in listed.stdout, listed.output
-    info = jobs.status(sid, head, AUTH)
-    assert info.stage == stage and info.entrypoint.startswith(f"python -m fersnet_ray.cli {stage} ")
-    again = cli("submit", "--address", head, "--header", HEADER, "--no-pip", "--submission-id", sid, stage, *stage_args)
-    assert "already exists" in assert_one_error_line(again)
 
 
 def test_long_job_is_stopped(head, tmp_path):

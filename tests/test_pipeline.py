@@ -43,17 +43,32 @@ def _shards_written(store: Store, run: str, fold: int) -> int:
     return sum(p.rsplit("/", 1)[-1].startswith("_part-") for p in store.fs.ls(folder, detail=False))
 
 
-def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_bucket):
+def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_bucket, monkeypatch):
     uri = f"{s3_bucket}/fer"
     store = Store.from_uri(uri)
     args = ["--store", uri, "--demo-subjects", "6", "--folds", "3", "--train-folds", "0", "--epochs", "1"]
     args += ["--finetune-epochs", "1", "--recognizer-epochs", "1", "--rows-per-shard", "40"]
     submit = ["submit", "--address", head, "--header", HEADER, "--no-pip"]
 
-    # 1. Submitted to the cluster, stopped once synthesis has written a shard.
+    # 1. Submitted to the cluster, stopped once synthesis has written a shard. A RAY_ADDRESS that is not
+    # the dashboard must not override --address (Ray's client would let it).
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     first = runner.invoke(app, [*submit, "run", *args])
     assert first.exit_code == 0, first.output
     sid = first.stdout.strip()
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert sid.startswith("fersnet-run-")
+    info = jobs.status(sid, head, AUTH)
+    assert info.stage == "run" and info.entrypoint.startswith("python -m fersnet_ray.cli run --store ")
+    status = runner.invoke(app, ["jobs", "status", sid, "--address", head, "--header", HEADER])
+    assert status.exit_code == 0 and status.stdout.startswith(f"{sid}: "), status.output
+    # Address and headers from the environment, as `ray job` reads them.
+    listed = runner.invoke(app, ["jobs", "list"], env={"RAY_ADDRESS": head, "RAY_JOB_HEADERS": json.dumps(AUTH)})
+    assert listed.exit_code == 0 and sid in listed.stdout, listed.output
+    again = runner.invoke(app, [*submit, "--submission-id", sid, "run", *args])
+    assert again.exit_code == 1 and "Traceback" not in again.output, again.output
+    assert again.stderr.startswith("error: ") and "already exists" in again.stderr.strip().splitlines()[0]
+    assert len(again.stderr.strip().splitlines()) == 1
     deadline = time.time() + 300
     while time.time() < deadline and _shards_written(store, "demo", 0) < 1:
         assert jobs.status(sid, head, AUTH).status in ("PENDING", "RUNNING"), jobs.logs(sid, head, AUTH)[-3000:]
@@ -68,6 +83,7 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
     second = runner.invoke(app, [*submit, "--wait", "run", *args])
     assert second.exit_code == 0, second.output
     sid = second.stdout.strip()
+    assert f"job {sid} SUCCEEDED" in second.stderr
     logs = runner.invoke(app, ["jobs", "logs", sid, "--address", head, "--header", HEADER])
     assert logs.exit_code == 0, logs.output
     log = logs.stdout

@@ -38,7 +38,6 @@ from fersnet_ray.train.job import checkpoint_name, write_checkpoint_dir
 from fersnet_ray.train.loop import FoldState
 
 
-
 @pytest.fixture(scope="module")
 def demo_table(ray_local, tmp_path_factory) -> str:
     """The demo data set (6 subjects, 3 folds) in a local store, prepared once for this module."""

@@ -10,7 +10,6 @@ import torch
 from typer.testing import CliRunner
 
 from fersnet_ray.cli import app
-from fersnet_ray.prepare.job import PrepareConfig, prepare
 from fersnet_ray.store import Store
 from fersnet_ray.train.config import Experiment, make_experiment
 from fersnet_ray.train.data import FaceSet, TargetSampler, augment
@@ -114,41 +113,35 @@ def _checkpointed(store: Store, run: str, fold: int) -> int:
     return json.loads(store.read_bytes(f"{path}/meta.json"))["epoch"] if path else 0
 
 
-def test_two_folds_on_ray_with_s3_checkpoints_resume_after_a_crash(ray_local, s3_bucket):
-    uri = f"{s3_bucket}/fer"
-    prepare(PrepareConfig(dataset="demo", store=uri, folds=3, options={"subjects": 6}))
+def test_two_folds_on_ray_with_s3_checkpoints_resume_after_a_crash(trained_run):
+    uri, args = trained_run  # `fersnet train … --folds 0,1 --epochs 4` on the local Ray (conftest)
     store = Store.from_uri(uri)
     epochs = 4
-    args = ["train", "--store", uri, "--dataset", "demo", "--run", "r", "--folds", "0,1", "--preset", "tiny"]
-    args += ["--epochs", str(epochs)]
-    out = runner.invoke(app, args)
-    assert out.exit_code == 0, out.output
     assert {_checkpointed(store, "r", f) for f in (0, 1)} == {epochs}
 
-    # The store as a crash after epoch 2's checkpoint leaves it: nothing newer, no evaluation, and no
-    # record in Ray's own checkpoint snapshot (a killed driver need not have written it). The driver
-    # kill itself is tested end to end in test_pipeline (a stopped cluster job) and a lost worker node
-    # in test_reliability; both resume through the same lookup as this re-run.
-    for fold in (0, 1):
-        folder = store.fold_dir("r", fold)
-        for name in ("checkpoint-epoch-0004", "evaluation.json", "history.json", "checkpoint_manager_snapshot.json"):
-            store.remove(f"{folder}/{name}")
-        assert _checkpointed(store, "r", fold) == 2
+    # The store as a crash of fold 1 after epoch 2's checkpoint leaves it: nothing newer, no evaluation,
+    # and no record in Ray's own checkpoint snapshot (a killed driver need not have written it). The
+    # driver kill itself is tested end to end in test_pipeline (a stopped cluster job) and a lost worker
+    # node in test_reliability; both resume through the same lookup as this re-run.
+    folder = store.fold_dir("r", 1)
+    for name in ("checkpoint-epoch-0004", "evaluation.json", "history.json", "checkpoint_manager_snapshot.json"):
+        store.remove(f"{folder}/{name}")
+    assert _checkpointed(store, "r", 1) == 2
 
     out = runner.invoke(app, args)  # the same command again
     assert out.exit_code == 0, out.output
-    for fold in (0, 1):
-        state = read_checkpoint(store, latest_checkpoint(store, "r", fold))
-        history = state["history"]
-        assert state["epoch"] == epochs and [m["epoch"] for m in history] == list(range(epochs))
-        resumed = [m for m in history if m["start_epoch"] > 0]
-        assert resumed and resumed[0]["epoch"] == resumed[0]["start_epoch"] == 2  # went on from the epoch after it
-        assert store.exists(f"{store.fold_dir('r', fold)}/evaluation.json")
+    assert "fold 0: finished earlier" in out.stdout
+    state = read_checkpoint(store, latest_checkpoint(store, "r", 1))
+    history = state["history"]
+    assert state["epoch"] == epochs and [m["epoch"] for m in history] == list(range(epochs))
+    resumed = [m for m in history if m["start_epoch"] > 0]
+    assert resumed and resumed[0]["epoch"] == resumed[0]["start_epoch"] == 2  # went on from the epoch after it
+    assert store.exists(f"{folder}/evaluation.json")
     assert "mean ± std over 2 folds" in out.stdout
 
     # A finished run re-run is skipped; a different config is refused.
     again = runner.invoke(app, args)
-    assert again.exit_code == 0 and "fold 0: finished earlier" in again.stdout
+    assert again.exit_code == 0 and "fold 1: finished earlier" in again.stdout
     changed = runner.invoke(app, args[:-1] + ["6"])
     assert changed.exit_code == 1
     assert "exists with a different config (experiment.train.epochs: 4 → 6)" in changed.stderr
