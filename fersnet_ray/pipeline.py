@@ -186,8 +186,11 @@ def finetune_stage(cfg: PipelineConfig) -> dict:
 
 
 def report_stage(cfg: PipelineConfig) -> str:
-    from fersnet_ray.report.job import write_report
+    from fersnet_ray.report.job import REPORT, report_is_current, write_report
 
+    if report_is_current(cfg.store, cfg.run_name):
+        print("report: drawn from the stages' current output already, skipped", flush=True)
+        return Store.from_uri(cfg.store).uri_of("runs", cfg.run_name, "report", REPORT)
     return write_report(cfg.store, cfg.run_name)
 
 

@@ -21,19 +21,17 @@ from typer.testing import CliRunner
 from fersnet_ray import jobs
 from fersnet_ray.cli import app
 from fersnet_ray.finetune.job import FinetuneError, FinetuneJob, finetune
+from fersnet_ray.report.job import report_is_current
 from fersnet_ray.store import Store
 from fersnet_ray.synth.verify import verify_run
 
 runner = CliRunner()
 
 
-def _listing(store: Store, skip: str) -> dict[str, int]:
-    """Every file under the store (but `skip`) with its size."""
-    out = {}
-    for path, info in store.fs.find(store.root, detail=True).items():
-        if skip not in path:
-            out[path] = info["size"]
-    return out
+def _listing(store: Store) -> dict[str, tuple]:
+    """Every file under the store with its size and modification time."""
+    found = store.fs.find(store.root, detail=True)
+    return {path: (info["size"], info.get("LastModified")) for path, info in found.items()}
 
 
 def _shards_written(store: Store, run: str, fold: int) -> int:
@@ -123,12 +121,14 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
     assert store.read_bytes(f"{report_dir}/contact-sheet-fold-0.png")[:4] == b"\x89PNG"
 
     # 3. A finished pipeline re-run skips every stage and adds or changes no data.
-    before = _listing(store, "/report/")
+    before = _listing(store)
     again = runner.invoke(app, ["run", *args])
     assert again.exit_code == 0, again.output
     assert "finetune fold 0: finished earlier, skipped" in again.stdout
     assert "fold 0: synthetic shards complete, skipped" in again.stdout
-    assert _listing(store, "/report/") == before
+    assert "report: drawn from the stages' current output already, skipped" in again.stdout
+    assert "mean ± std" in again.stdout and f"report: {uri}/runs/demo/report/report.md" in again.stdout
+    assert _listing(store) == before
 
     # Fine-tuning refuses a fold whose shards fail verify, or that has none, naming it.
     job = FinetuneJob(store=uri, run="demo", folds=(0,), overwrite=True)
@@ -138,6 +138,7 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
     store.fs.rm(f"{store.synthetic_dir('demo', 0)}/_manifest.json")
     with pytest.raises(FinetuneError, match="fold 0 has no synthetic shards in s3://.*/synthetic/fold-0"):
         finetune(job)
+    assert not report_is_current(uri, "demo")  # the report no longer matches what the stages hold
 
     # Secrets: the fake AWS credentials every stage ran with appear in no artifact and no output.
     secrets = [os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_ACCESS_KEY_ID"]]

@@ -17,6 +17,7 @@ read and drawn on the driver (a few seconds on CPU).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import numpy as np
@@ -166,10 +167,28 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def report_is_current(store_uri: str, run: str, compare: tuple[str, ...] = ()) -> bool:
+    """True when runs/<run>/report/ was drawn from exactly what the stages hold now.
+
+    `collect` reads every evaluation, history, manifest (with its shard checksums) and config the
+    report shows; report.json keeps their digest, so a pipeline re-run redraws only after a change.
+    """
+    store = Store.from_uri(store_uri)
+    out = store.report_dir(run)
+    if not (store.exists(f"{out}/{REPORT}") and store.exists(f"{out}/report.json")):
+        return False
+    return store.read_json(f"{out}/report.json").get("inputs_sha256") == _digest(collect(store, run, compare))
+
+
 def write_report(store_uri: str, run: str, compare: tuple[str, ...] = ()) -> str:
     """Collects, draws and writes runs/<run>/report/; returns the report's URI."""
     store = Store.from_uri(store_uri)
     data = collect(store, run, compare)
+    data["inputs_sha256"] = _digest(data)
     out = store.report_dir(run)
     classes = data["classes"]
     files: dict[str, bytes] = {}
