@@ -436,5 +436,8 @@ def summarize_folds(store: Store, run_dir: str, run: str) -> dict | None:
         "std_accuracy": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
         "pooled_accuracy": sum(f["correct"] for f in folds.values()) / sum(f["total"] for f in folds.values()),
     }
-    store.write_json(f"{run_dir}/evaluation.json", summary)
+    path = f"{run_dir}/evaluation.json"
+    # A re-run of finished folds leaves the summary untouched (same bytes, same modification time).
+    if not store.exists(path) or store.read_json(path) != json.loads(json.dumps(summary)):
+        store.write_json(path, summary)
     return summary
