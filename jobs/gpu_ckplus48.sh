@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU measurements, in one command meant to fit in 10 minutes on one H100/H200 (not yet run:
-# lower EPOCHS if it does not): CK+48 with stratified subject-disjoint 10-fold splits, every fold
+# The GPU measurements, in one command meant to fit in 10 minutes on one H100/H200 (not yet run on
+# a GPU: lower EPOCHS if it does not fit): CK+48 with stratified subject-disjoint 10-fold splits, every fold
 # side by side on one GPU; the paper's Table VI rows on the same folds (`fersnet ablation`: fer_only,
 # fersnet_hard, fersnet, fersnet + FES-DA) with synthesis, its Table V accuracy and the report; then
 # the training, synthesis and fine-tuning throughput benchmarks.
 #
 # Here, once:   ../shared/tools/device-wheels.sh && mkdir -p .data && cp -r ../shared/data/ckplus48 .data/
 # Device run:   carry [".whl", ".data"], command: OUT=$OUT bash jobs/gpu_ckplus48.sh
-# CPU dry run:  DRY=1 bash jobs/gpu_ckplus48.sh        (tiny preset, 2 folds, 2 epochs: plumbing only)
+# CPU dry run:  . .venv/bin/activate && DRY=1 bash jobs/gpu_ckplus48.sh
+#               (tiny preset, 2 folds, 2 epochs: plumbing only; about 23 min on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ] && ! python3 -c "import ray" 2>/dev/null; then
