@@ -186,12 +186,13 @@ def finetune_stage(cfg: PipelineConfig) -> dict:
 
 
 def report_stage(cfg: PipelineConfig) -> str:
-    from fersnet_ray.report.job import REPORT, report_is_current, write_report
+    from fersnet_ray.report.job import REPORT, write_report
 
-    if report_is_current(cfg.store, cfg.run_name):
+    uri = write_report(cfg.store, cfg.run_name, if_changed=True)
+    if uri is None:
         print("report: drawn from the stages' current output already, skipped", flush=True)
-        return Store.from_uri(cfg.store).uri_of("runs", cfg.run_name, "report", REPORT)
-    return write_report(cfg.store, cfg.run_name)
+        uri = Store.from_uri(cfg.store).uri_of("runs", cfg.run_name, "report", REPORT)
+    return uri
 
 
 def run_pipeline(cfg: PipelineConfig) -> dict:

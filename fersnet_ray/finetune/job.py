@@ -143,7 +143,7 @@ def finetune_fold(config: dict) -> None:
 
     from fersnet_ray.finetune.loop import FinetuneState, finetune_epoch
     from fersnet_ray.train.data import load_test
-    from fersnet_ray.train.job import META_FILE, STATE_FILE, latest_checkpoint_in, read_checkpoint, report_epoch
+    from fersnet_ray.train.job import read_checkpoint, report_epoch, resume_state
     from fersnet_ray.train.loop import evaluate
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -161,18 +161,9 @@ def finetune_fold(config: dict) -> None:
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
     test_set = load_test(store, dataset, fold, exp.train.load_size).to(device)
 
-    # Resume: Ray's registered checkpoint (worker failure, re-run) or the store's newest, looked up at
-    # every (re)start of the worker group (Ray registers a reported checkpoint only at its controller's
-    # next poll, so after a lost node the store's can be newer); else start from the trained FERSNet.
+    # Resume from a fine-tuning checkpoint if there is one, else start from the trained FERSNet.
     out_dir = f"{finetune_dir(store, job.run)}/fold-{fold}"
-    resume = None
-    ray_ckpt = ray.train.get_checkpoint()
-    if ray_ckpt is not None:
-        with ray_ckpt.as_directory() as d:
-            resume = torch.load(f"{d}/{STATE_FILE}", map_location="cpu", weights_only=True)
-    newest = latest_checkpoint_in(store, out_dir)
-    if newest and json.loads(store.read_bytes(f"{newest}/{META_FILE}"))["epoch"] > (resume["epoch"] if resume else -1):
-        resume = read_checkpoint(store, newest)
+    resume = resume_state(store, out_dir)
     init = resume["model"] if resume else read_checkpoint(store, config["init_from"])["model"]
     torch.manual_seed(cfg.seed)
     state = FinetuneState.create(exp, cfg, init, device)

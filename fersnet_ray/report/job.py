@@ -178,17 +178,28 @@ def report_is_current(store_uri: str, run: str, compare: tuple[str, ...] = ()) -
     report shows; report.json keeps their digest, so a pipeline re-run redraws only after a change.
     """
     store = Store.from_uri(store_uri)
+    return _drawn_digest(store, run) == _digest(collect(store, run, compare))
+
+
+def _drawn_digest(store: Store, run: str) -> str | None:
+    """The inputs' digest in the finished report (report.md is written last), or None."""
     out = store.report_dir(run)
     if not (store.exists(f"{out}/{REPORT}") and store.exists(f"{out}/report.json")):
-        return False
-    return store.read_json(f"{out}/report.json").get("inputs_sha256") == _digest(collect(store, run, compare))
+        return None
+    return store.read_json(f"{out}/report.json").get("inputs_sha256")
 
 
-def write_report(store_uri: str, run: str, compare: tuple[str, ...] = ()) -> str:
-    """Collects, draws and writes runs/<run>/report/; returns the report's URI."""
+def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_changed: bool = False) -> str | None:
+    """Collects, draws and writes runs/<run>/report/; returns the report's URI.
+
+    if_changed: when the finished report was drawn from the same inputs (`report_is_current`), write
+    nothing and return None.
+    """
     store = Store.from_uri(store_uri)
     data = collect(store, run, compare)
     data["inputs_sha256"] = _digest(data)
+    if if_changed and _drawn_digest(store, run) == data["inputs_sha256"]:
+        return None
     out = store.report_dir(run)
     classes = data["classes"]
     files: dict[str, bytes] = {}

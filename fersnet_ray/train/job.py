@@ -140,6 +140,27 @@ def latest_checkpoint_in(store: Store, folder: str) -> str | None:
 # --- Ray marked place 1 of 2: the worker loop ------------------------------------------------------
 
 
+def resume_state(store: Store, folder: str) -> dict | None:
+    """The state dict a worker resumes from, or None to start fresh (training and fine-tuning alike).
+
+    The newer of Ray's registered checkpoint (after a worker failure or a re-run) and the store's newest
+    complete one under `folder`, looked up at every (re)start of the worker group. The store's can be
+    newer: Ray Train registers a reported checkpoint only when its controller next polls the workers
+    (every 2 s), so a node lost just after an upload would otherwise restart from an older one, or epoch 0.
+    """
+    import ray.train
+
+    state = None
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    newest = latest_checkpoint_in(store, folder)
+    if newest and json.loads(store.read_bytes(f"{newest}/{META_FILE}"))["epoch"] > (state["epoch"] if state else -1):
+        state = read_checkpoint(store, newest)
+    return state
+
+
 def report_epoch(metrics: dict, state, save: bool, rank: int) -> None:
     """`ray.train.report` of one epoch; with `save`, rank 0 attaches a checkpoint of `state`.
 
@@ -183,20 +204,7 @@ def train_fold(config: dict) -> None:
             print(f"warning: fold {fold}: training split has no '{card['classes'][c]}' face", flush=True)
     train_set, test_set = train_set.to(device), test_set.to(device)
 
-    # Resume from the newest complete checkpoint: Ray's (registered; after a worker failure or a re-run)
-    # or the store's, looked up at every (re)start of the worker group. The store's can be newer: Ray
-    # Train registers a reported checkpoint only when its controller next polls the workers (every 2 s),
-    # so a node lost just after an upload would otherwise restart the fold from an older one, or epoch 0.
-    state_dict = None
-    ray_ckpt = ray.train.get_checkpoint()
-    if ray_ckpt is not None:
-        with ray_ckpt.as_directory() as d:
-            state_dict = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-    newest = latest_checkpoint(store, job.run, fold)
-    if newest and json.loads(store.read_bytes(f"{newest}/{META_FILE}"))["epoch"] > (
-        state_dict["epoch"] if state_dict else -1
-    ):
-        state_dict = read_checkpoint(store, newest)
+    state_dict = resume_state(store, store.fold_dir(job.run, fold))
 
     seed = exp.train.seed + fold
     identity_net = None
