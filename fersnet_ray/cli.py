@@ -171,7 +171,7 @@ def train(
     store: StoreOpt = "./fersnet-store",
     folds: Annotated[str, typer.Option(help="'all' or a list of folds, e.g. 0,3,7.")] = "all",
     variant: Annotated[str, typer.Option(help="fersnet | fersnet_hard | fer_only.")] = "fersnet",
-    preset: Annotated[str, typer.Option(help="paper | ck48 | tiny.")] = "paper",
+    preset: Annotated[str, typer.Option(help="paper | ck48 | cpu48 | tiny.")] = "paper",
     epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
     match_capacity: Annotated[bool, typer.Option(help="Enlarge ablations to the original's parameter count.")] = False,
@@ -257,10 +257,21 @@ def finetune(
         Optional[int], typer.Option(help="Folds at once (default: as many as the cluster holds now).")
     ] = None,
     max_failures: Annotated[int, typer.Option(help="Worker-group restarts per fold before giving up.")] = 2,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="real+synthetic (FES-DA) | real (the control: real faces only, same steps and schedule; "
+            "written to runs/<run>/finetune-real/)."
+        ),
+    ] = "real+synthetic",
+    min_score: Annotated[
+        Optional[float],
+        typer.Option(help="Use only synthetic rows the recogniser scored ≥ this (runs/<run>/finetune-fes-da@X/)."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Fine-tune again from the trained model.")] = False,
     address: AddressOpt = None,
 ) -> None:
-    """Fine-tune each fold's FERSNet on its real + synthetic faces, streamed by Ray Data (FES-DA)."""
+    """Fine-tune each fold's FERSNet on its real + synthetic faces, streamed by Ray Data (FES-DA), or the control."""
     from dataclasses import asdict
 
     from fersnet_ray.finetune.job import FinetuneJob, finetune as run_finetune
@@ -275,6 +286,8 @@ def finetune(
         lr_min=lr_min,
         shuffle_buffer=shuffle_buffer,
         cache=cache,
+        data=data,
+        min_score=min_score,
     )
     job = FinetuneJob(
         store=store,
@@ -325,7 +338,7 @@ def _pipeline(
     classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order.")] = None,
     subject_regex: Annotated[Optional[str], typer.Option(help="folder: regex for the subject.")] = None,
     manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="paper | ck48 | tiny (default: tiny for demo).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="paper | ck48 | cpu48 | tiny (default: tiny for demo).")] = None,
     variant: Annotated[str, typer.Option(help="run: fersnet | fersnet_hard.")] = "fersnet",
     epochs: Annotated[Optional[int], typer.Option(help="Override the preset's training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
@@ -347,6 +360,9 @@ def _pipeline(
     recognizer_epochs: Annotated[Optional[int], typer.Option(help="Table V recogniser epochs.")] = None,
     finetune_epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs.")] = None,
     finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-4,
+    finetune_min_score: Annotated[
+        Optional[float], typer.Option(help="ablation: add an FES-DA row on synthetic rows scored ≥ this.")
+    ] = None,
     address: AddressOpt = None,
 ) -> None:
     from dataclasses import asdict
@@ -401,6 +417,7 @@ def _pipeline(
         min_score=min_score,
         recognizer_epochs=recognizer_epochs or (10 if demo else 30),
         finetune=asdict(ft),
+        finetune_min_score=finetune_min_score,
     )
     _run(init_ray, address)
     result = _run(run_ablation if ablation else run_pipeline, cfg)

@@ -59,8 +59,9 @@ class FinetuneJob:
     parallel_folds: int | None = None  # None: as many as fit beside Ray Data's tasks
 
 
-def finetune_dir(store: Store, run: str) -> str:
-    return f"{store.run_dir(run)}/finetune"
+def finetune_dir(store: Store, run: str, folder: str = "finetune") -> str:
+    """runs/<run>/<folder>: `FinetuneConfig.folder`, one folder per row (FES-DA, real-only control, ...)."""
+    return f"{store.run_dir(run)}/{folder}"
 
 
 # --- Ray marked place 1 of 3: the data pipeline ----------------------------------------------------
@@ -94,6 +95,23 @@ def _parquet_reader_v1():
         ctx.use_datasource_v2 = before
 
 
+def _scored_rows(batch, min_score: float | None):
+    """Synthetic rows whose score is at least `min_score` (all rows when None), image and label only."""
+    import pyarrow.compute as pc
+
+    if min_score is not None:
+        batch = batch.filter(pc.greater_equal(batch["score"], min_score))
+    return batch.select(["image", "label"])
+
+
+def real_repeats(manifest: dict | None) -> int:
+    """How often the control repeats the real faces: (real + synthetic) / real rows, rounded; 1 without shards."""
+    if manifest is None:
+        return 1
+    real = sum(manifest["real_per_class"].values())
+    return max(1, round((real + manifest["rows"]) / max(real, 1)))
+
+
 def fold_dataset(
     store: Store,
     dataset: str,
@@ -101,10 +119,15 @@ def fold_dataset(
     fold: int,
     load_size: int,
     channels: int,
-    manifest: dict,
+    manifest: dict | None,
     cache: bool = True,
+    cfg: FinetuneConfig = FinetuneConfig(),
 ):
     """Real training faces ∪ the fold's synthetic shards, as a Ray Dataset of decoded uint8 faces.
+
+    With `cfg.data == "real"` (the control) the real faces alone, repeated `real_repeats` times so
+    that an epoch has as many rows as real + synthetic would; with `cfg.min_score` only the
+    synthetic rows scored at least that.
 
     Nothing is copied locally: both are read from the store by Ray Data's Parquet reader, and the
     PNG decoding runs in Ray Data tasks that stream ahead of the training workers.
@@ -123,9 +146,17 @@ def fold_dataset(
         real = ray.data.read_parquet(
             table_files(store, dataset), filesystem=store.arrow_fs, columns=["image", "label", "fold"]
         ).map_batches(_training_rows, fn_kwargs={"fold": fold}, batch_format="pyarrow", batch_size=None)
-        shards = [f"{store.synthetic_dir(run, fold)}/{s['file']}" for s in manifest["shards"]]
-        synthetic = ray.data.read_parquet(shards, filesystem=store.arrow_fs, columns=["image", "label"])
-    decoded = real.union(synthetic).map_batches(
+        if cfg.data == "real":
+            repeats = real_repeats(manifest)
+            both = real.union(*[real] * (repeats - 1)) if repeats > 1 else real
+        else:
+            shards = [f"{store.synthetic_dir(run, fold)}/{s['file']}" for s in manifest["shards"]]
+            synthetic = ray.data.read_parquet(shards, filesystem=store.arrow_fs, columns=["image", "label", "score"])
+            synthetic = synthetic.map_batches(
+                _scored_rows, fn_kwargs={"min_score": cfg.min_score}, batch_format="pyarrow", batch_size=None
+            )
+            both = real.union(synthetic)
+    decoded = both.map_batches(
         decode_batch, fn_kwargs={"load_size": load_size}, batch_format="numpy", batch_size=256
     )
     if cache:
@@ -162,7 +193,7 @@ def finetune_fold(config: dict) -> None:
     test_set = load_test(store, dataset, fold, exp.train.load_size).to(device)
 
     # Resume from a fine-tuning checkpoint if there is one, else start from the trained FERSNet.
-    out_dir = f"{finetune_dir(store, job.run)}/fold-{fold}"
+    out_dir = f"{finetune_dir(store, job.run, cfg.folder)}/fold-{fold}"
     resume = resume_state(store, out_dir)
     init = resume["model"] if resume else read_checkpoint(store, config["init_from"])["model"]
     torch.manual_seed(cfg.seed)
@@ -170,7 +201,7 @@ def finetune_fold(config: dict) -> None:
     if resume is not None:
         state.load_state_dict(resume)
         if rank == 0:
-            print(f"finetune fold {fold}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
+            print(f"finetune ({cfg.row_key}) fold {fold}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
     model = ray.train.torch.prepare_model(state.model, move_to_device=False) if world > 1 else None
 
     shard = ray.train.get_dataset_shard("train")
@@ -190,7 +221,7 @@ def finetune_fold(config: dict) -> None:
         if rank == 0:
             acc = f" test_acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
             print(
-                f"finetune fold {fold} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
+                f"finetune ({cfg.row_key}) fold {fold} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
                 f"train_acc {metrics['train_accuracy']:.3f}{acc} ({metrics['images']} faces, "
                 f"{metrics['images_per_s']:.0f} img/s)",
                 flush=True,
@@ -203,7 +234,9 @@ def finetune_fold(config: dict) -> None:
             fold=fold,
             epochs=state.epoch,
             classes=config["classes"],
-            variant=f"{exp.model.variant}+fes-da",
+            variant=f"{exp.model.variant}+{cfg.row_key}",
+            data=cfg.data,
+            min_score=cfg.min_score,
             training_rows=config["rows"],
             synthetic_rows=config["synthetic_rows"],
         )
@@ -214,8 +247,11 @@ def finetune_fold(config: dict) -> None:
 # --- Ray marked place 3 of 3: the driver, one TorchTrainer per fold --------------------------------
 
 
-def _fold_inputs(store: Store, run: str, fold: int, train_epochs: int) -> tuple[str, dict]:
-    """The fold's final training checkpoint and its verified synthetic manifest, or a FinetuneError."""
+def _fold_inputs(store: Store, run: str, fold: int, train_epochs: int, data: str) -> tuple[str, dict | None]:
+    """The fold's final training checkpoint and its verified synthetic manifest, or a FinetuneError.
+
+    The real-only control needs no shards; it reads the manifest where there is one, to match FES-DA's steps.
+    """
     from fersnet_ray.synth.job import MANIFEST
     from fersnet_ray.synth.verify import verify_fold
     from fersnet_ray.train.job import META_FILE, latest_checkpoint
@@ -227,6 +263,8 @@ def _fold_inputs(store: Store, run: str, fold: int, train_epochs: int) -> tuple[
             f"fold {fold}: training has not finished ({done}/{train_epochs} epochs); run `fersnet train` first"
         )
     folder = store.synthetic_dir(run, fold)
+    if data == "real":
+        return ckpt, store.read_json(f"{folder}/{MANIFEST}") if store.exists(f"{folder}/{MANIFEST}") else None
     if not store.exists(f"{folder}/{MANIFEST}"):
         raise FinetuneError(
             f"fold {fold} has no synthetic shards in {store.uri_of('runs', run, 'synthetic', f'fold-{fold}')}; "
@@ -241,12 +279,12 @@ def _fold_inputs(store: Store, run: str, fold: int, train_epochs: int) -> tuple[
     return ckpt, store.read_json(f"{folder}/{MANIFEST}")
 
 
-def _save_config(store: Store, job: FinetuneJob, run_config: dict) -> None:
-    """runs/<run>/finetune/config.json; a re-run with another fine-tuning config needs --overwrite."""
-    path = f"{finetune_dir(store, job.run)}/config.json"
+def _save_config(store: Store, job: FinetuneJob, run_config: dict, folder: str) -> None:
+    """runs/<run>/<folder>/config.json; a re-run with another fine-tuning config needs --overwrite."""
+    path = f"{finetune_dir(store, job.run, folder)}/config.json"
     wanted = {**run_config, "finetune": job.config}
     if job.overwrite:
-        store.remove(finetune_dir(store, job.run))
+        store.remove(finetune_dir(store, job.run, folder))
     elif store.exists(path):
         stored = store.read_json(path)
         if stored != json.loads(json.dumps(wanted)):
@@ -258,6 +296,16 @@ def _save_config(store: Store, job: FinetuneJob, run_config: dict) -> None:
             )
         return
     store.write_json(path, wanted)
+
+
+def _rows(manifest: dict | None, cfg: FinetuneConfig) -> tuple[int, int]:
+    """(rows an epoch reads at most, synthetic rows among them) for a fold's manifest and this config."""
+    if manifest is None:  # the control without shards: the real faces once (known to the worker)
+        return 0, 0
+    real = sum(manifest["real_per_class"].values())
+    if cfg.data == "real":
+        return real * real_repeats(manifest), 0
+    return real + manifest["rows"], manifest["rows"]
 
 
 def use_cache(cfg: FinetuneConfig, rows: int, channels: int, load_size: int, folds: int) -> bool:
@@ -282,14 +330,16 @@ def finetune(job: FinetuneJob) -> dict:
     store.check_writable()
     job = replace(job, store=store.uri)  # absolute: Ray Train workers run in their own directories
     cfg = FinetuneConfig(**job.config)  # validates
+    job = replace(job, config=asdict(cfg))  # every field stored, so configs compare whole
     if not store.exists(f"{store.run_dir(job.run)}/config.json"):
         raise StoreError(f"no run {job.run!r} in {store.uri} (train it first)")
     run_config = store.read_json(f"{store.run_dir(job.run)}/config.json")
     exp = Experiment.from_dict(run_config["experiment"])
-    if exp.model.variant == "fer_only":
+    if exp.model.variant == "fer_only" and cfg.data != "real":
         raise FinetuneError(f"run {job.run!r} is fer_only: it has no FES branch, so no synthetic faces to use")
     card = read_card(store, run_config["dataset"])
     folds = job.folds if job.folds is not None else tuple(trained_folds(store, job.run))
+    out_root = finetune_dir(store, job.run, cfg.folder)
     if not folds:
         raise FinetuneError(f"run {job.run!r} has no trained fold")
     bad = [f for f in folds if not 0 <= f < card["folds"]]
@@ -297,12 +347,11 @@ def finetune(job: FinetuneJob) -> dict:
         raise FinetuneError(f"face table {run_config['dataset']!r} has folds 0..{card['folds'] - 1}; no fold {bad[0]}")
     inputs = {}
     for fold in folds:  # check every fold before anything runs: a bad fold fails the job at once
-        out = f"{finetune_dir(store, job.run)}/fold-{fold}"
-        if not job.overwrite and store.exists(f"{out}/evaluation.json"):
+        if not job.overwrite and store.exists(f"{out_root}/fold-{fold}/evaluation.json"):
             continue
-        inputs[fold] = _fold_inputs(store, job.run, fold, exp.train.epochs)
-    _save_config(store, job, run_config)
-    rows = max((sum(m["real_per_class"].values()) + m["rows"] for _, m in inputs.values()), default=0)
+        inputs[fold] = _fold_inputs(store, job.run, fold, exp.train.epochs, cfg.data)
+    _save_config(store, job, run_config, cfg.folder)
+    rows = max((_rows(m, cfg)[0] for _, m in inputs.values()), default=0)
     cache = use_cache(cfg, rows, exp.model.in_channels, exp.train.load_size, len(inputs))
     # Streaming, Ray Data's read and decode tasks need a CPU beside the training workers (workers
     # holding every CPU would wait for data forever); cached, the data are read once before `fit`.
@@ -321,6 +370,7 @@ def finetune(job: FinetuneJob) -> dict:
             exp.model.in_channels,
             manifest,
             cache,
+            cfg,
         )
 
     # Cached: every fold's faces are read and decoded before any trainer starts, so no fold's Ray Data
@@ -333,7 +383,7 @@ def finetune(job: FinetuneJob) -> dict:
             print(f"finetune fold {fold}: finished earlier, skipped", flush=True)
             return
         init_from, manifest = inputs[fold]
-        real_rows = sum(manifest["real_per_class"].values())
+        rows, synthetic_rows = _rows(manifest, cfg)
         per_worker = {"CPU": job.cpus_per_worker}
         if job.gpus_per_fold > 0:
             per_worker["GPU"] = job.gpus_per_fold / job.workers_per_fold
@@ -346,8 +396,8 @@ def finetune(job: FinetuneJob) -> dict:
                 "experiment": run_config["experiment"],
                 "classes": card["classes"],
                 "init_from": init_from,
-                "rows": real_rows + manifest["rows"],
-                "synthetic_rows": manifest["rows"],
+                "rows": rows,
+                "synthetic_rows": synthetic_rows,
             },
             datasets={"train": datasets[fold] if cache else dataset(fold)},
             scaling_config=ScalingConfig(
@@ -355,7 +405,7 @@ def finetune(job: FinetuneJob) -> dict:
             ),
             run_config=RunConfig(
                 name=f"fold-{fold}",
-                storage_path=finetune_dir(store, job.run),
+                storage_path=out_root,
                 storage_filesystem=store.arrow_fs,
                 failure_config=FailureConfig(max_failures=job.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -368,7 +418,7 @@ def finetune(job: FinetuneJob) -> dict:
             raise FinetuneError(f"finetune fold {fold} failed: {root_cause(e)}") from None
 
     run_folds(folds, run_fold, FinetuneError, parallel)
-    summary = summarize_folds(store, finetune_dir(store, job.run), job.run)
+    summary = summarize_folds(store, out_root, job.run)
     if summary is None:
         raise FinetuneError(f"run {job.run!r}: no fine-tuned fold")
     return summary

@@ -26,6 +26,9 @@ from fersnet_ray.train.data import augment, to_unit
 from fersnet_ray.train.loop import autocast
 
 
+FINETUNE_DATA = ("real+synthetic", "real")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """How a fold is fine-tuned (the paper is silent; chosen to nudge, not retrain, the network).
@@ -40,6 +43,11 @@ class FinetuneConfig:
         seed: augmentation draws; a fold adds its index.
         cache: keep the decoded faces in Ray's object store after the first epoch; None: when
             they fit in a tenth of it (see `job.fold_dataset`).
+        data: "real+synthetic" (FES-DA: the training faces and the fold's synthetic shards) or
+            "real" (the control: the training faces alone, repeated so that an epoch has as many
+            steps as real + synthetic would, with the same schedule and starting checkpoint).
+        min_score: FES-DA with only the synthetic rows whose recogniser score (probability of the
+            target expression) is at least this; None keeps every row.
     """
 
     epochs: int = 30
@@ -50,12 +58,30 @@ class FinetuneConfig:
     checkpoint_every: int = 5
     seed: int = 0
     cache: bool | None = None
+    data: str = "real+synthetic"
+    min_score: float | None = None
 
     def __post_init__(self) -> None:
+        if self.data not in FINETUNE_DATA:
+            raise ValueError(f"finetune data must be one of {', '.join(FINETUNE_DATA)}, got {self.data!r}")
+        if self.data == "real" and self.min_score is not None:
+            raise ValueError("finetune min_score filters synthetic faces; it does not apply to data 'real'")
         if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("finetune epochs, batch_size and checkpoint_every must be positive")
         if not 0 < self.lr_min <= self.lr:
             raise ValueError(f"finetune lr_min {self.lr_min} must be in (0, lr={self.lr}]")
+
+    @property
+    def row_key(self) -> str:
+        """The report's name for what this config trains on, e.g. "fes-da", "real-only", "fes-da@0.5"."""
+        if self.data == "real":
+            return "real-only"
+        return "fes-da" if self.min_score is None else f"fes-da@{self.min_score:g}"
+
+    @property
+    def folder(self) -> str:
+        """Folder of runs/<run>/ this config's checkpoints and evaluations go to (one per row)."""
+        return {"fes-da": "finetune", "real-only": "finetune-real"}.get(self.row_key, f"finetune-{self.row_key}")
 
 
 @dataclass

@@ -36,6 +36,10 @@ class ModelConfig:
         tra_hidden: hidden units of the first fully connected layer of the transformer f_tra.
         gan_mode: "vanilla" (eq. (6), BCE with logits) or "lsgan" (least squares).
         disc_widths: channels of the PatchGAN discriminator's layers (pix2pix's 70x70 PatchGAN by default).
+        fes_reads_fer_detached: "fersnet" only: the FES branch's ConvFLUs read the FER features without
+            passing gradients back, so the synthesis losses (GAN, reconstruction, cycle, identity) never
+            reach the FER encoder, while the FER branch still reads FES features (and trains the FES
+            encoder through them). Off (the paper's shared gradients) by default.
     """
 
     variant: str = "fersnet"
@@ -50,6 +54,7 @@ class ModelConfig:
     tra_hidden: int = 256
     gan_mode: str = "vanilla"
     disc_widths: tuple[int, ...] = (64, 128, 256, 512)
+    fes_reads_fer_detached: bool = False
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise JSON-decoded values in place with object.__setattr__.

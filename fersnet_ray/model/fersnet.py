@@ -170,7 +170,7 @@ class FERSNet(FERSNetBase):
             fer, fes = fer_block(fer), fes_block(fes)  # (B, C_i, H / 2^i, W / 2^i)
             # Both directions read the same pre-exchange features, so neither task sees the other's update.
             new_fer, fer_gates = to_fer(fer, fes)
-            new_fes, fes_gates = to_fes(fes, fer)
+            new_fes, fes_gates = to_fes(fes, fer.detach() if self.cfg.fes_reads_fer_detached else fer)
             fer, fes = new_fer, new_fes
             if return_gates:
                 gates.append(BlockGates(fer_gates, fes_gates))

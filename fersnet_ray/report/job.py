@@ -34,7 +34,15 @@ ROW_TITLES = {
     "fersnet_hard": "FERSNet w/o ConvFLU (fersnet_hard)",
     "fersnet": "FERSNet (original)",
     "fersnet+fes-da": "FERSNet w/ FES-DA (fine-tuned on synthetic faces)",
+    "fersnet+real-only": "FERSNet fine-tuned on real faces only (control)",
 }
+# Paired per-fold comparisons the report makes when both rows exist: (row, baseline, what it tests).
+PAIRS = (
+    ("fersnet", "fer_only", "multi-task learning (FERSNet against its single-task ablation)"),
+    ("fersnet", "fersnet_hard", "ConvFLU (FERSNet against hard parameter sharing)"),
+    ("fersnet+fes-da", "fersnet", "FES-DA against the trained FERSNet"),
+    ("fersnet+fes-da", "fersnet+real-only", "FES-DA against the same fine-tuning on real faces only (the control)"),
+)
 TRAIN_KEYS = ["cls", "gan", "rec", "cyc", "idt", "d_real", "d_fake", "accuracy"]
 FINETUNE_KEYS = ["cls", "train_accuracy", "accuracy"]
 
@@ -97,10 +105,12 @@ def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
         if variant_row:
             rows.append(variant_row)
         configs[name] = _read_json(store, f"{store.run_dir(name)}/config.json")
-    ft_row = _row(store, run, f"{run_dir}/finetune", "fersnet+fes-da")
-    if ft_row:
-        rows.append(ft_row)
-        configs[f"{run} (fine-tuning)"] = _read_json(store, f"{run_dir}/finetune/config.json")
+    for folder, key in _finetune_folders(store, run_dir):
+        ft_row = _row(store, run, f"{run_dir}/{folder}", key)
+        if ft_row:
+            ft_row["name"] = ROW_TITLES.get(key) or f"FERSNet w/ FES-DA, synthetic rows scored ≥ {key.split('@')[1]}"
+            rows.append(ft_row)
+            configs[f"{run} ({folder})"] = _read_json(store, f"{run_dir}/{folder}/config.json")
 
     manifests = _synthetic_manifests(store, run)
     return {
@@ -119,6 +129,51 @@ def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
         },
         "configs": configs,
     }
+
+
+def _finetune_folders(store: Store, run_dir: str) -> list[tuple[str, str]]:
+    """(folder, row key) of every fine-tuning of the run: FES-DA first, then min-score variants, the control last."""
+    from fersnet_ray.finetune.loop import FinetuneConfig
+
+    found = []
+    if store.exists(run_dir):
+        for path in sorted(store.fs.ls(run_dir, detail=False)):
+            base = path.rsplit("/", 1)[-1]
+            cfg = _read_json(store, f"{run_dir}/{base}/config.json") if base.startswith("finetune") else None
+            if cfg and "finetune" in cfg:
+                ft = FinetuneConfig(**cfg["finetune"])
+                if ft.folder == base:
+                    found.append((base, f"{cfg['experiment']['model']['variant']}+{ft.row_key}"))
+    order = {"fes-da": 0, "real-only": 2}
+    return sorted(found, key=lambda fk: (order.get(fk[1].split("+", 1)[1], 1), fk[1]))
+
+
+def paired(rows: list[dict]) -> list[dict]:
+    """Paired per-fold differences for `PAIRS` whose rows both exist, on the folds both have."""
+    by_key = {r["key"]: r for r in rows}
+    out = []
+    for key, base, what in PAIRS:
+        if key not in by_key or base not in by_key:
+            continue
+        a, b = by_key[key]["per_fold"], by_key[base]["per_fold"]
+        folds = sorted(set(a) & set(b))
+        if not folds:
+            continue
+        d = np.array([a[k] - b[k] for k in folds])
+        out.append(
+            {
+                "row": key,
+                "baseline": base,
+                "what": what,
+                "folds": len(folds),
+                "mean_diff": float(d.mean()),
+                "std_diff": float(d.std(ddof=1)) if len(d) > 1 else 0.0,
+                "improved": int((d > 0).sum()),
+                "tied": int((d == 0).sum()),
+                "worse": int((d < 0).sum()),
+            }
+        )
+    return out
 
 
 def _synthetic_manifests(store: Store, run: str) -> dict[int, dict]:
@@ -232,6 +287,22 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
             [{"name": r["name"], "per_fold": r["per_fold"]} for r in data["rows"]]
         )
         md += ["", "Accuracy in %, on each fold's held-out subjects (subject-disjoint folds).", ""]
+        pairs = paired(data["rows"])
+        data["paired"] = pairs
+        if pairs:
+            md += [
+                "### Paired per-fold comparisons",
+                "",
+                "| comparison | folds | mean difference (points) | improved / tied / worse |",
+                "|---|---|---|---|",
+            ]
+            for p in pairs:
+                md.append(
+                    f"| {p['what']}: `{p['row']}` − `{p['baseline']}` | {p['folds']} | "
+                    f"{100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f} | "
+                    f"{p['improved']} / {p['tied']} / {p['worse']} |"
+                )
+            md += [""]
         md += ["![accuracy per model](accuracy.png)", "", "### Confusion matrices (all folds pooled)", ""]
         for r in data["rows"]:
             name = f"confusion-{r['key'].replace('+', '-').replace(' ', '_').replace('(', '').replace(')', '')}.png"

@@ -322,18 +322,10 @@ def trained_folds(store: Store, run: str) -> list[int]:
     return sorted(int(n[5:]) for n in names if n.startswith("fold-") and n[5:].isdigit())
 
 
-def synthesize_fold(job: SynthJob, fold: int) -> dict:
-    """Synthesises one fold (skipping done shards) and writes its manifest; returns the manifest."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
+def _fold_checkpoint(store: Store, job: SynthJob, fold: int) -> tuple[str, str, dict | None]:
+    """The fold's newest complete checkpoint, its id, and its manifest when the fold is already complete."""
     from fersnet_ray.train.job import latest_checkpoint, META_FILE
 
-    store = Store.from_uri(job.store)
-    config = store.read_json(f"{store.run_dir(job.run)}/config.json")
-    dataset = config["dataset"]
-    card = read_card(store, dataset)
-    classes = card["classes"]
     checkpoint = latest_checkpoint(store, job.run, fold)
     if checkpoint is None:
         raise SynthError(
@@ -341,16 +333,46 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
         )
     meta = json.loads(store.read_bytes(f"{checkpoint}/{META_FILE}"))
     checkpoint_id = f"{posixpath.relpath(checkpoint, store.root)}@sha256:{meta['sha256'][:16]}"
-    folder = store.synthetic_dir(job.run, fold)
-
-    manifest_path = f"{folder}/{MANIFEST}"
-    if not job.overwrite:
-        _check_foreign_files(store, folder)
+    manifest_path = f"{store.synthetic_dir(job.run, fold)}/{MANIFEST}"
     if store.exists(manifest_path) and not job.overwrite:
         manifest = store.read_json(manifest_path)
         if manifest.get("checkpoint") == checkpoint_id and manifest.get("min_score") == job.min_score:
-            print(f"fold {fold}: synthetic shards complete, skipped (--overwrite to redo)", flush=True)
-            return manifest
+            return checkpoint, checkpoint_id, manifest
+    return checkpoint, checkpoint_id, None
+
+
+def _quality_task(job: SynthJob, fold: int, checkpoint: str):
+    """Starts the fold's Table V task (recogniser training + scoring) on the cluster; returns its ObjectRef."""
+    import ray
+
+    from fersnet_ray.synth.quality import fold_quality
+
+    task = ray.remote(fold_quality).options(num_gpus=job.gpus_per_actor, num_cpus=0 if job.gpus_per_actor else 1)
+    return task.remote(job.store, job.run, fold, checkpoint, job.recognizer_epochs)
+
+
+def synthesize_fold(job: SynthJob, fold: int, quality_ref=None) -> dict:
+    """Synthesises one fold (skipping done shards) and writes its manifest; returns the manifest.
+
+    quality_ref: the fold's Table V task, when the driver started it already (`synthesize` starts
+    every fold's at once, so the recognisers train side by side); None starts it here.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    store = Store.from_uri(job.store)
+    config = store.read_json(f"{store.run_dir(job.run)}/config.json")
+    dataset = config["dataset"]
+    card = read_card(store, dataset)
+    classes = card["classes"]
+    folder = store.synthetic_dir(job.run, fold)
+    manifest_path = f"{folder}/{MANIFEST}"
+    if not job.overwrite:
+        _check_foreign_files(store, folder)
+    checkpoint, checkpoint_id, complete = _fold_checkpoint(store, job, fold)
+    if complete is not None:
+        print(f"fold {fold}: synthetic shards complete, skipped (--overwrite to redo)", flush=True)
+        return complete
     if job.overwrite:
         store.remove(folder)
     else:
@@ -358,10 +380,9 @@ def synthesize_fold(job: SynthJob, fold: int) -> dict:
 
     quality, recognizer = None, None
     if job.quality or job.min_score is not None:
-        from fersnet_ray.synth.quality import fold_quality, recognizer_path
+        from fersnet_ray.synth.quality import recognizer_path
 
-        task = ray.remote(fold_quality).options(num_gpus=job.gpus_per_actor, num_cpus=0 if job.gpus_per_actor else 1)
-        quality = ray.get(task.remote(job.store, job.run, fold, checkpoint, job.recognizer_epochs))
+        quality = ray.get(quality_ref if quality_ref is not None else _quality_task(job, fold, checkpoint))
         recognizer = recognizer_path(store, job.run, fold)
         print(
             f"fold {fold}: Table V accuracy of synthesised test-subject faces "
@@ -488,7 +509,8 @@ def _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards: l
 
 
 def synthesize(job: SynthJob) -> dict[int, dict]:
-    """Runs every requested fold (one after another; each fold's shards run in parallel)."""
+    """Runs every requested fold: all folds' Table V recognisers train side by side first (as many at once
+    as the cluster's CPUs or GPUs allow), then each fold's shards are written in parallel, fold after fold."""
     from dataclasses import replace
 
     store = Store.from_uri(job.store)
@@ -497,4 +519,10 @@ def synthesize(job: SynthJob) -> dict[int, dict]:
     folds = job.folds if job.folds is not None else tuple(trained_folds(store, job.run))
     if not folds:
         raise SynthError(f"run {job.run!r} has no trained fold")
-    return {f: synthesize_fold(job, f) for f in folds}
+    refs = {}
+    if job.quality or job.min_score is not None:
+        for f in folds:
+            checkpoint, _, complete = _fold_checkpoint(store, job, f)
+            if complete is None:
+                refs[f] = _quality_task(job, f, checkpoint)
+    return {f: synthesize_fold(job, f, refs.get(f)) for f in folds}

@@ -7,6 +7,7 @@ as `runs/<run>/config.json` and inside every checkpoint.
 Presets:
     paper  the paper's setting: 110 → random 96 crop, widths 64–512, 500 epochs, batch 64.
     ck48   for CK+48's native 48×48 faces: resize to 54, random 48 crop, same network otherwise.
+    cpu48  CPU work on 48×48 faces: the ck48 network at width 0.25, identity loss off, 15 epochs.
     tiny   CPU tests and the demo: 36 → 32 crop, widths 8–64, identity loss off, few epochs.
 """
 
@@ -40,7 +41,11 @@ class TrainConfig:
         checkpoint_every: epochs between checkpoints (the last epoch is always checkpointed).
         eval_every: epochs between test-set evaluations in the progress lines (0: only at the end).
         seed: seeds weights, target sampling and augmentation; a fold adds its index.
-        amp: bf16 autocast and channels_last when on a GPU.
+        amp: bf16 autocast (and channels_last) on a GPU; bf16 autocast on a CPU with native bf16
+            (AVX512-BF16 or AMX, `loop.cpu_has_bf16`), fp32 on other CPUs.
+        bn_stats_from_fakes: let the cycle pass over synthetic faces update the batch-norm running
+            statistics (the paper's code does); off by default, so the statistics real test faces
+            are normalised with come from real faces only (`loop.frozen_bn_stats`).
     """
 
     epochs: int = 500
@@ -62,6 +67,7 @@ class TrainConfig:
     eval_every: int = 10
     seed: int = 0
     amp: bool = True
+    bn_stats_from_fakes: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -94,6 +100,33 @@ class Experiment:
 PRESETS: dict[str, Experiment] = {
     "paper": Experiment(ModelConfig(), TrainConfig()),
     "ck48": Experiment(ModelConfig(image_size=48), TrainConfig(load_size=54, crop_size=48)),
+    # CPU work on 48x48 faces (CK+48 on a 2-core machine); see the README's "Results on real faces".
+    # width 0.25: FERSNet trains at 57 img/s in fp32 on 2 idle cores (82-89 in bf16 on a CPU with
+    #   AVX512-BF16), the full width at 18 img/s in bf16: the full network does not fit a 2-hour
+    #   10-fold protocol. On a CPU without native bf16 (this project's Ice Lake machines) emulated
+    #   bf16 ran at half the fp32 speed (15 against 30 img/s, side by side, `jobs/probe_fold.py`),
+    #   hence `loop.cpu_has_bf16`.
+    # identity loss off: the Light CNN-9 identity net trained per fold adds its own epochs and a 128x128
+    #   forward of every fake; the shared probes ran without it.
+    # 15 epochs: 10 folds x 885 faces x 15 epochs at ~45 img/s (two folds side by side, one thread
+    #   each) is about 50 min of the protocol's 120; 30 epochs (the shared probes: fer_only 89.05%,
+    #   fersnet 87.2% on folds 0-3) would take the whole budget on FERSNet alone.
+    # disc_widths 16-128: the discriminator scaled like the generator (it ignores width_mult), which keeps
+    #   pix2pix's G:D width ratio; at full width D ran three times per step dominated it: 34 -> 52 img/s
+    #   on fold 0 side by side (`jobs/probe_fold.py --set model.disc_widths=16,32,64,128`).
+    "cpu48": Experiment(
+        ModelConfig(image_size=48, width_mult=0.25, disc_widths=(16, 32, 64, 128)),
+        TrainConfig(
+            epochs=15,
+            load_size=54,
+            crop_size=48,
+            identity="none",
+            lambda_idt_start=0.0,
+            lambda_idt_end=0.0,
+            checkpoint_every=5,
+            eval_every=5,
+        ),
+    ),
     "tiny": Experiment(
         ModelConfig.tiny(),
         TrainConfig(

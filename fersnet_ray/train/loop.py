@@ -16,10 +16,13 @@ slice of the training faces; the states saved are those of the unwrapped modules
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from fersnet_ray.model import FERSNetLoss, LossWeights, PatchDiscriminator, create_model
 from fersnet_ray.model.fersnet import FERSNetBase
@@ -92,11 +95,55 @@ class FoldState:
         self.history = list(state.get("history", []))
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), so bf16 autocast pays off.
+
+    Without those instructions oneDNN emulates bf16 with fp32 arithmetic plus conversions, which is
+    slower than plain fp32: the CPU flags decide, not `torch.ops.mkldnn._is_mkldnn_bf16_supported()`
+    (true on any AVX512 CPU). FERSNET_CPU_BF16=1 or 0 overrides the detection (tests use it).
+    """
+    forced = os.environ.get("FERSNET_CPU_BF16")
+    if forced is not None:
+        return forced.strip().lower() in ("1", "true", "yes")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:  # not Linux: no way to tell cheaply, stay in fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on GPUs (no loss scaling needed, unlike fp16); a no-op elsewhere."""
-    if device.type == "cuda" and enabled:
+    """bf16 autocast on GPUs and on CPUs with native bf16 (no loss scaling needed, unlike fp16); else fp32.
+
+    Measured on FERSNet at width 0.25, 48x48 faces, 2 threads: an AVX512-BF16 CPU ran a training step
+    1.5x faster in bf16 than in fp32 (57 -> 82-89 img/s); see `cpu_has_bf16` for other CPUs.
+    """
+    if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and cpu_has_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module):
+    """Batch norm inside normalises with the batch's statistics but leaves its running statistics alone.
+
+    The generator's cycle pass runs the encoders on synthetic faces in training mode; without this,
+    every step mixes fakes into the running means and variances that real test faces are later
+    normalised with. Momentum 0 makes the update `running = running`; gradients are unchanged.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(bns, saved):
+            m.momentum = momentum
 
 
 def train_epoch(
@@ -171,8 +218,9 @@ def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]
 
     # 2. Train the generator: classification, adversarial, reconstruction, cycle and identity terms.
     state.disc.requires_grad_(False)  # D only passes gradients through to G here
-    with autocast(state.device, amp):
-        cycled = model(out.fake, y).fake  # G(z, G(z^t, I)), through the (DDP) forward
+    keep_stats = contextlib.nullcontext() if state.exp.train.bn_stats_from_fakes else frozen_bn_stats(state.model)
+    with autocast(state.device, amp), keep_stats:
+        cycled = model(out.fake, y).fake  # G(z, G(z^t, I)), through the (DDP) forward; fakes leave BN stats alone
         g_total, g_parts = state.loss.generator_loss(
             out.logits.float(),
             y,

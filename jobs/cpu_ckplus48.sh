@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The real-face protocol on a 2-core CPU machine, in one resumable command (no GPU): CK+48 with
+# stratified subject-disjoint 10 folds; `fersnet ablation` with the `cpu48` preset trains fersnet,
+# fer_only (both side by side, two folds at a time), synthesises every fold with its Table V
+# recogniser, fine-tunes every fold twice from the same checkpoint for the same steps (FES-DA on
+# real + synthetic faces, and the control on real faces only), trains fersnet_hard last, and writes
+# the report (runs/$RUN/report/report.md) with Table VI, the paired per-fold comparisons and Table V.
+#
+# Once:    mkdir -p .data && cp -r ../shared/data/ckplus48 .data/      (.data/ is git-ignored)
+# Run:     . .venv/bin/activate && nohup bash jobs/cpu_ckplus48.sh > cpu_ckplus48.log 2>&1 &
+# Resume:  the same command; every finished fold and stage is skipped.
+# Knobs:   SRC, STORE, RUN, EPOCHS (default: the preset's), FT_EPOCHS, MIN_SCORE (adds an FES-DA row
+#          on synthetic rows scored ≥ it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+SRC=${SRC:-.data/ckplus48}
+STORE=${STORE:-.data/cpu-store}
+RUN=${RUN:-ck48-cpu}
+FT_EPOCHS=${FT_EPOCHS:-2}
+extra=()
+if [ -n "${EPOCHS:-}" ]; then extra+=(--epochs "$EPOCHS"); fi
+if [ -n "${MIN_SCORE:-}" ]; then extra+=(--finetune-min-score "$MIN_SCORE"); fi
+echo "commit $(git rev-parse --short HEAD) $(git diff --quiet || echo '(with local changes)'), $(date -u +%FT%TZ)"
+start=$(date +%s)
+fersnet ablation --dataset ckplus48 --source "$SRC" --store "$STORE" --run "$RUN" --folds 10 \
+  --preset cpu48 --cpus-per-worker 1 --finetune-epochs "$FT_EPOCHS" "${extra[@]}"
+fersnet verify --store "$STORE" --run "$RUN"
+echo "protocol wall time: $(( $(date +%s) - start )) s"

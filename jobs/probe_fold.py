@@ -1,0 +1,88 @@
+"""One fold trained in plain PyTorch (no Ray), for side-by-side probes of training choices.
+
+    python jobs/probe_fold.py --store /tmp/ck --dataset ckplus48 --preset cpu48 --folds 0,1 \
+        --variant fersnet --set train.epochs=20 --set train.bn_stats_from_fakes=true --tag bn-old
+
+Prints one line per evaluated epoch and appends one JSON line per fold (test accuracy per epoch,
+img/s, wall time, the experiment) to --out, so several probes compare side by side. This is the
+loop the Ray Train job runs (`FoldState` + `train_epoch` + `evaluate`), without checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import torch
+
+from fersnet_ray.store import Store
+from fersnet_ray.table import read_card
+from fersnet_ray.train.config import Experiment, make_experiment
+from fersnet_ray.train.data import TargetSampler, load_fold
+from fersnet_ray.train.loop import FoldState, evaluate, train_epoch
+
+
+def _value(text: str):
+    if "," in text:  # a tuple, e.g. model.disc_widths=16,32,64,128
+        return tuple(_value(t) for t in text.split(","))
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--dataset", default="ckplus48")
+    ap.add_argument("--preset", default="cpu48")
+    ap.add_argument("--variant", default="fersnet")
+    ap.add_argument("--folds", default="0")
+    ap.add_argument("--set", action="append", default=[], help="train.KEY=VALUE or model.KEY=VALUE")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="probe-results.jsonl")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    store = Store.from_uri(args.store)
+    card = read_card(store, args.dataset)
+    exp = make_experiment(args.preset, args.variant, len(card["classes"]), card["alignment"]["channels"])
+    for item in args.set:
+        key, value = item.split("=", 1)
+        part, field = key.split(".", 1)
+        value = _value(value)
+        if part == "model":
+            exp = Experiment(replace(exp.model, **{field: value}), exp.train)
+        else:
+            exp = Experiment(exp.model, replace(exp.train, **{field: value}))
+    for fold in (int(f) for f in args.folds.split(",")):
+        train_set, test_set, _ = load_fold(store, args.dataset, fold, exp.train.load_size)
+        fold_exp = Experiment(exp.model, replace(exp.train, seed=exp.train.seed + fold))
+        state = FoldState.create(fold_exp, "cpu")
+        sampler = TargetSampler(train_set.labels, train_set.subjects, fold_exp.train.seed)
+        curve, start, ips = {}, time.perf_counter(), []
+        while state.epoch < fold_exp.train.epochs:
+            m = train_epoch(state, train_set, sampler)
+            ips.append(m["images_per_s"])
+            if state.epoch % 5 == 0 or state.epoch == fold_exp.train.epochs:
+                curve[state.epoch] = evaluate(state.model, test_set, fold_exp.train.crop_size)["accuracy"]
+                print(f"[{args.tag}] fold {fold} epoch {state.epoch} acc {curve[state.epoch]:.3f} "
+                      f"({m['images_per_s']:.0f} img/s)", flush=True)
+        row = {
+            "tag": args.tag, "variant": args.variant, "fold": fold, "final": curve[fold_exp.train.epochs],
+            "curve": curve, "img_per_s": sum(ips) / len(ips), "seconds": time.perf_counter() - start,
+            "experiment": fold_exp.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
