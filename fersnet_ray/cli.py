@@ -61,6 +61,7 @@ def _run(fn, *args, **kwargs):
 
 def _user_errors():
     """Exception types whose message is a complete, user-facing explanation."""
+    from fersnet_ray.checkpoint import CheckpointError
     from fersnet_ray.jobs import JobsError
     from fersnet_ray.prepare.job import PrepareError
     from fersnet_ray.prepare.sources import SourceError
@@ -71,6 +72,7 @@ def _user_errors():
     from fersnet_ray.pipeline import PipelineError
 
     return (
+        CheckpointError,
         FinetuneError,
         PipelineError,
         PrepareError,
@@ -620,7 +622,8 @@ def submit(
         _fail(f"submit does not take {stage}; its options come before STAGE, see `fersnet submit --help`")
     headers = _headers(header)
     env_vars = _run(jobs.parse_env, env or [])
-    sid = _run(jobs.submit, stage, ctx.args, address, headers, pip, env_vars, submission_id)
+    commands = typer.main.get_command(app).commands  # the stages' own parsers check their arguments
+    sid = _run(jobs.submit, stage, ctx.args, commands, address, headers, pip, env_vars, submission_id)
     print(sid)  # alone on stdout, for ID=$(fersnet submit …)
     if follow:
         _run(_print_logs, jobs.follow(sid, address, headers))

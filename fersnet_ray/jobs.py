@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 # The stage commands a job may run. Some join the CLI later, so each is looked up in the app when
@@ -240,24 +241,20 @@ def _scrub(text: str, headers: Mapping[str, str]) -> str:
 # --- what a job is ------------------------------------------------------------------------------
 
 
-def stage_command(stage: str):
-    """The click command of a stage, looked up in the CLI now (stages may be added after this module)."""
-    import typer
-
-    from fersnet_ray.cli import app  # the stages' one source of truth for their arguments
-
-    commands = typer.main.get_command(app).commands
+def stage_command(stage: str, commands: Mapping[str, Any]):
+    """The click command of a submittable stage among the CLI's `commands` (the CLI passes its own: the
+    stages' one source of truth for their arguments; the library never imports the CLI)."""
     if stage not in STAGES or stage not in commands:
         available = ", ".join(s for s in STAGES if s in commands)
         raise JobsError(f"unknown stage {stage!r}; submittable: {available}")
     return commands[stage]
 
 
-def check_stage_args(stage: str, args: Sequence[str]) -> list[str]:
+def check_stage_args(stage: str, args: Sequence[str], commands: Mapping[str, Any]) -> list[str]:
     """Parses `args` with the stage's own command, so a bad option fails here and not on the cluster."""
     import typer
 
-    command = stage_command(stage)
+    command = stage_command(stage, commands)
     see = f"see `fersnet {stage} --help`"
     try:
         # help_option_names=[]: `--help` must not print the stage's help from inside a library call.
@@ -339,7 +336,8 @@ def pip_requirements() -> list[str]:
 
 def submit(
     stage: str,
-    stage_args: Sequence[str] = (),
+    stage_args: Sequence[str],
+    commands: Mapping[str, Any],
     address: str | None = None,
     headers: Mapping[str, str] | None = None,
     pip: bool = True,
@@ -349,9 +347,10 @@ def submit(
     """Submits `fersnet STAGE ARGS…` as a Ray job; returns its submission id.
 
     Everything that can be checked locally (stage, arguments, variables, dependencies) is checked
-    before the dashboard is contacted.
+    before the dashboard is contacted. `commands`: the CLI's click commands by name, which parse
+    the stage's arguments.
     """
-    args = check_stage_args(stage, stage_args)
+    args = check_stage_args(stage, stage_args, commands)
     renv = runtime_env(pip, env)
     # `python` is the cluster's interpreter: this machine's sys.executable means nothing there.
     entrypoint = shlex.join(["python", "-m", "fersnet_ray.cli", stage, *args])

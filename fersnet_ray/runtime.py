@@ -26,11 +26,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
             ("RAY_DEDUP_LOGS", "0"),
         ):
             os.environ.setdefault(name, value)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith(("http://", "https://")):
+        # One meaning per address: http(s):// is a dashboard's Jobs API, which `fersnet submit` and
+        # `fersnet jobs` use; a stage run here needs a Ray address (Ray's would say "Invalid Ray address").
+        raise ValueError(
+            f"{address} is a Ray dashboard (Jobs API) address: submit the stage to it with "
+            f"`fersnet submit --address {address} STAGE [OPTIONS]`, or give this command a Ray address "
+            "(HOST:6379 or ray://HOST:10001), or unset RAY_ADDRESS to run on a local Ray"
+        )
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True)
     if quiet:
         # Plain worker lines (no "(RayTrainWorker pid=…)" prefix) and no INFO/WARNING chatter from

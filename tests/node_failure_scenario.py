@@ -68,7 +68,8 @@ def kill_node_of(cluster, node_id: str) -> None:
 def train_with_node_loss(cluster, uri: str, result: dict) -> None:
     from fersnet_ray.store import Store
     from fersnet_ray.train.config import make_experiment
-    from fersnet_ray.train.job import META_FILE, TrainJob, latest_checkpoint, read_checkpoint, train
+    from fersnet_ray.checkpoint import META_FILE, latest_checkpoint, read_checkpoint
+    from fersnet_ray.train.job import TrainJob, train
 
     store = Store.from_uri(uri)
     exp = make_experiment("tiny", epochs=4)

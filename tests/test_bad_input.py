@@ -36,7 +36,8 @@ from fersnet_ray.table import CARD_NAME, FACE_SCHEMA, decode_png, encode_png, fa
 from fersnet_ray.train.config import make_experiment
 from fersnet_ray.train.data import load_fold, load_test
 from fersnet_ray.train.identity import load_identity_weights
-from fersnet_ray.train.job import TrainError, TrainJob, latest_checkpoint, read_checkpoint, train, write_checkpoint_dir
+from fersnet_ray.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, write_checkpoint_dir
+from fersnet_ray.train.job import TrainError, TrainJob, train
 
 runner = CliRunner()
 CLASSES = ["anger", "happy", "surprise"]
@@ -334,7 +335,7 @@ def test_truncated_or_foreign_checkpoints_are_refused_naming_the_file(tmp_path):
 
     data = checkpoint(folder, {"epoch": 1, "model": {}, "experiment": {}, "extra": Payload(marker)})
     assert latest_checkpoint(store, "r", 0) == str(folder)  # its checksum matches: only loading can tell
-    with pytest.raises(TrainError, match=rf"checkpoint {where} refused by torch.load\(weights_only=True\): .*exec"):
+    with pytest.raises(CheckpointError, match=rf"checkpoint {where} refused by torch.load\(weights_only=True\): .*exec"):
         read_checkpoint(store, str(folder))
     with pytest.raises(SynthError, match=rf"recogniser {where} refused by torch.load\(weights_only=True\)"):
         load_fold_recognizer(store, where)
@@ -345,20 +346,20 @@ def test_truncated_or_foreign_checkpoints_are_refused_naming_the_file(tmp_path):
     assert marker.exists()
 
     checkpoint(folder, [torch.zeros(2)])  # loads as weights, but is not a checkpoint of ours
-    with pytest.raises(TrainError, match=rf"checkpoint {where} is not a fersnet checkpoint \(no epoch, model, exp"):
+    with pytest.raises(CheckpointError, match=rf"checkpoint {where} is not a fersnet checkpoint \(no epoch, model, exp"):
         read_checkpoint(store, str(folder))
 
     data = checkpoint(folder, {"epoch": 1})
     (folder / "state.pt").write_bytes(data[:200])  # truncated upload; meta.json still names the whole file
-    with pytest.raises(TrainError, match=rf"checkpoint {where} is incomplete or corrupt \(checksum mismatch\)"):
+    with pytest.raises(CheckpointError, match=rf"checkpoint {where} is incomplete or corrupt \(checksum mismatch\)"):
         read_checkpoint(store, str(folder))
     assert latest_checkpoint(store, "r", 0) is None
     meta = {"epoch": 1, "sha256": hashlib.sha256(data[:200]).hexdigest()}
     (folder / "meta.json").write_text(json.dumps(meta))  # truncated before its checksum was taken
-    with pytest.raises(TrainError, match=rf"checkpoint {where} does not load: RuntimeError: PytorchStreamReader"):
+    with pytest.raises(CheckpointError, match=rf"checkpoint {where} does not load: RuntimeError: PytorchStreamReader"):
         read_checkpoint(store, str(folder))
     (folder / "meta.json").write_text('{"epoch": 1, "sha2')
-    with pytest.raises(TrainError, match=rf"checkpoint {where}: its meta.json is not valid JSON"):
+    with pytest.raises(CheckpointError, match=rf"checkpoint {where}: its meta.json is not valid JSON"):
         read_checkpoint(store, str(folder))
     assert latest_checkpoint(store, "r", 0) is None
 

@@ -104,7 +104,7 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
     assert [h["epoch"] for h in history] == [0]
     # Every real and synthetic face went through the workers' Ray Data shard (less a ragged last batch).
     assert real + manifest["rows"] - 64 < history[0]["images"] <= real + manifest["rows"]
-    assert "finetune fold 0 epoch 1/1 cls" in log and f"({history[0]['images']} faces," in log
+    assert "finetune (fes-da) fold 0 epoch 1/1 cls" in log and f"({history[0]['images']} faces," in log
 
     # The report holds the numbers the stages wrote.
     report_dir = store.report_dir("demo")
@@ -129,6 +129,25 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
     assert "report: drawn from the stages' current output already, skipped" in again.stdout
     assert "mean ± std" in again.stdout and f"report: {uri}/runs/demo/report/report.md" in again.stdout
     assert _listing(store) == before
+
+    # The control: the same checkpoint fine-tuned on real faces only, for the same steps (the real faces
+    # repeated to FES-DA's epoch length), reported beside FES-DA with the paired per-fold difference.
+    control = runner.invoke(app, ["finetune", "--store", uri, "--run", "demo", "--data", "real", "--epochs", "1"])
+    assert control.exit_code == 0, control.output
+    ctrl = store.read_json(f"{store.run_dir('demo')}/finetune-real/fold-0/evaluation.json")
+    repeats = round((real + manifest["rows"]) / real)
+    assert ctrl["training_rows"] == real * repeats and ctrl["synthetic_rows"] == 0 and ctrl["data"] == "real"
+    ctrl_history = store.read_json(f"{store.run_dir('demo')}/finetune-real/fold-0/history.json")
+    assert abs(ctrl_history[0]["images"] - history[0]["images"]) <= 64 + real  # the same steps, ± a batch
+    reported = runner.invoke(app, ["report", "--store", uri, "--run", "demo"])
+    assert reported.exit_code == 0, reported.output
+    data = json.loads(store.read_bytes(f"{report_dir}/report.json"))
+    rows = {r["key"]: r for r in data["rows"]}
+    assert rows["fersnet+real-only"]["per_fold"]["0"] == ctrl["accuracy"]
+    pair = {(p["row"], p["baseline"]): p for p in data["paired"]}[("fersnet+fes-da", "fersnet+real-only")]
+    assert pair["folds"] == 1 and pair["mean_diff"] == pytest.approx(tuned["accuracy"] - ctrl["accuracy"])
+    md = store.read_bytes(f"{report_dir}/report.md").decode()
+    assert "fine-tuned on real faces only (control)" in md and "Paired per-fold comparisons" in md
 
     # Fine-tuning refuses a fold whose shards fail verify, or that has none, naming it.
     job = FinetuneJob(store=uri, run="demo", folds=(0,), overwrite=True)

@@ -34,7 +34,7 @@ from fersnet_ray.synth.job import MANIFEST, SYNTH_SCHEMA, SynthJob, shard_name, 
 from fersnet_ray.synth.verify import verify_run
 from fersnet_ray.table import read_faces
 from fersnet_ray.train.config import make_experiment
-from fersnet_ray.train.job import checkpoint_name, write_checkpoint_dir
+from fersnet_ray.checkpoint import checkpoint_name, write_checkpoint_dir
 from fersnet_ray.train.loop import FoldState
 
 

@@ -13,7 +13,7 @@ from fersnet_ray.cli import app
 from fersnet_ray.store import Store
 from fersnet_ray.train.config import Experiment, make_experiment
 from fersnet_ray.train.data import FaceSet, TargetSampler, augment
-from fersnet_ray.train.job import TrainError, latest_checkpoint, read_checkpoint, write_checkpoint_dir
+from fersnet_ray.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint, write_checkpoint_dir
 from fersnet_ray.train.loop import FoldState, evaluate, train_epoch
 
 runner = CliRunner()
@@ -102,7 +102,7 @@ def test_checkpoint_round_trip_weights_only_and_corruption(tmp_path):
     assert np.array(result["confusion"]).sum() == len(faces) == result["total"]
 
     (folder / "state.pt").write_bytes((folder / "state.pt").read_bytes()[:100])  # truncated upload
-    with pytest.raises(TrainError, match="checkpoint-epoch-0001/state.pt is incomplete or corrupt"):
+    with pytest.raises(CheckpointError, match="checkpoint-epoch-0001/state.pt is incomplete or corrupt"):
         read_checkpoint(store, str(folder))
     assert latest_checkpoint(store, "r", 0) is None
 

@@ -38,7 +38,7 @@ def bench_finetune(store_uri: str, run: str, fold: int, batch_size: int = 64, ep
     from fersnet_ray.finetune.loop import FinetuneConfig, FinetuneState
     from fersnet_ray.synth.job import MANIFEST
     from fersnet_ray.train.config import Experiment
-    from fersnet_ray.train.job import latest_checkpoint, read_checkpoint
+    from fersnet_ray.checkpoint import latest_checkpoint, read_checkpoint
 
     store = Store.from_uri(store_uri)
     state_dict = read_checkpoint(store, latest_checkpoint(store, run, fold))

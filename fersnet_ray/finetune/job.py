@@ -36,7 +36,7 @@ import torch
 from fersnet_ray.finetune.loop import FinetuneConfig
 from fersnet_ray.runtime import root_cause
 from fersnet_ray.store import Store, StoreError
-from fersnet_ray.train.config import Experiment
+from fersnet_ray.train.config import Experiment, config_diff
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def finetune_fold(config: dict) -> None:
 
     from fersnet_ray.finetune.loop import FinetuneState, finetune_epoch
     from fersnet_ray.train.data import load_test
-    from fersnet_ray.train.job import read_checkpoint, report_epoch, resume_state
+    from fersnet_ray.checkpoint import read_checkpoint, report_epoch, resume_state
     from fersnet_ray.train.loop import evaluate
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -254,10 +254,10 @@ def _fold_inputs(store: Store, run: str, fold: int, train_epochs: int, data: str
     """
     from fersnet_ray.synth.job import MANIFEST
     from fersnet_ray.synth.verify import verify_fold
-    from fersnet_ray.train.job import META_FILE, latest_checkpoint
+    from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint
 
     ckpt = latest_checkpoint(store, run, fold)
-    done = json.loads(store.read_bytes(f"{ckpt}/{META_FILE}"))["epoch"] if ckpt else 0
+    done = checkpoint_epoch(store, ckpt) if ckpt else 0
     if ckpt is None or done < train_epochs:
         raise FinetuneError(
             f"fold {fold}: training has not finished ({done}/{train_epochs} epochs); run `fersnet train` first"
@@ -288,10 +288,8 @@ def _save_config(store: Store, job: FinetuneJob, run_config: dict, folder: str) 
     elif store.exists(path):
         stored = store.read_json(path)
         if stored != json.loads(json.dumps(wanted)):
-            from fersnet_ray.train.job import _diff
-
             raise FinetuneError(
-                f"run {job.run!r} was fine-tuned with a different config ({_diff(stored, wanted)}); "
+                f"run {job.run!r} was fine-tuned with a different config ({config_diff(stored, wanted)}); "
                 "pass --overwrite to fine-tune it again"
             )
         return

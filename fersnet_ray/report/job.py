@@ -194,7 +194,7 @@ def _gate_figure(store: Store, run: str, fold: int, faces: int = 4) -> bytes | N
     from fersnet_ray.model import create_model
     from fersnet_ray.train.config import Experiment
     from fersnet_ray.train.data import center_crop, load_test, to_unit
-    from fersnet_ray.train.job import latest_checkpoint, read_checkpoint
+    from fersnet_ray.checkpoint import latest_checkpoint, read_checkpoint
 
     ckpt = latest_checkpoint(store, run, fold)
     if ckpt is None:

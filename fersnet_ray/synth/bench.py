@@ -31,7 +31,7 @@ def bare_rate(store: Store, run: str, fold: int, batch_size: int, repeats: int =
     """Generator forward images/s on random inputs already on the device, bf16 on GPU."""
     from fersnet_ray.model import create_model
     from fersnet_ray.train.config import Experiment
-    from fersnet_ray.train.job import latest_checkpoint, read_checkpoint
+    from fersnet_ray.checkpoint import latest_checkpoint, read_checkpoint
     from fersnet_ray.train.loop import autocast
 
     state = read_checkpoint(store, latest_checkpoint(store, run, fold))

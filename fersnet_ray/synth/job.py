@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fersnet_ray.synth import SynthError
 from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
 from fersnet_ray.table import check_schema, face_id, open_table_file, read_card, table_files
 
@@ -54,10 +55,6 @@ SYNTH_SCHEMA = pa.schema(
         ("score", pa.float32()),  # recogniser's probability of the target (null without one)
     ]
 )
-
-
-class SynthError(RuntimeError):
-    """A fold that cannot be synthesised or verified; the message names the thing and the reason."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +179,7 @@ class Generator:
         from fersnet_ray.model import create_model
         from fersnet_ray.synth.quality import load_fold_recognizer
         from fersnet_ray.train.config import Experiment
-        from fersnet_ray.train.job import read_checkpoint
+        from fersnet_ray.checkpoint import read_checkpoint
 
         state = read_checkpoint(store, checkpoint)
         self.exp = Experiment.from_dict(state["experiment"])
@@ -324,7 +321,7 @@ def trained_folds(store: Store, run: str) -> list[int]:
 
 def _fold_checkpoint(store: Store, job: SynthJob, fold: int) -> tuple[str, str, dict | None]:
     """The fold's newest complete checkpoint, its id, and its manifest when the fold is already complete."""
-    from fersnet_ray.train.job import latest_checkpoint, META_FILE
+    from fersnet_ray.checkpoint import META_FILE, latest_checkpoint
 
     checkpoint = latest_checkpoint(store, job.run, fold)
     if checkpoint is None:

@@ -39,8 +39,8 @@ def recognizer_path(store: Store, run: str, fold: int) -> str:
 
 
 def load_fold_recognizer(store: Store, path: str) -> Recognizer:
-    from fersnet_ray.synth.job import SynthError
-    from fersnet_ray.train.job import load_weights
+    from fersnet_ray.checkpoint import load_weights
+    from fersnet_ray.synth import SynthError
 
     where = f"s3://{path}" if store.protocol == "s3" else path
     return load_recognizer(load_weights(store.read_bytes(path), f"recogniser {where}", SynthError))
@@ -72,7 +72,7 @@ def synthesize_all_targets(model, faces: FaceSet, exp: Experiment, device: torch
 def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognizer_epochs: int) -> dict:
     """Trains (or loads) the fold's recogniser, scores synthesis of the test subjects, writes the sheet."""
     from fersnet_ray.model import create_model
-    from fersnet_ray.train.job import read_checkpoint
+    from fersnet_ray.checkpoint import read_checkpoint
 
     store = Store.from_uri(store_uri)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

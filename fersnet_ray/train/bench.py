@@ -23,7 +23,8 @@ import torch
 from fersnet_ray.store import Store
 from fersnet_ray.train.config import Experiment
 from fersnet_ray.train.data import TargetSampler, load_fold
-from fersnet_ray.train.job import TrainJob, read_checkpoint, latest_checkpoint, train
+from fersnet_ray.checkpoint import latest_checkpoint, read_checkpoint
+from fersnet_ray.train.job import TrainJob, train
 from fersnet_ray.train.loop import FoldState, train_epoch
 
 

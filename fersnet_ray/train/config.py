@@ -13,6 +13,7 @@ Presets:
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -171,3 +172,17 @@ def make_experiment(
     )
     train = replace(base.train, **{k: v for k, v in train_overrides.items() if v is not None})
     return Experiment(model, train)
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> str:
+    """What differs between two configs (nested dicts), as `key.sub: old → new; …`; "" when equal."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            sub = config_diff(va, vb, f"{prefix}{k}.")
+            if sub:
+                out.append(sub)
+        elif json.dumps(va) != json.dumps(vb):
+            out.append(f"{prefix}{k}: {va!r} → {vb!r}")
+    return "; ".join(out)

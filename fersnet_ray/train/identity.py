@@ -21,7 +21,7 @@ from fersnet_ray.train.data import FaceSet, augment, to_unit
 
 def load_identity_weights(uri: str) -> LightCNN9:
     """Published Light CNN-9 weights from a path or s3:// URI, frozen (weights_only: no pickled code)."""
-    from fersnet_ray.train.job import load_weights
+    from fersnet_ray.checkpoint import load_weights
 
     fs, path = open_location(uri)
     try:

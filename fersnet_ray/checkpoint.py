@@ -1,0 +1,151 @@
+"""Checkpoints: plain files in the store, one module for training and fine-tuning alike.
+
+    <folder>/checkpoint-epoch-NNNN/state.pt    torch.save of a state dict (tensors and plain values only)
+    <folder>/checkpoint-epoch-NNNN/meta.json   {"epoch", "sha256", "bytes"}: a half-uploaded state.pt is recognisable
+
+`<folder>` is runs/<run>/fold-<k> (training) or runs/<run>/<finetune folder>/fold-<k>. Every load goes
+through `torch.load(weights_only=True)`, so a checkpoint can never run code. `resume_state` and
+`report_epoch` are the two Ray Train touch points (marked), shared by the training and fine-tuning workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import tempfile
+
+import torch
+
+from fersnet_ray.store import Store
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete, corrupt or foreign; the message names the file."""
+
+
+def checkpoint_name(epochs_done: int) -> str:
+    return f"checkpoint-epoch-{epochs_done:04d}"
+
+
+def write_checkpoint_dir(state_dict: dict, folder: str) -> None:
+    """state.pt plus meta.json carrying its SHA-256, so a half-uploaded checkpoint is recognisable."""
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    data = buf.getvalue()
+    with open(os.path.join(folder, STATE_FILE), "wb") as f:
+        f.write(data)
+    meta = {"epoch": state_dict["epoch"], "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    with open(os.path.join(folder, META_FILE), "w") as f:
+        json.dump(meta, f)
+
+
+def load_weights(data: bytes, where: str, error: type[Exception] = CheckpointError):
+    """`torch.load(weights_only=True)`: tensors and plain values only, never pickled code; errors name `where`."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # a pickled object other than tensors and plain values: refused, not run
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
+        # torch's first line is generic advice (to load with weights_only=False); the next one says what was found
+        reason = next((ln for ln in lines[1:] if not ln.startswith("Check the documentation")), lines[0])
+        raise error(f"{where} refused by torch.load(weights_only=True): {reason}") from None
+    except Exception as e:  # noqa: BLE001 - any other loading failure (truncated, not a torch file): name the file
+        raise error(f"{where} does not load: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+
+
+def read_checkpoint(store: Store, path: str) -> dict:
+    """Loads a checkpoint folder (weights_only: never unpickles code); errors name the file."""
+    where = f"{store.uri_of()}{path[len(store.root) :]}/{STATE_FILE}" if path.startswith(store.root) else path
+    try:
+        meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
+        data = store.read_bytes(f"{path}/{STATE_FILE}")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {where} is missing") from None
+    except ValueError:  # a truncated or hand-edited meta.json
+        raise CheckpointError(f"checkpoint {where}: its {META_FILE} is not valid JSON") from None
+    if not isinstance(meta, dict) or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise CheckpointError(f"checkpoint {where} is incomplete or corrupt (checksum mismatch)")
+    state = load_weights(data, f"checkpoint {where}")
+    missing = [k for k in ("epoch", "model", "experiment") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {where} is not a fersnet checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def latest_checkpoint(store: Store, run: str, fold: int) -> str | None:
+    """The newest checkpoint of a fold that is complete (its checksum matches), or None."""
+    return latest_checkpoint_in(store, store.fold_dir(run, fold))
+
+
+def latest_checkpoint_in(store: Store, folder: str) -> str | None:
+    """The newest complete `checkpoint-epoch-NNNN` folder under `folder` (training or fine-tuning)."""
+    if not store.exists(folder):
+        return None
+    names = sorted(
+        (p for p in store.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint-epoch-")),
+        reverse=True,
+    )
+    for path in names:
+        try:
+            meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
+            data = store.read_bytes(f"{path}/{STATE_FILE}")
+        except (FileNotFoundError, ValueError):
+            continue
+        if hashlib.sha256(data).hexdigest() == meta.get("sha256"):
+            return path
+        log.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+def checkpoint_epoch(store: Store, path: str) -> int:
+    """Epochs done by the checkpoint folder `path`, from its meta.json (no state.pt read)."""
+    return int(json.loads(store.read_bytes(f"{path}/{META_FILE}"))["epoch"])
+
+
+# --- Ray marked place: the workers' resume and report ------------------------------------------------
+
+
+def resume_state(store: Store, folder: str) -> dict | None:
+    """The state dict a worker resumes from, or None to start fresh (training and fine-tuning alike).
+
+    The newer of Ray's registered checkpoint (after a worker failure or a re-run) and the store's newest
+    complete one under `folder`, looked up at every (re)start of the worker group. The store's can be
+    newer: Ray Train registers a reported checkpoint only when its controller next polls the workers
+    (every 2 s), so a node lost just after an upload would otherwise restart from an older one, or epoch 0.
+    """
+    import ray.train
+
+    state = None
+    ray_ckpt = ray.train.get_checkpoint()
+    if ray_ckpt is not None:
+        with ray_ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+    newest = latest_checkpoint_in(store, folder)
+    if newest and checkpoint_epoch(store, newest) > (state["epoch"] if state else -1):
+        state = read_checkpoint(store, newest)
+    return state
+
+
+def report_epoch(metrics: dict, state, save: bool, rank: int) -> None:
+    """`ray.train.report` of one epoch; with `save`, rank 0 attaches a checkpoint of `state`.
+
+    Shared by training and fine-tuning: `state` has `epoch` and `state_dict()`; every rank reports.
+    """
+    import ray.train
+
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            write_checkpoint_dir(state.state_dict(), tmp)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(state.epoch))

@@ -1,0 +1,101 @@
+"""The training loop's CPU precision and batch-norm handling (train/loop.py), in plain PyTorch without Ray."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from test_train import toy_faces
+from torch import nn
+
+from fersnet_ray.train.config import Experiment, make_experiment
+from fersnet_ray.train.data import TargetSampler
+from fersnet_ray.train.loop import FoldState, autocast, cpu_has_bf16, evaluate, frozen_bn_stats, train_epoch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Sets FERSNET_CPU_BF16 for one test; the detection is cached, so the cache is cleared around it."""
+
+    def force(on: bool) -> None:
+        monkeypatch.setenv("FERSNET_CPU_BF16", "1" if on else "0")
+        cpu_has_bf16.cache_clear()
+
+    yield force
+    cpu_has_bf16.cache_clear()
+
+
+def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))
+    }
+
+
+def test_frozen_bn_stats_keeps_running_statistics_and_gradients():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).train()
+    before = _bn_buffers(net)
+    with frozen_bn_stats(net):
+        out = net(torch.randn(8, 1, 8, 8) * 3 + 1)
+    assert all(torch.equal(before[k], v) for k, v in _bn_buffers(net).items())  # fakes left no trace
+    out.sum().backward()
+    assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0  # gradients still flow
+    assert net[1].momentum == 0.1  # restored
+    net(torch.randn(8, 1, 8, 8) * 3 + 1)
+    assert not torch.equal(before["1.running_mean"], net[1].running_mean)  # outside it, real faces update
+
+
+@pytest.mark.parametrize("from_fakes", [False, True])
+def test_the_cycle_pass_over_synthetic_faces_leaves_bn_statistics_alone(from_fakes):
+    """One generator step runs the encoders on real faces, then on the fakes (cycle pass). By default
+    only the real pass may move the recognition branch's running statistics."""
+    exp = make_experiment("tiny", "fersnet", num_classes=3)
+    exp = Experiment(exp.model, replace(exp.train, batch_size=8, bn_stats_from_fakes=from_fakes))
+    state = FoldState.create(exp)
+    momenta: list[float] = []  # BN momentum at every BN forward of the first FER block during one step
+    bn = state.model.fer_blocks[0][1]
+    bn.register_forward_pre_hook(lambda m, args: momenta.append(m.momentum))
+    faces = toy_faces()
+    train_epoch(state, faces, TargetSampler(faces.labels, faces.subjects, 0))
+    steps = len(faces) // 8
+    assert len(momenta) == 2 * steps  # real pass + cycle pass per step
+    real, cycle = momenta[0::2], momenta[1::2]
+    assert all(m == 0.1 for m in real)
+    assert all(m == (0.1 if from_fakes else 0.0) for m in cycle)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_precision_bf16_where_native_else_fp32(cpu_bf16, native):
+    cpu_bf16(native)
+    cpu = torch.device("cpu")
+    with autocast(cpu, True):
+        y = torch.ones(2, 4) @ torch.ones(4, 3)
+    assert y.dtype == (torch.bfloat16 if native else torch.float32)
+    with autocast(cpu, False):  # amp off: always fp32
+        assert (torch.ones(2, 4) @ torch.ones(4, 3)).dtype == torch.float32
+
+    # The whole loop trains and evaluates on that path: finite losses, float logits.
+    exp = make_experiment("tiny", "fersnet", num_classes=3)
+    exp = Experiment(exp.model, replace(exp.train, batch_size=8))
+    state = FoldState.create(exp)
+    faces = toy_faces()
+    metrics = train_epoch(state, faces, TargetSampler(faces.labels, faces.subjects, 0))
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in metrics.items() if k in ("cls", "gan", "rec", "cyc"))
+    result = evaluate(state.model, faces, exp.train.crop_size)
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["total"] == len(faces)
+
+
+def test_bf16_detection_reads_the_cpu_flags(cpu_bf16, monkeypatch):
+    monkeypatch.delenv("FERSNET_CPU_BF16", raising=False)
+    cpu_has_bf16.cache_clear()
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    assert cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
