@@ -2,7 +2,9 @@
 # The GPU measurements, in one command meant to fit in 10 minutes on one H100/H200 (not yet run on
 # a GPU: lower EPOCHS if it does not fit): CK+48 with stratified subject-disjoint 10-fold splits, every fold
 # side by side on one GPU; the paper's Table VI rows on the same folds (`fersnet ablation`: fer_only,
-# fersnet_hard, fersnet, fersnet + FES-DA) with synthesis, its Table V accuracy and the report; then
+# fersnet_hard, fersnet, fersnet + FES-DA, and the control: the same checkpoints fine-tuned for the
+# same steps on real faces only) with synthesis, its Table V accuracy, the paired per-fold
+# comparisons and the report; then
 # the training, synthesis and fine-tuning throughput benchmarks.
 #
 # Here, once:   ../shared/tools/device-wheels.sh && mkdir -p .data && cp -r ../shared/data/ckplus48 .data/

@@ -98,6 +98,8 @@ class Experiment:
         return cls(ModelConfig(**d["model"]), TrainConfig(**d["train"]))
 
 
+NO_IDENTITY = dict(identity="none", lambda_idt_start=0.0, lambda_idt_end=0.0)  # L_idt off (CPU presets)
+
 PRESETS: dict[str, Experiment] = {
     "paper": Experiment(ModelConfig(), TrainConfig()),
     "ck48": Experiment(ModelConfig(image_size=48), TrainConfig(load_size=54, crop_size=48)),
@@ -121,10 +123,8 @@ PRESETS: dict[str, Experiment] = {
             epochs=15,
             load_size=54,
             crop_size=48,
-            identity="none",
-            lambda_idt_start=0.0,
-            lambda_idt_end=0.0,
             checkpoint_every=5,
+            **NO_IDENTITY,
             eval_every=5,
         ),
     ),
