@@ -73,12 +73,21 @@ def main() -> None:
             ips.append(m["images_per_s"])
             if state.epoch % 5 == 0 or state.epoch == fold_exp.train.epochs:
                 curve[state.epoch] = evaluate(state.model, test_set, fold_exp.train.crop_size)["accuracy"]
-                print(f"[{args.tag}] fold {fold} epoch {state.epoch} acc {curve[state.epoch]:.3f} "
-                      f"({m['images_per_s']:.0f} img/s)", flush=True)
+                print(
+                    f"[{args.tag}] fold {fold} epoch {state.epoch} acc {curve[state.epoch]:.3f} "
+                    f"({m['images_per_s']:.0f} img/s)",
+                    flush=True,
+                )
         row = {
-            "tag": args.tag, "variant": args.variant, "fold": fold, "final": curve[fold_exp.train.epochs],
-            "curve": curve, "img_per_s": sum(ips) / len(ips), "seconds": time.perf_counter() - start,
-            "experiment": fold_exp.to_dict(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "tag": args.tag,
+            "variant": args.variant,
+            "fold": fold,
+            "final": curve[fold_exp.train.epochs],
+            "curve": curve,
+            "img_per_s": sum(ips) / len(ips),
+            "seconds": time.perf_counter() - start,
+            "experiment": fold_exp.to_dict(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -18,6 +18,19 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs ev
 os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One torch thread in the test process for the whole session, restored at its end: the tensors here
+    are tiny, and intra-op threading costs far more than it saves on 2 cores (10-30x on small CI VMs).
+    Session scope puts it in force before every other fixture, module-scoped training ones included."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> str:
     from moto.server import ThreadedMotoServer

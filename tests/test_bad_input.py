@@ -335,7 +335,9 @@ def test_truncated_or_foreign_checkpoints_are_refused_naming_the_file(tmp_path):
 
     data = checkpoint(folder, {"epoch": 1, "model": {}, "experiment": {}, "extra": Payload(marker)})
     assert latest_checkpoint(store, "r", 0) == str(folder)  # its checksum matches: only loading can tell
-    with pytest.raises(CheckpointError, match=rf"checkpoint {where} refused by torch.load\(weights_only=True\): .*exec"):
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint {where} refused by torch.load\(weights_only=True\): .*exec"
+    ):
         read_checkpoint(store, str(folder))
     with pytest.raises(SynthError, match=rf"recogniser {where} refused by torch.load\(weights_only=True\)"):
         load_fold_recognizer(store, where)
@@ -346,7 +348,9 @@ def test_truncated_or_foreign_checkpoints_are_refused_naming_the_file(tmp_path):
     assert marker.exists()
 
     checkpoint(folder, [torch.zeros(2)])  # loads as weights, but is not a checkpoint of ours
-    with pytest.raises(CheckpointError, match=rf"checkpoint {where} is not a fersnet checkpoint \(no epoch, model, exp"):
+    with pytest.raises(
+        CheckpointError, match=rf"checkpoint {where} is not a fersnet checkpoint \(no epoch, model, exp"
+    ):
         read_checkpoint(store, str(folder))
 
     data = checkpoint(folder, {"epoch": 1})

@@ -15,11 +15,6 @@ from fersnet_ray.table import encode_png
 from fersnet_ray.train.config import make_experiment
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    torch.set_num_threads(1)  # small tensors: faster single-threaded on 2 cores
-
-
 def _batches(n_batches: int = 4, batch: int = 16, side: int = 36):
     """Batches as Ray Data hands them over: uint8 faces (B, 1, L, L) whose expression is learnable."""
     rng = np.random.default_rng(0)

@@ -14,14 +14,6 @@ from fersnet_ray.train.data import TargetSampler
 from fersnet_ray.train.loop import FoldState, autocast, cpu_has_bf16, evaluate, frozen_bn_stats, train_epoch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def cpu_bf16(monkeypatch):
     """Sets FERSNET_CPU_BF16 for one test; the detection is cached, so the cache is cleared around it."""
@@ -35,9 +27,7 @@ def cpu_bf16(monkeypatch):
 
 
 def _bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))
-    }
+    return {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
 
 
 def test_frozen_bn_stats_keeps_running_statistics_and_gradients():

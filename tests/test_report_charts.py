@@ -22,14 +22,6 @@ from fersnet_ray.report.charts import (
 CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threading costs more than it saves on 2 cores
-    yield
-    torch.set_num_threads(threads)
-
-
 def decode(png: bytes) -> Image.Image:
     """Checks `png` is a real, non-empty PNG and returns it decoded."""
     assert isinstance(png, bytes) and png.startswith(b"\x89PNG")

@@ -27,15 +27,6 @@ from fersnet_ray.train.data import FaceSet
 LOAD, CROP = 36, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Module scope, so it is in force before the module-scoped training fixture below.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threading costs more than it saves on 2 cores
-    yield
-    torch.set_num_threads(threads)
-
-
 def demo_faces(subjects: range) -> FaceSet:
     """Every expression and frame of the demo `subjects`, rendered at 64 and resized to LOAD like prepare does."""
     images, labels, ids = [], [], []

@@ -19,14 +19,6 @@ from fersnet_ray.train.loop import FoldState, evaluate, train_epoch
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threading costs more than it saves on 2 cores
-    yield
-    torch.set_num_threads(threads)
-
-
 def toy_faces(n_subjects=4, classes=(0, 1, 2), size=36) -> FaceSet:
     gen = torch.Generator().manual_seed(0)
     labels, subjects = [], []

@@ -156,9 +156,7 @@ def fold_dataset(
                 _scored_rows, fn_kwargs={"min_score": cfg.min_score}, batch_format="pyarrow", batch_size=None
             )
             both = real.union(synthetic)
-    decoded = both.map_batches(
-        decode_batch, fn_kwargs={"load_size": load_size}, batch_format="numpy", batch_size=256
-    )
+    decoded = both.map_batches(decode_batch, fn_kwargs={"load_size": load_size}, batch_format="numpy", batch_size=256)
     if cache:
         decoded = decoded.materialize()
     return decoded.randomize_block_order()  # a new block order every epoch (each epoch re-runs the plan)

@@ -11,14 +11,9 @@ BATCH = 3
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread() -> Iterator[None]:
-    # Tensors here are tiny: intra-op threading costs far more than it saves (10-30x on small CI VMs).
-    # Restored afterwards so tests outside this folder keep their settings.
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seed() -> Iterator[None]:
+    torch.manual_seed(0)  # one thread for the whole suite: tests/conftest.py's `one_thread`
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
