@@ -199,8 +199,10 @@ def report_stage(cfg: PipelineConfig) -> str:
 
 def run_pipeline(cfg: PipelineConfig) -> dict:
     """Runs every stage in order on the current Ray cluster; returns the report's URI and summaries."""
-    if cfg.variant == "fer_only":
-        raise PipelineError("run: fer_only has no FES branch to synthesise with; use --variant fersnet")
+    from fersnet_ray.model import has_synthesis
+
+    if not has_synthesis(cfg.variant):
+        raise PipelineError(f"run: {cfg.variant} has no FES branch to synthesise with; use --variant fersnet")
     Store.from_uri(cfg.store).check_writable()
     t = _stage("prepare")
     card = prepare_stage(cfg)

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from fersnet_ray.finetune.loop import FinetuneConfig
+from fersnet_ray.model import has_synthesis
 from fersnet_ray.runtime import root_cause
 from fersnet_ray.store import Store, StoreError
 from fersnet_ray.train.config import Experiment, config_diff
@@ -170,9 +171,9 @@ def finetune_fold(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from fersnet_ray.checkpoint import read_checkpoint, report_epoch, resume_state
     from fersnet_ray.finetune.loop import FinetuneState, finetune_epoch
     from fersnet_ray.train.data import load_test
-    from fersnet_ray.checkpoint import read_checkpoint, report_epoch, resume_state
     from fersnet_ray.train.loop import evaluate
 
     logging.getLogger().setLevel(logging.WARNING)
@@ -250,9 +251,9 @@ def _fold_inputs(store: Store, run: str, fold: int, train_epochs: int, data: str
 
     The real-only control needs no shards; it reads the manifest where there is one, to match FES-DA's steps.
     """
+    from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint
     from fersnet_ray.synth.job import MANIFEST
     from fersnet_ray.synth.verify import verify_fold
-    from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint
 
     ckpt = latest_checkpoint(store, run, fold)
     done = checkpoint_epoch(store, ckpt) if ckpt else 0
@@ -331,8 +332,10 @@ def finetune(job: FinetuneJob) -> dict:
         raise StoreError(f"no run {job.run!r} in {store.uri} (train it first)")
     run_config = store.read_json(f"{store.run_dir(job.run)}/config.json")
     exp = Experiment.from_dict(run_config["experiment"])
-    if exp.model.variant == "fer_only" and cfg.data != "real":
-        raise FinetuneError(f"run {job.run!r} is fer_only: it has no FES branch, so no synthetic faces to use")
+    if not has_synthesis(exp.model.variant) and cfg.data != "real":
+        raise FinetuneError(
+            f"run {job.run!r} is {exp.model.variant}: it has no FES branch, so no synthetic faces to use"
+        )
     card = read_card(store, run_config["dataset"])
     folds = job.folds if job.folds is not None else tuple(trained_folds(store, job.run))
     out_root = finetune_dir(store, job.run, cfg.folder)

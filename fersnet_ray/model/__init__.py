@@ -13,7 +13,7 @@ Importing builds nothing and reads no files.
 
 from fersnet_ray.model.config import ModelConfig
 from fersnet_ray.model.discriminator import PatchDiscriminator
-from fersnet_ray.model.fersnet import ModelOutput, count_parameters, create_model, list_models
+from fersnet_ray.model.fersnet import ModelOutput, count_parameters, create_model, has_synthesis, list_models
 from fersnet_ray.model.lightcnn import LightCNN9, frozen_lightcnn, load_lightcnn_weights, to_lightcnn_input
 from fersnet_ray.model.losses import FERSNetLoss, LossWeights, lambda_idt
 
@@ -27,6 +27,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "frozen_lightcnn",
+    "has_synthesis",
     "lambda_idt",
     "list_models",
     "load_lightcnn_weights",

@@ -143,6 +143,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def has_synthesis(variant: str) -> bool:
+    """Whether the registered `variant` has an FES branch (synthesises faces), asked of its class."""
+    if variant not in _REGISTRY:
+        raise ValueError(f"unknown variant {variant!r}; registered: {list_models()}")
+    return _REGISTRY[variant].has_synthesis
+
+
 def _encoder(in_ch: int, widths: Sequence[int]) -> nn.ModuleList:
     # A ModuleList, not a Sequential: FERSNet interleaves ConvFLUs between the blocks.
     chs = [in_ch, *widths]

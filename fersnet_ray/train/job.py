@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint, report_epoch, resume_state
+from fersnet_ray.model import has_synthesis
 from fersnet_ray.runtime import root_cause
 from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
 from fersnet_ray.train.config import Experiment, config_diff
@@ -87,7 +88,7 @@ def train_fold(config: dict) -> None:
 
     seed = exp.train.seed + fold
     identity_net = None
-    if exp.train.identity != "none" and exp.train.lambda_idt_end > 0 and exp.model.variant != "fer_only":
+    if exp.train.identity != "none" and exp.train.lambda_idt_end > 0 and has_synthesis(exp.model.variant):
         if state_dict is not None and "identity" in state_dict:
             identity_net = ident.LightCNN9(num_classes=state_dict["identity"]["fc2.weight"].shape[0])
             identity_net.load_state_dict(state_dict["identity"])
