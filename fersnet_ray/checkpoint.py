@@ -84,23 +84,61 @@ def latest_checkpoint(store: Store, run: str, fold: int) -> str | None:
     return latest_checkpoint_in(store, store.fold_dir(run, fold))
 
 
-def latest_checkpoint_in(store: Store, folder: str) -> str | None:
-    """The newest complete `checkpoint-epoch-NNNN` folder under `folder` (training or fine-tuning)."""
+def _candidates(store: Store, folder: str) -> list[str]:
+    """`checkpoint-epoch-NNNN` folders under `folder`, newest first."""
     if not store.exists(folder):
-        return None
-    names = sorted(
+        return []
+    return sorted(
         (p for p in store.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint-epoch-")),
         reverse=True,
     )
-    for path in names:
-        try:
-            meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
-            data = store.read_bytes(f"{path}/{STATE_FILE}")
-        except (FileNotFoundError, ValueError):
-            continue
-        if hashlib.sha256(data).hexdigest() == meta.get("sha256"):
+
+
+def _complete_meta(store: Store, path: str) -> dict | None:
+    """The folder's meta.json when its state.pt is whole, else None; reads state.pt only for old metas.
+
+    meta.json carries the byte count of state.pt, so completeness is a size check (one listing call, no
+    download); the checksum is verified when the checkpoint is loaded (`read_checkpoint`), so a
+    checkpoint is read once. Metas without a byte count are checked by hashing, as before.
+    """
+    try:
+        meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
+        if not isinstance(meta, dict) or "epoch" not in meta:
+            return None
+        if "bytes" in meta:
+            return meta if store.fs.size(f"{path}/{STATE_FILE}") == meta["bytes"] else None
+        data = store.read_bytes(f"{path}/{STATE_FILE}")
+    except (FileNotFoundError, ValueError):
+        return None
+    return meta if hashlib.sha256(data).hexdigest() == meta.get("sha256") else None
+
+
+def latest_checkpoint_in(store: Store, folder: str) -> str | None:
+    """The newest complete `checkpoint-epoch-NNNN` folder under `folder` (training or fine-tuning)."""
+    for path in _candidates(store, folder):
+        if _complete_meta(store, path) is not None:
             return path
         log.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+def load_latest_checkpoint(store: Store, folder: str, newer_than: int = -1) -> tuple[str, dict] | None:
+    """The newest checkpoint under `folder` with more than `newer_than` epochs, loaded: (path, state) or None.
+
+    Each candidate's state.pt is downloaded once, its checksum verified while loading; one that fails
+    (corrupt despite its size) is skipped for the next older one.
+    """
+    for path in _candidates(store, folder):
+        meta = _complete_meta(store, path)
+        if meta is None:
+            log.warning("skipping incomplete checkpoint %s", path)
+            continue
+        if int(meta["epoch"]) <= newer_than:
+            return None
+        try:
+            return path, read_checkpoint(store, path)
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s: %s", path, e)
     return None
 
 
@@ -127,10 +165,8 @@ def resume_state(store: Store, folder: str) -> dict | None:
     if ray_ckpt is not None:
         with ray_ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
-    newest = latest_checkpoint_in(store, folder)
-    if newest and checkpoint_epoch(store, newest) > (state["epoch"] if state else -1):
-        state = read_checkpoint(store, newest)
-    return state
+    newer = load_latest_checkpoint(store, folder, newer_than=state["epoch"] if state else -1)
+    return newer[1] if newer else state
 
 
 def report_epoch(metrics: dict, state, save: bool, rank: int) -> None:

@@ -137,3 +137,34 @@ def test_two_folds_on_ray_with_s3_checkpoints_resume_after_a_crash(trained_run):
     changed = runner.invoke(app, args[:-1] + ["6"])
     assert changed.exit_code == 1
     assert "exists with a different config (experiment.train.epochs: 4 → 6)" in changed.stderr
+
+
+def test_the_newest_checkpoint_is_found_without_download_and_loaded_with_one_read(tmp_path, monkeypatch):
+    """Completeness is a size check against meta.json; the checksum is verified while loading, so the
+    state.pt a worker resumes from is downloaded once. A corrupt one of the right size is skipped."""
+    from fersnet_ray.checkpoint import load_latest_checkpoint
+
+    exp = make_experiment("tiny", epochs=3)
+    state = FoldState.create(exp)
+    folder = tmp_path / "runs" / "r" / "fold-0"
+    for epoch in (1, 2):
+        state.epoch = epoch
+        (folder / f"checkpoint-epoch-{epoch:04d}").mkdir(parents=True)
+        write_checkpoint_dir(state.state_dict(), str(folder / f"checkpoint-epoch-{epoch:04d}"))
+    store = Store.from_uri(str(tmp_path))
+    reads = []
+    fs_open = store.fs.open
+    monkeypatch.setattr(store.fs, "open", lambda path, *a, **k: reads.append(path) or fs_open(path, *a, **k))
+    assert latest_checkpoint(store, "r", 0).endswith("checkpoint-epoch-0002")
+    assert not [p for p in reads if p.endswith("state.pt")]
+    path, loaded = load_latest_checkpoint(store, str(folder))
+    assert path.endswith("checkpoint-epoch-0002") and loaded["epoch"] == 2
+    assert len([p for p in reads if p.endswith("state.pt")]) == 1
+    assert load_latest_checkpoint(store, str(folder), newer_than=2) is None  # nothing newer: nothing read
+
+    newest = folder / "checkpoint-epoch-0002" / "state.pt"
+    data = bytearray(newest.read_bytes())
+    data[-10] ^= 0xFF  # bit rot: same size, wrong checksum
+    newest.write_bytes(bytes(data))
+    path, loaded = load_latest_checkpoint(store, str(folder))
+    assert path.endswith("checkpoint-epoch-0001") and loaded["epoch"] == 1
