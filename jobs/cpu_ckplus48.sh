@@ -2,15 +2,16 @@
 # The real-face protocol on a 2-core CPU machine, in one resumable command (no GPU): CK+48 with
 # stratified subject-disjoint 10 folds; `fersnet ablation` with the `cpu48` preset trains fersnet,
 # fer_only (both side by side, two folds at a time), synthesises every fold with its Table V
-# recogniser, fine-tunes every fold twice from the same checkpoint for the same steps (FES-DA on
-# real + synthetic faces, and the control on real faces only), trains fersnet_hard last, and writes
-# the report (runs/$RUN/report/report.md) with Table VI, the paired per-fold comparisons and Table V.
+# recogniser, fine-tunes every fold three times from the same checkpoint for the same steps (FES-DA on
+# real + synthetic faces, FES-DA on the synthetic rows its recogniser scored ≥ MIN_SCORE, and the
+# control on real faces only), trains fersnet_hard last, and writes the report
+# (runs/$RUN/report/report.md) with Table VI, the paired per-fold comparisons and Table V.
 #
 # Once:    mkdir -p .data && cp -r ../shared/data/ckplus48 .data/      (.data/ is git-ignored)
 # Run:     . .venv/bin/activate && nohup bash jobs/cpu_ckplus48.sh > cpu_ckplus48.log 2>&1 &
 # Resume:  the same command; every finished fold and stage is skipped.
-# Knobs:   SRC, STORE, RUN, EPOCHS (default: the preset's), FT_EPOCHS, MIN_SCORE (adds an FES-DA row
-#          on synthetic rows scored ≥ it).
+# Knobs:   SRC, STORE, RUN, EPOCHS (default: the preset's), FT_EPOCHS, MIN_SCORE (default 0.5; empty:
+#          no score-filtered row).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -18,6 +19,7 @@ SRC=${SRC:-.data/ckplus48}
 STORE=${STORE:-.data/cpu-store}
 RUN=${RUN:-ck48-cpu}
 FT_EPOCHS=${FT_EPOCHS:-2}
+MIN_SCORE=${MIN_SCORE-0.5}
 extra=()
 if [ -n "${EPOCHS:-}" ]; then extra+=(--epochs "$EPOCHS"); fi
 if [ -n "${MIN_SCORE:-}" ]; then extra+=(--finetune-min-score "$MIN_SCORE"); fi

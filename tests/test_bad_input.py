@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from builders import ckplus_tree, face, png_bytes, save, write_16bit
 from fersnet_ray.cli import app
-from fersnet_ray.finetune.job import FinetuneError, _fold_inputs
+from fersnet_ray.finetune.job import FinetuneError, fold_inputs
 from fersnet_ray.prepare.job import load_batch
 from fersnet_ray.prepare.sources import SIX_CLASSES, SourceError, create_adapter
 from fersnet_ray.store import Store, StoreError
@@ -425,7 +425,7 @@ def test_synthetic_shard_of_the_wrong_schema_is_named_by_verify_and_finetune(tmp
         "'source_label', 'fold', 'image', 'checkpoint', 'score']))",
     ]
     with pytest.raises(FinetuneError, match=rf"fold 0: synthetic shards fail verify: fold 0: {folder}/extra.parquet"):
-        _fold_inputs(store, "r", 0, train_epochs=2)
+        fold_inputs(store, "r", 0, train_epochs=2, data="real+synthetic")
 
     out = runner.invoke(app, ["verify", "--store", str(tmp_path), "--run", "r"])
     assert out.exit_code == 1 and "Traceback" not in out.output

@@ -246,7 +246,7 @@ def finetune_fold(config: dict) -> None:
 # --- Ray marked place 3 of 3: the driver, one TorchTrainer per fold --------------------------------
 
 
-def _fold_inputs(store: Store, run: str, fold: int, train_epochs: int, data: str) -> tuple[str, dict | None]:
+def fold_inputs(store: Store, run: str, fold: int, train_epochs: int, data: str) -> tuple[str, dict | None]:
     """The fold's final training checkpoint and its verified synthetic manifest, or a FinetuneError.
 
     The real-only control needs no shards; it reads the manifest where there is one, to match FES-DA's steps.
@@ -348,7 +348,7 @@ def finetune(job: FinetuneJob) -> dict:
     for fold in folds:  # check every fold before anything runs: a bad fold fails the job at once
         if not job.overwrite and store.exists(f"{out_root}/fold-{fold}/evaluation.json"):
             continue
-        inputs[fold] = _fold_inputs(store, job.run, fold, exp.train.epochs, cfg.data)
+        inputs[fold] = fold_inputs(store, job.run, fold, exp.train.epochs, cfg.data)
     _save_config(store, job, run_config, cfg.folder)
     rows = max((_rows(m, cfg)[0] for _, m in inputs.values()), default=0)
     cache = use_cache(cfg, rows, exp.model.in_channels, exp.train.load_size, len(inputs))
