@@ -510,6 +510,8 @@ def synthesize(job: SynthJob) -> dict[int, dict]:
     as the cluster's CPUs or GPUs allow), then each fold's shards are written in parallel, fold after fold."""
     from dataclasses import replace
 
+    import ray
+
     store = Store.from_uri(job.store)
     store.check_writable()
     job = replace(job, store=store.uri)  # absolute: Ray workers run in other directories
@@ -522,4 +524,8 @@ def synthesize(job: SynthJob) -> dict[int, dict]:
             checkpoint, _, complete = _fold_checkpoint(store, job, f)
             if complete is None:
                 refs[f] = _quality_task(job, f, checkpoint)
+        # Every recogniser finishes before any fold's Ray Data pipeline starts: a generator actor that
+        # holds a CPU while its read tasks queue behind recognisers would leave one CPU idle (on 2 CPUs the
+        # ten CK+48 recognisers then ran one at a time).
+        ray.get(list(refs.values()))
     return {f: synthesize_fold(job, f, refs.get(f)) for f in folds}
