@@ -21,7 +21,7 @@ logits differ by more than TOLERANCE is an error and is removed. No Ray here: pl
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
+import importlib
 import json
 import os
 import posixpath
@@ -67,13 +67,21 @@ def parse_formats(spec: str) -> tuple[str, ...]:
 def require_dependencies(formats: tuple[str, ...]) -> None:
     """A format whose packages are missing is an error naming the extra that installs them."""
     if "onnx" in formats:
-        missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
+        missing = [m for m in ONNX_MODULES if not _importable(m)]
         if missing:
             raise UseError(
                 f"--format onnx needs {', '.join(missing)}: install the extra with pip install 'fersnet-ray[onnx]'"
             )
-    if "safetensors" in formats and importlib.util.find_spec("safetensors") is None:
+    if "safetensors" in formats and not _importable("safetensors"):
         raise UseError("--format safetensors needs the safetensors package: pip install safetensors")
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 # --- writing and loading back each format (plain PyTorch) -------------------------------------------
