@@ -39,9 +39,12 @@ AddressOpt = Annotated[
 
 
 def _fail(message: str) -> None:
+    from rich.markup import escape
+
     from fersnet_ray.store import redact
 
-    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
+    # escape: a message may hold brackets ("fersnet-ray[onnx]") that rich would take for markup and drop
+    err_console.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
