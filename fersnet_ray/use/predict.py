@@ -64,7 +64,7 @@ class PredictJob:
 def load_images(batch: dict, source: ImageSource, prep: Preprocessing, method: str, aligner=None) -> dict:
     """Stage 1: listed paths -> faces as the face table holds them, resized for the model.
 
-    Input columns: path, label. Output: the same plus image (N, C, L, L) uint8 at load_size (zeros
+    Input columns: path, label. Output: the same plus image (N, C, L, L) uint8 at load_size (black
     when rejected), reject ("" if kept) and converted (the file's own mode when it is not the model's,
     e.g. "RGB" for a greyscale model: converted as `prepare` converts, and counted).
     """
@@ -72,10 +72,10 @@ def load_images(batch: dict, source: ImageSource, prep: Preprocessing, method: s
 
     from fersnet_ray.prepare.align import FaceError
     from fersnet_ray.prepare.job import align_face
-    from fersnet_ray.train.data import resize_face
+    from fersnet_ray.train.data import resize_faces
 
     n = len(batch["path"])
-    images = np.zeros((n, prep.channels, prep.load_size, prep.load_size), dtype=np.uint8)
+    aligned = np.zeros((n, prep.aligned_size, prep.aligned_size, prep.channels), dtype=np.uint8)  # (N, A, A, C)
     rejects, converted = [""] * n, [""] * n
     for i, path in enumerate(batch["path"]):
         try:
@@ -83,11 +83,13 @@ def load_images(batch: dict, source: ImageSource, prep: Preprocessing, method: s
             face = align_face(raw, method, prep.aligned_size, prep.channels, aligner)
             mode = Image.open(io.BytesIO(raw)).mode  # header only: decode_image already read it in full
             converted[i] = "" if mode == prep.mode else mode
-            images[i] = resize_face(np.asarray(face), prep.load_size).numpy()
+            aligned[i] = np.asarray(face).reshape(aligned.shape[1:])
         except FaceError as e:
             rejects[i] = str(e)
         except (OSError, ValueError) as e:  # unreadable: permissions, vanished, storage error, NUL in the path
             rejects[i] = redact(f"unreadable file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    # One batched resize (each face on its own, as decode_faces resizes the face table's): (N, C, L, L) uint8.
+    images = resize_faces(torch.from_numpy(aligned).permute(0, 3, 1, 2).contiguous(), prep.load_size).numpy()
     return {
         "path": np.asarray(batch["path"], dtype=object),
         "label": np.asarray(batch["label"], dtype=np.int64),
