@@ -78,7 +78,11 @@ def align_face(raw: bytes, method: str, size: int, channels: int, aligner: FanAl
 
     `fersnet predict` runs the same function on new images, so they get the face table's preparation.
     """
-    img = decode_image(raw, channels)
+    return align_image(decode_image(raw, channels), method, size, aligner)
+
+
+def align_image(img, method: str, size: int, aligner: FanAligner | None = None):
+    """A decoded, converted image → the size×size aligned face (`align_face` after decoding)."""
     if method == "fan":
         return aligner.align(img)
     return center_resize(img, size)

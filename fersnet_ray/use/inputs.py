@@ -99,5 +99,8 @@ class ImageSource(Adapter):
 
     def read_path(self, rel: str) -> bytes:
         fs, root = self._location()
+        if "file" in fs.protocol:  # a local file: builtin open, without fsspec's per-file overhead (~0.1 ms)
+            with open(posixpath.join(root, rel), "rb") as f:
+                return f.read()
         with fs.open(posixpath.join(root, rel), "rb") as f:
             return f.read()

@@ -68,10 +68,8 @@ def load_images(batch: dict, source: ImageSource, prep: Preprocessing, method: s
     when rejected), reject ("" if kept) and converted (the file's own mode when it is not the model's,
     e.g. "RGB" for a greyscale model: converted as `prepare` converts, and counted).
     """
-    from PIL import Image
-
-    from fersnet_ray.prepare.align import FaceError
-    from fersnet_ray.prepare.job import align_face
+    from fersnet_ray.prepare.align import FaceError, convert_image, open_image
+    from fersnet_ray.prepare.job import align_image
     from fersnet_ray.train.data import resize_faces
 
     n = len(batch["path"])
@@ -79,10 +77,9 @@ def load_images(batch: dict, source: ImageSource, prep: Preprocessing, method: s
     rejects, converted = [""] * n, [""] * n
     for i, path in enumerate(batch["path"]):
         try:
-            raw = source.read_path(str(path))
-            face = align_face(raw, method, prep.aligned_size, prep.channels, aligner)
-            mode = Image.open(io.BytesIO(raw)).mode  # header only: decode_image already read it in full
-            converted[i] = "" if mode == prep.mode else mode
+            img = open_image(source.read_path(str(path)))  # prepare's decode and conversion, in two steps
+            converted[i] = "" if img.mode == prep.mode else img.mode  # to say how many were converted
+            face = align_image(convert_image(img, prep.channels), method, prep.aligned_size, aligner)
             aligned[i] = np.asarray(face).reshape(aligned.shape[1:])
         except FaceError as e:
             rejects[i] = str(e)
