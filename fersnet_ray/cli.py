@@ -543,7 +543,9 @@ def verify(
 @app.command()
 def predict(
     source: Annotated[str, typer.Option(help="Images: a folder, or a manifest file with --dataset-adapter manifest.")],
-    out: Annotated[str, typer.Option(help="Output FILE.parquet or FILE.csv (path or s3://); rejects: FILE.rejects.csv.")],
+    out: Annotated[
+        str, typer.Option(help="Output FILE.parquet or FILE.csv (path or s3://); rejects: FILE.rejects.csv.")
+    ],
     run: Annotated[str, typer.Option(help="Trained run whose classifier to use.")] = "demo",
     store: StoreOpt = "./fersnet-store",
     fold: Annotated[Optional[int], typer.Option(help="One fold's model (default: every fold, averaged).")] = None,
@@ -552,12 +554,17 @@ def predict(
         str, typer.Option(help="auto (fine-tuned when finished, else trained) | finetune | train.")
     ] = "auto",
     dataset_adapter: Annotated[
-        str, typer.Option(help="images (any layout) | folder (<expression>/<file>: true labels) | manifest (path[,label]).")
+        str,
+        typer.Option(help="images (any layout) | folder (<expression>/<file>: true labels) | manifest (path[,label])."),
     ] = "images",
-    align: Annotated[Optional[str], typer.Option(help="fan | none (default: as the run's data set was prepared).")] = None,
+    align: Annotated[
+        Optional[str], typer.Option(help="fan | none (default: as the run's data set was prepared).")
+    ] = None,
     weights: Annotated[Optional[str], typer.Option(help="Folder with the face-alignment weights (align fan).")] = None,
     actors: Annotated[int, typer.Option(help="Classifier actors (each builds the model once).")] = 1,
-    gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per actor (default: 1 if the cluster has one).")] = None,
+    gpus_per_actor: Annotated[
+        Optional[float], typer.Option(help="GPUs per actor (default: 1 if the cluster has one).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per block and forward pass.")] = 256,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     address: AddressOpt = None,

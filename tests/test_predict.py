@@ -51,7 +51,7 @@ def _held_out_folder(store: Store, root: Path, fold: int = 0) -> dict[str, str]:
 
 
 def _read_output(store: Store, uri: str):
-    path = uri[len("s3://") :] if uri.startswith("s3://") else uri
+    path = uri.removeprefix("s3://")
     with store.fs.open(path, "rb") as f:
         data = f.read()
     return pq.read_table(io.BytesIO(data)) if path.endswith(".parquet") else pacsv.read_csv(io.BytesIO(data))
@@ -142,7 +142,17 @@ def test_ensemble_is_the_mean_of_the_folds_probabilities(trained_run, tmp_path):
 def test_bad_arguments_are_one_error_line(trained_run, tmp_path, extra, message):
     uri, _ = trained_run
     (tmp_path / "src").mkdir()
-    args = ["predict", "--store", uri, "--run", "r", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "o.csv")]
+    args = [
+        "predict",
+        "--store",
+        uri,
+        "--run",
+        "r",
+        "--source",
+        str(tmp_path / "src"),
+        "--out",
+        str(tmp_path / "o.csv"),
+    ]
     res = runner.invoke(app, args + extra)
     assert res.exit_code == 1
     assert res.output.startswith("error: ") and message in res.output, res.output

@@ -85,7 +85,7 @@ def resolve(store: Store, run: str, fold: int, stage: str = "auto") -> ModelRef:
     config = run_config(store, run)
     _check_fold(store, run, config, fold)
     train_dir, ft_dir = store.fold_dir(run, fold), f"{finetune_dir(store, run)}/fold-{fold}"
-    rel = lambda folder: store.uri_of(folder[len(store.root) :]) + "/"  # noqa: E731 - for messages only
+    rel = lambda folder: store.uri_of(folder[len(store.root) :]) + "/"
 
     found, used = None, None
     if stage in ("auto", "finetune") and store.exists(f"{finetune_dir(store, run)}/config.json"):

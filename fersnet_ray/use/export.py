@@ -28,7 +28,6 @@ import posixpath
 import tempfile
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from fersnet_ray.store import Store, open_location, redact

@@ -65,7 +65,7 @@ class ImageSource(Adapter):
 
     def list_images(self, classes: list[str]) -> ImageListing:
         """The images to classify; true labels index `classes` (the run's), -1 where unknown."""
-        fs, root = self._location()
+        _, root = self._location()
         out = ImageListing(root)
         if self.layout == "manifest":
             self._list_manifest(out, tuple(classes))

@@ -37,7 +37,7 @@ class Recognizer(nn.Module):
         return self.net(images).logits  # target_labels=None: the decoder would not run anyway
 
     @classmethod
-    def from_checkpoint_state(cls, cfg: ModelConfig, model_state: dict) -> "Recognizer":
+    def from_checkpoint_state(cls, cfg: ModelConfig, model_state: dict) -> Recognizer:
         """From a checkpoint's `model` state dict (the full FERSNet's); the decoder's weights are left out."""
         rec = cls(cfg)
         rec.net.load_state_dict({k: v for k, v in model_state.items() if not k.startswith("fes_head.")})
@@ -60,7 +60,7 @@ class Preprocessing:
     crop_size: int  # the model's input side S
 
     @classmethod
-    def of(cls, card: dict, exp: Experiment) -> "Preprocessing":
+    def of(cls, card: dict, exp: Experiment) -> Preprocessing:
         a = card["alignment"]
         return cls(a["method"], int(a["size"]), int(a["channels"]), exp.train.load_size, exp.train.crop_size)
 
@@ -81,8 +81,10 @@ class Preprocessing:
             f"{self.aligned_size} (prepare/align.py)"
         )
         return [
-            f"decode; convert to {self.mode} as prepare does: 16-bit and float images scaled by their own range, "
-            "alpha composited on black (prepare/align.py decode_image)",
+            (
+                f"decode; convert to {self.mode} as prepare does: 16-bit and float images scaled by their own "
+                "range, alpha composited on black (prepare/align.py decode_image)"
+            ),
             f"align ({self.align}): {align}",
             f"resize {self.aligned_size} -> {self.load_size} (torch bilinear, antialias=True, rounded to uint8)"
             if self.aligned_size != self.load_size
