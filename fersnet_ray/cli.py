@@ -39,9 +39,12 @@ AddressOpt = Annotated[
 
 
 def _fail(message: str) -> None:
+    from rich.markup import escape
+
     from fersnet_ray.store import redact
 
-    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
+    # escape: a message may hold brackets ("fersnet-ray[onnx]") that rich would take for markup and drop
+    err_console.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -70,9 +73,11 @@ def _user_errors():
     from fersnet_ray.train.job import TrainError
     from fersnet_ray.finetune.job import FinetuneError
     from fersnet_ray.pipeline import PipelineError
+    from fersnet_ray.use.checkpoints import UseError
 
     return (
         CheckpointError,
+        UseError,
         FinetuneError,
         PipelineError,
         PrepareError,
@@ -549,6 +554,128 @@ def verify(
         highlight=False,
         soft_wrap=True,
     )
+
+
+# --- using the trained classifier: predict and export (fersnet_ray/use/) ---
+
+
+@app.command()
+def predict(
+    source: Annotated[str, typer.Option(help="Images: a folder, or a manifest file with --dataset-adapter manifest.")],
+    out: Annotated[
+        str, typer.Option(help="Output FILE.parquet or FILE.csv (path or s3://); rejects: FILE.rejects.csv.")
+    ],
+    run: Annotated[str, typer.Option(help="Trained run whose classifier to use.")] = "demo",
+    store: StoreOpt = "./fersnet-store",
+    fold: Annotated[Optional[int], typer.Option(help="One fold's model (default: every fold, averaged).")] = None,
+    ensemble: Annotated[bool, typer.Option(help="Average the probabilities of every finished fold.")] = False,
+    checkpoint: Annotated[
+        str, typer.Option(help="auto (fine-tuned when finished, else trained) | finetune | train.")
+    ] = "auto",
+    dataset_adapter: Annotated[
+        str,
+        typer.Option(help="images (any layout) | folder (<expression>/<file>: true labels) | manifest (path[,label])."),
+    ] = "images",
+    align: Annotated[
+        Optional[str], typer.Option(help="fan | none (default: as the run's data set was prepared).")
+    ] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Folder with the face-alignment weights (align fan).")] = None,
+    actors: Annotated[int, typer.Option(help="Classifier actors (each builds the model once).")] = 1,
+    gpus_per_actor: Annotated[
+        Optional[float], typer.Option(help="GPUs per actor (default: 1 if the cluster has one).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per block and forward pass.")] = 256,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    address: AddressOpt = None,
+) -> None:
+    """Classify new images with a trained run (Ray Data batch inference): one row per image, every class's probability."""
+    from fersnet_ray.runtime import init_ray
+    from fersnet_ray.use.predict import PredictJob, predict as run_predict
+
+    job = PredictJob(
+        store=store,
+        run=run,
+        source=source,
+        out=out,
+        fold=fold,
+        ensemble=ensemble,
+        checkpoint=checkpoint,
+        adapter=dataset_adapter,
+        align=align,
+        weights=weights,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        batch_size=batch_size,
+        overwrite=overwrite,
+    )
+    _run(init_ray, address)
+    print_prediction(_run(run_predict, job))
+
+
+def print_prediction(result: dict) -> None:
+    console.print(f"models: {result['models_used']}", highlight=False, soft_wrap=True)
+    for line in result["checkpoints"]:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+    for note in result["notes"]:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    acc = result["accuracy"]
+    if acc is not None:
+        console.print(f"accuracy on {result['labelled_rows']} labelled images: {100 * acc:.2f}%", highlight=False)
+    rejects = result["rejects"]
+    console.print(f"{result['rows']} images classified, {len(rejects)} rejected", highlight=False)
+    for r in rejects[:20]:
+        console.print(f"  {r['path']}: {r['reason']}", highlight=False, soft_wrap=True)
+    if len(rejects) > 20:
+        console.print(f"  … {len(rejects) - 20} more in {result['rejects_out']}", highlight=False, soft_wrap=True)
+    console.print(f"predictions: {result['out']}; rejects: {result['rejects_out']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    out: Annotated[str, typer.Option(help="Output folder (path or s3://).")],
+    run: Annotated[str, typer.Option(help="Trained run whose classifier to export.")] = "demo",
+    store: StoreOpt = "./fersnet-store",
+    fold: Annotated[Optional[int], typer.Option(help="Fold to export (needed when the run has several).")] = None,
+    format: Annotated[
+        str, typer.Option("--format", help="torchscript | safetensors | onnx ([onnx] extra), comma-separated.")
+    ] = "torchscript",
+    checkpoint: Annotated[
+        str, typer.Option(help="auto (fine-tuned when finished, else trained) | finetune | train.")
+    ] = "auto",
+    check_faces: Annotated[int, typer.Option(help="Face-table faces each exported file is checked on.")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing files in the output folder.")] = False,
+) -> None:
+    """Export the recognition path ((N, C, S, S) in [-1, 1] -> logits) with a JSON card; each file checked."""
+    from fersnet_ray.use.export import ExportJob, export as run_export, parse_formats
+
+    job = ExportJob(
+        store=store,
+        run=run,
+        out=out,
+        formats=_run(parse_formats, format),
+        fold=fold,
+        checkpoint=checkpoint,
+        check_faces=check_faces,
+        overwrite=overwrite,
+    )
+    card = _run(run_export, job)
+    src = card["source"]
+    console.print(
+        f"{src['run']} fold {src['fold']} ({'fine-tuned' if src['stage'] == 'finetune' else 'trained'}, "
+        f"epoch {src['epoch']}, sha256 {src['sha256'][:16]}): input {card['input']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for fmt, name in card["files"].items():
+        c = card["checks"][fmt]
+        console.print(
+            f"  {name}: checked on {c['faces']} faces, max |Δlogit| {c['max_abs_logit_diff']:.2e} "
+            f"(tolerance {c['tolerance']['atol']:g} + {c['tolerance']['rtol']:g}·|logit|), argmax agrees "
+            f"{100 * c['same_argmax']:.0f}%",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"card: {card['out'].rstrip('/')}/fersnet-card.json", highlight=False, soft_wrap=True)
 
 
 # --- cluster jobs: submit and jobs (fersnet_ray/jobs.py) ---

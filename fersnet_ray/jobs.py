@@ -31,7 +31,9 @@ from urllib.parse import urlsplit
 
 # The stage commands a job may run. Some join the CLI later, so each is looked up in the app when
 # submitted, never assumed to exist.
-STAGES = ("prepare", "train", "evaluate", "synthesize", "verify", "finetune", "report", "run", "ablation")
+STAGES = (
+    "prepare", "train", "evaluate", "synthesize", "verify", "finetune", "report", "run", "ablation", "predict", "export"
+)  # fmt: skip
 
 # Provided by the cluster image: a runtime-env pip install would fetch a second multi-GB torch (CPU or
 # the wrong CUDA build) per job, and a Ray that differs from the cluster's cannot join it.

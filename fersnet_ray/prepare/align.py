@@ -48,6 +48,11 @@ def decode_image(data: bytes, channels: int = 1) -> Image.Image:
     and LA (composited on black), palette and CMYK images. Raises FaceError for empty, truncated
     or non-image data.
     """
+    return convert_image(open_image(data), channels)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Raw file bytes → the decoded image in its own mode; FaceError for empty, truncated or non-image data."""
     if not data:
         raise FaceError("empty file (0 bytes)")
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated face is a reject, not a grey smear
@@ -64,6 +69,11 @@ def decode_image(data: bytes, channels: int = 1) -> Image.Image:
         ) from None
     if img.width < 8 or img.height < 8:
         raise FaceError(f"image too small ({img.width}×{img.height})")
+    return img
+
+
+def convert_image(img: Image.Image, channels: int = 1) -> Image.Image:
+    """Any mode → 8-bit 'L' (channels=1) or 'RGB' (channels=3), as `decode_image` describes."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())

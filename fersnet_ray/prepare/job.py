@@ -73,14 +73,24 @@ class PrepareResult:
     card: dict
 
 
+def align_face(raw: bytes, method: str, size: int, channels: int, aligner: FanAligner | None = None):
+    """One face: raw file bytes → the size×size aligned PIL image ('L' or 'RGB'); FaceError to reject it.
+
+    `fersnet predict` runs the same function on new images, so they get the face table's preparation.
+    """
+    return align_image(decode_image(raw, channels), method, size, aligner)
+
+
+def align_image(img, method: str, size: int, aligner: FanAligner | None = None):
+    """A decoded, converted image → the size×size aligned face (`align_face` after decoding)."""
+    if method == "fan":
+        return aligner.align(img)
+    return center_resize(img, size)
+
+
 def load_face(raw: bytes, method: str, size: int, channels: int, aligner: FanAligner | None = None) -> bytes:
     """One face: raw file bytes → PNG bytes of the size×size aligned face; FaceError to reject it."""
-    img = decode_image(raw, channels)
-    if method == "fan":
-        img = aligner.align(img)
-    else:
-        img = center_resize(img, size)
-    return encode_png(img)
+    return encode_png(align_face(raw, method, size, channels, aligner))
 
 
 def load_batch(

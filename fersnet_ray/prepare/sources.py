@@ -147,7 +147,7 @@ class Adapter:
         raise NotImplementedError
 
 
-def _is_image(rel: str) -> bool:
+def is_image(rel: str) -> bool:
     return rel.lower().endswith(IMAGE_EXTENSIONS)
 
 
@@ -163,7 +163,7 @@ class CKPlus(Adapter):
 
     def list(self) -> Listing:
         out = Listing(CKPLUS_CLASSES)
-        images = [r for r in self._files("cohn-kanade-images") if _is_image(r)]
+        images = [r for r in self._files("cohn-kanade-images") if is_image(r)]
         by_seq: dict[tuple[str, str], list[str]] = {}
         for rel in images:
             parts = rel.split("/")
@@ -223,7 +223,7 @@ class CKPlus48(Adapter):
             if name is None:
                 out.rejects.append(Reject(rel, f"unknown expression folder {parts[0]!r}"))
                 continue
-            if not _is_image(rel):
+            if not is_image(rel):
                 out.rejects.append(Reject(rel, "not an image file (by extension)"))
                 continue
             m = _CK_NAME.match(parts[1])
@@ -251,7 +251,7 @@ class OuluCASIA(Adapter):
             if canonical(parts[1], SIX_CLASSES) is None:
                 out.rejects.append(Reject(rel, f"unknown expression folder {parts[1]!r}"))
                 continue
-            if not _is_image(rel):
+            if not is_image(rel):
                 out.rejects.append(Reject(rel, "not an image file (by extension)"))
                 continue
             by_seq.setdefault((parts[0], parts[1]), []).append(rel)
@@ -262,7 +262,7 @@ class OuluCASIA(Adapter):
         return out
 
 
-def _read_table(adapter: Adapter, rel: str) -> list[dict]:
+def read_table(adapter: Adapter, rel: str) -> list[dict]:
     """Rows of a CSV or Parquet manifest as dicts of strings."""
     fs, root = adapter._location()
     path = posixpath.join(root, rel) if rel else root
@@ -282,7 +282,7 @@ def _read_table(adapter: Adapter, rel: str) -> list[dict]:
     return [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(io.StringIO(text))]
 
 
-def _require_columns(rows: list[dict], required: tuple[str, ...], where: str) -> None:
+def require_columns(rows: list[dict], required: tuple[str, ...], where: str) -> None:
     if not rows:  # a header alone has no rows to show its columns by: say so, not "missing columns"
         raise SourceError(f"manifest {where}: no rows")
     missing = [c for c in required if c not in rows[0]]
@@ -290,7 +290,7 @@ def _require_columns(rows: list[dict], required: tuple[str, ...], where: str) ->
         raise SourceError(f"manifest {where}: missing columns {missing}")
 
 
-def _safe_join(base: str, rel: str) -> str | None:
+def safe_join(base: str, rel: str) -> str | None:
     """`rel` under `base` (both relative to the source root), or None if it escapes the root."""
     if rel.startswith("/") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", rel):  # a URI (s3://, file://, ...)
         return None
@@ -298,7 +298,7 @@ def _safe_join(base: str, rel: str) -> str | None:
     return None if joined == ".." or joined.startswith("../") else joined
 
 
-def _parse_label(value: str, classes: tuple[str, ...], first_code: int) -> int | None:
+def parse_label(value: str, classes: tuple[str, ...], first_code: int) -> int | None:
     """A label given as a class name or as an integer code (codes start at `first_code`)."""
     name = canonical(value, classes)
     if name is not None:
@@ -323,12 +323,12 @@ class MMI(Adapter):
     def list(self) -> Listing:
         out = Listing(SIX_CLASSES)
         self._require_dir(self.root)
-        rows = _read_table(self, self.manifest)
-        _require_columns(rows, ("sequence", "subject", "label"), self.manifest)
+        rows = read_table(self, self.manifest)
+        require_columns(rows, ("sequence", "subject", "label"), self.manifest)
         for i, row in enumerate(rows, start=2):  # row numbers as a spreadsheet shows them (header = 1)
             where = f"{self.manifest} row {i}"
-            seq = _safe_join("", row["sequence"])
-            label = _parse_label(row["label"], SIX_CLASSES, first_code=1)  # MMI codes 1-6
+            seq = safe_join("", row["sequence"])
+            label = parse_label(row["label"], SIX_CLASSES, first_code=1)  # MMI codes 1-6
             if seq is None:
                 out.rejects.append(Reject(where, f"sequence path {row['sequence']!r} leaves the source root"))
             elif not row["subject"]:
@@ -337,7 +337,7 @@ class MMI(Adapter):
                 out.rejects.append(Reject(where, f"unknown label {row['label']!r}"))
             else:
                 try:
-                    frames = [r for r in self._files(seq) if _is_image(r)]
+                    frames = [r for r in self._files(seq) if is_image(r)]
                 except SourceError:
                     out.rejects.append(Reject(where, f"sequence folder {seq!r} does not exist"))
                     continue
@@ -379,7 +379,7 @@ class Folder(Adapter):
             if name not in out.classes:
                 out.rejects.append(Reject(rel, f"unknown expression folder {parts[0]!r}"))
                 continue
-            if not _is_image(rel):
+            if not is_image(rel):
                 out.rejects.append(Reject(rel, "not an image file (by extension)"))
                 continue
             m = self.pattern.search(parts[1])
@@ -413,8 +413,8 @@ class Manifest(Adapter):
 
     def list(self) -> Listing:
         self._location()
-        rows = _read_table(self, self._manifest)
-        _require_columns(rows, ("path", "subject", "label"), self._manifest)
+        rows = read_table(self, self._manifest)
+        require_columns(rows, ("path", "subject", "label"), self._manifest)
         values = [r["label"] for r in rows if r["label"]]
         if self.classes:
             classes = self.classes
@@ -425,8 +425,8 @@ class Manifest(Adapter):
         out = Listing(classes)
         for i, row in enumerate(rows, start=2):
             where = f"{self._manifest} row {i}"
-            rel = _safe_join("", row["path"])
-            label = _parse_label(row["label"], classes, first_code=0)
+            rel = safe_join("", row["path"])
+            label = parse_label(row["label"], classes, first_code=0)
             if rel is None:
                 out.rejects.append(Reject(where, f"path {row['path']!r} leaves the source root"))
             elif not row["subject"]:

@@ -50,22 +50,27 @@ class FaceSet:
 
 def decode_faces(pngs: list[bytes], load_size: int) -> torch.Tensor:
     """PNG bytes → (N, C, load_size, load_size) uint8 (C = 1 for greyscale, 3 for RGB)."""
-    out = []
-    for data in pngs:
-        arr = decode_png(data)
-        t = torch.from_numpy(np.array(arr))  # a writable copy (the decoded PNG buffer is read-only)
-        t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W)
-        if t.shape[-1] != load_size:
-            t = (
-                F.interpolate(
-                    t[None].float(), size=(load_size, load_size), mode="bilinear", antialias=True, align_corners=False
-                )[0]
-                .round()
-                .clamp(0, 255)
-                .to(torch.uint8)
-            )
-        out.append(t)
+    out = [resize_face(decode_png(data), load_size) for data in pngs]
     return torch.stack(out) if out else torch.zeros((0, 1, load_size, load_size), dtype=torch.uint8)
+
+
+def resize_face(arr: np.ndarray, load_size: int) -> torch.Tensor:
+    """One decoded face, uint8 (H, W) or (H, W, 3) → (C, load_size, load_size) uint8 (bilinear, antialiased)."""
+    t = torch.from_numpy(np.array(arr))  # a writable copy (a decoded PNG buffer is read-only)
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W)
+    return resize_faces(t[None], load_size)[0]
+
+
+def resize_faces(faces: torch.Tensor, load_size: int) -> torch.Tensor:
+    """(N, C, H, W) uint8 → (N, C, load_size, load_size) uint8; each face resized alone, as `resize_face` does."""
+    if faces.shape[-1] == load_size:
+        return faces
+    return (
+        F.interpolate(faces.float(), size=(load_size, load_size), mode="bilinear", antialias=True, align_corners=False)
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+    )
 
 
 def face_set(rows: dict[str, list], load_size: int) -> FaceSet:
