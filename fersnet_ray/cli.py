@@ -393,7 +393,9 @@ def _pipeline(
     ] = None,
     train_folds: Annotated[str, typer.Option(help="Folds to train, synthesise and fine-tune: 'all' or 0,3.")] = "all",
     seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
-    align: Annotated[Optional[str], _choice_option("--align", _align_methods, "fan | none (default: by data set).")] = None,
+    align: Annotated[
+        Optional[str], _choice_option("--align", _align_methods, "fan | none (default: by data set).")
+    ] = None,
     aligned_size: Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")] = 110,
     rgb: Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")] = False,
     demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = DEMO_SUBJECTS,

@@ -196,7 +196,8 @@ def finetune_fold(config: dict) -> None:
                 f"{metrics['images_per_s']:.0f} img/s)",
                 flush=True,
             )
-            progress.report(f"fold {fold}", state.epoch, cfg.epochs, f"train_acc {metrics['train_accuracy']:.3f}{acc}")
+            note = f"train_acc {metrics['train_accuracy']:.3f}{acc}"
+            progress.report(f"fold {fold}", state.epoch, cfg.epochs, note)  # the driver's bar, on a terminal
         report_epoch(metrics, state, last or state.epoch % cfg.checkpoint_every == 0, rank)
 
     if rank == 0:
