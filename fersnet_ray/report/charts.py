@@ -51,7 +51,9 @@ def _note(fig: Figure, text: str) -> None:
 # ---- accuracy (Table VI) --------------------------------------------------------------------------------------
 
 
-LABEL_CHARS = 16  # x tick labels wrap at this many characters; a bar's slot is wide enough for 16 at 8 pt
+# x tick labels wrap at LABEL_CHARS characters. At 8 pt and 100 dpi the widest glyph ("W") is 11 px, so a
+# line is at most ~154 px; ROW_INCHES of figure width per row keeps every bar's slot wider than that.
+LABEL_CHARS, ROW_INCHES = 14, 1.7
 
 
 def accuracy_chart(rows: list[dict]) -> bytes:
@@ -76,7 +78,7 @@ def accuracy_figure(rows: list[dict]) -> Figure:
 
     labels = [textwrap.fill(str(r["name"]), LABEL_CHARS, break_long_words=True) for r in rows]
     lines = max((label.count("\n") + 1 for label in labels), default=1)
-    fig = Figure(figsize=(max(4.5, 1.5 + 1.3 * len(rows)), 3.4 + 0.15 * lines), layout="constrained")
+    fig = Figure(figsize=(max(4.5, 1.0 + ROW_INCHES * len(rows)), 3.4 + 0.15 * lines), layout="constrained")
     if not rows:
         _note(fig, "no results")
         return fig
