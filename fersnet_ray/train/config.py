@@ -110,8 +110,8 @@ PRESETS: dict[str, Experiment] = {
             identity="none",
             lambda_idt_start=0.0,
             lambda_idt_end=0.0,
-            checkpoint_every=10,
-            eval_every=5,
+            checkpoint_every=2,  # tests crash and resume 4-epoch runs after epoch 2's checkpoint
+            eval_every=2,
         ),
     ),
 }
