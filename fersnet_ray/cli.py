@@ -23,10 +23,12 @@ app = typer.Typer(
     help="FERSNet on Ray: prepare face data, train, synthesize balanced data, fine-tune.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 console = Console()
 err_console = Console(stderr=True)
+# The quick start (`fersnet run` with no options): 16 drawn subjects in 2 subject-disjoint folds, so each
+# fold trains on 8 subjects and is tested on 8 others, and both folds train side by side on 2 cores.
+DEMO_SUBJECTS, DEMO_FOLDS = 16, 2
 
 StoreOpt = Annotated[
     str,
@@ -36,6 +38,78 @@ AddressOpt = Annotated[
     Optional[str],
     typer.Option(help="Ray cluster to run on (default: RAY_ADDRESS, else a local Ray).", envvar="RAY_ADDRESS"),
 ]
+
+
+# --- choices: checked while the options are parsed, so a typo fails before any stage runs -------------
+# Each list comes from its registry, imported only when the option is given (the model registry
+# imports torch: about a second; the rest are cheap).
+
+
+def _presets() -> list[str]:
+    from fersnet_ray.train.config import PRESETS
+
+    return list(PRESETS)
+
+
+def _variants() -> list[str]:
+    from fersnet_ray.model import list_models
+
+    return list(list_models())
+
+
+def _gan_modes() -> list[str]:
+    from fersnet_ray.model.config import GAN_MODES
+
+    return list(GAN_MODES)
+
+
+def _adapters() -> list[str]:
+    from fersnet_ray.prepare.sources import ADAPTERS
+
+    return sorted(ADAPTERS)
+
+
+def _align_methods() -> list[str]:
+    from fersnet_ray.prepare.job import ALIGN_METHODS
+
+    return list(ALIGN_METHODS)
+
+
+def _choice(option: str, known):
+    """An option callback that accepts None or one of `known()`, else one `error:` line and exit 1."""
+
+    def check(value):
+        if value is not None and value not in known():
+            _fail(f"{option} {value!r}: unknown; use one of {', '.join(known())}")
+        return value
+
+    return check
+
+
+def _complete(known):
+    return lambda incomplete: [c for c in known() if c.startswith(incomplete)]
+
+
+def _choice_option(option: str, known, help: str) -> typer.models.OptionInfo:
+    """`typer.Option` for a name from a registry: checked at parse time, completed by the shell."""
+    return typer.Option(option, help=help, callback=_choice(option, known), autocompletion=_complete(known))
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fersnet_ray import __version__
+
+        console.print(f"fersnet {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """FERSNet on Ray: prepare face data, train, synthesize balanced data, fine-tune."""
 
 
 def _fail(message: str) -> None:
@@ -105,16 +179,17 @@ def datasets() -> None:
 
 @app.command()
 def prepare(
-    dataset: Annotated[str, typer.Option(help="Adapter: see `fersnet datasets`.")] = "demo",
+    dataset: Annotated[str, _choice_option("--dataset", _adapters, "Adapter: see `fersnet datasets`.")] = "demo",
     source: Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")] = None,
     store: StoreOpt = "./fersnet-store",
     name: Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")] = None,
     folds: Annotated[
-        Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 5).")
+        Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 2).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
     align: Annotated[
-        Optional[str], typer.Option(help="fan | none (default: none for ckplus48/demo, fan otherwise).")
+        Optional[str],
+        _choice_option("--align", _align_methods, "fan | none (default: none for ckplus48/demo, fan otherwise)."),
     ] = None,
     aligned_size: Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")] = 110,
     rgb: Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")] = False,
@@ -129,7 +204,7 @@ def prepare(
     ] = None,
     classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order, a,b,c.")] = None,
     manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
-    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = 12,
+    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = DEMO_SUBJECTS,
     address: AddressOpt = None,
 ) -> None:
     """Read a face data set, align the faces and write the face table with folds to the store."""
@@ -147,7 +222,7 @@ def prepare(
         source=source,
         store=store,
         name=name,
-        folds=folds or (5 if dataset == "demo" else 10),
+        folds=folds or (DEMO_FOLDS if dataset == "demo" else 10),
         seed=seed,
         align=align,
         aligned_size=aligned_size,
@@ -177,12 +252,12 @@ def train(
     run: Annotated[str, typer.Option(help="Run name: runs/<run>/ in the store.")] = "demo",
     store: StoreOpt = "./fersnet-store",
     folds: Annotated[str, typer.Option(help="'all' or a list of folds, e.g. 0,3,7.")] = "all",
-    variant: Annotated[str, typer.Option(help="fersnet | fersnet_hard | fer_only.")] = "fersnet",
-    preset: Annotated[str, typer.Option(help="paper | ck48 | cpu48 | tiny.")] = "paper",
+    variant: Annotated[str, _choice_option("--variant", _variants, "fersnet | fersnet_hard | fer_only.")] = "fersnet",
+    preset: Annotated[str, _choice_option("--preset", _presets, "paper | ck48 | cpu48 | tiny.")] = "paper",
     epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
     match_capacity: Annotated[bool, typer.Option(help="Enlarge ablations to the original's parameter count.")] = False,
-    gan_mode: Annotated[Optional[str], typer.Option(help="vanilla (eq. 6) | lsgan.")] = None,
+    gan_mode: Annotated[Optional[str], _choice_option("--gan-mode", _gan_modes, "vanilla (eq. 6) | lsgan.")] = None,
     identity: Annotated[
         Optional[str], typer.Option(help="Identity net for L_idt: train | none | URI of Light CNN-9 weights.")
     ] = None,
@@ -329,27 +404,31 @@ def report(
 def _pipeline(
     ctx: typer.Context,
     store: StoreOpt = "./fersnet-store",
-    dataset: Annotated[str, typer.Option(help="Adapter: see `fersnet datasets`.")] = "demo",
+    dataset: Annotated[str, _choice_option("--dataset", _adapters, "Adapter: see `fersnet datasets`.")] = "demo",
     source: Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")] = None,
     run: Annotated[Optional[str], typer.Option(help="Run name (default: the data set name).")] = None,
     folds: Annotated[
-        Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 5).")
+        Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 2).")
     ] = None,
     train_folds: Annotated[str, typer.Option(help="Folds to train, synthesise and fine-tune: 'all' or 0,3.")] = "all",
     seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
-    align: Annotated[Optional[str], typer.Option(help="fan | none (default: by data set).")] = None,
+    align: Annotated[
+        Optional[str], _choice_option("--align", _align_methods, "fan | none (default: by data set).")
+    ] = None,
     aligned_size: Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")] = 110,
     rgb: Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")] = False,
-    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = 12,
+    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = DEMO_SUBJECTS,
     classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order.")] = None,
     subject_regex: Annotated[Optional[str], typer.Option(help="folder: regex for the subject.")] = None,
     manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="paper | ck48 | cpu48 | tiny (default: tiny for demo).")] = None,
-    variant: Annotated[str, typer.Option(help="run: fersnet | fersnet_hard.")] = "fersnet",
+    preset: Annotated[
+        Optional[str], _choice_option("--preset", _presets, "paper | ck48 | cpu48 | tiny (default: tiny for demo).")
+    ] = None,
+    variant: Annotated[str, _choice_option("--variant", _variants, "run: fersnet | fersnet_hard.")] = "fersnet",
     epochs: Annotated[Optional[int], typer.Option(help="Override the preset's training epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
-    gan_mode: Annotated[Optional[str], typer.Option(help="vanilla (eq. 6) | lsgan.")] = None,
+    gan_mode: Annotated[Optional[str], _choice_option("--gan-mode", _gan_modes, "vanilla (eq. 6) | lsgan.")] = None,
     identity: Annotated[Optional[str], typer.Option(help="Identity net: train | none | weights URI.")] = None,
     match_capacity: Annotated[
         Optional[bool], typer.Option(help="Enlarge ablations to the original's size (ablation default: yes).")
@@ -400,7 +479,7 @@ def _pipeline(
         source=source,
         name=name,
         run=run,
-        folds=folds or (5 if demo else 10),
+        folds=folds or (DEMO_FOLDS if demo else 10),
         train_folds=None if train_folds == "all" else _parse_folds(train_folds, 0),
         seed=seed,
         align=align,
@@ -422,7 +501,7 @@ def _pipeline(
         gpus_per_actor=gpus_per_actor,
         rows_per_shard=rows_per_shard,
         min_score=min_score,
-        recognizer_epochs=recognizer_epochs or (10 if demo else 30),
+        recognizer_epochs=recognizer_epochs or 30,
         finetune=asdict(ft),
         finetune_min_score=finetune_min_score,
     )

@@ -453,3 +453,35 @@ def test_subject_regex_with_an_unmatched_optional_group_keeps_the_file(tmp_path)
     save(tmp_path / "joy" / "bob7.png", face())
     listing = create_adapter("folder", str(tmp_path), subject_regex=r"^(?P<subject>[a-z]+)(?P<frame>\d+)?").list()
     assert [(f.subject, f.frame) for f in listing.faces] == [("alice", -1), ("bob", 7)] and listing.rejects == []
+
+
+@pytest.mark.parametrize(
+    "args, known",
+    [
+        (["run", "--preset", "papr"], ["paper", "ck48", "tiny"]),
+        (["run", "--variant", "resnet"], ["fersnet", "fersnet_hard", "fer_only"]),
+        (["run", "--gan-mode", "wgan"], ["vanilla", "lsgan"]),
+        (["run", "--align", "dlib"], ["none", "fan"]),
+        (["run", "--dataset", "ckplus49"], ["ckplus", "ckplus48", "demo", "folder"]),
+        (["ablation", "--preset", "papr"], ["paper", "ck48", "tiny"]),
+        (["prepare", "--dataset", "ckplus49"], ["ckplus", "ckplus48", "demo", "folder"]),
+        (["train", "--variant", "resnet"], ["fersnet", "fersnet_hard", "fer_only"]),
+    ],
+)
+def test_unknown_choices_fail_before_any_stage(tmp_path, args, known):
+    """Checked while the options are parsed: one error line listing the choices, exit 1, nothing written."""
+    store = tmp_path / "store"
+    out = CliRunner().invoke(app, [*args, "--store", str(store)])
+    assert out.exit_code == 1, out.output
+    option, value = args[1], args[2]
+    assert out.output.startswith(f"error: {option} '{value}': unknown; use one of "), out.output
+    listed = out.output.split("use one of ", 1)[1].strip().split(", ")
+    assert set(known) <= set(listed) and len(out.output.strip().splitlines()) == 1
+    assert not store.exists()  # no stage ran
+
+
+def test_version():
+    from fersnet_ray import __version__
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output.strip() == f"fersnet {__version__}"

@@ -12,6 +12,7 @@ from PIL import Image
 from fersnet_ray.model import ModelConfig, create_model
 from fersnet_ray.report.charts import (
     accuracy_chart,
+    accuracy_figure,
     class_counts_chart,
     confusion_chart,
     gate_arrays,
@@ -52,6 +53,57 @@ def test_accuracy_chart_single_fold_empty_rows_and_no_rows():
         decode(accuracy_chart(rows))
     decode(accuracy_chart([{"name": "x", "per_fold": {}}]))
     decode(accuracy_chart([]))
+
+
+def rendered(fig):
+    """Draws `fig` with Agg (constrained layout runs) and returns its renderer, for text extents in pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+# The report's own row names (the two that were printed on top of each other) and longer ones.
+REPORT_NAMES = [
+    "FERSNet (original)",
+    "FERSNet w/ FES-DA (fine-tuned on synthetic faces)",
+    "FERSNet w/o ConvFLU (hard parameter sharing, capacity matched)",
+    "FERSNet w/o MTL (FER branch alone)",
+    "a_run_name_without_any_spaces_at_all_0123456789",
+    "WWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWW",
+]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 12])
+def test_accuracy_chart_labels_never_overlap_and_show_the_numbers(n):
+    rows = [
+        {
+            "name": REPORT_NAMES[i % len(REPORT_NAMES)] + (f" #{i}" if i >= len(REPORT_NAMES) else ""),
+            "per_fold": {0: 0.5 + 0.03 * i, 1: 0.6 + 0.03 * i},
+        }
+        for i in range(n)
+    ]
+    fig = accuracy_figure(rows)
+    renderer = rendered(fig)
+    (ax,) = fig.axes
+    page = fig.bbox
+    ticks = [t for t in ax.get_xticklabels() if t.get_text()]
+    assert [t.get_text().replace("\n", "").replace(" ", "") for t in ticks] == [
+        r["name"].replace(" ", "") for r in rows
+    ]  # every row named, in order (wrapped onto lines, nothing dropped)
+    boxes = [t.get_window_extent(renderer) for t in ticks]
+    for i, a in enumerate(boxes):
+        assert page.x0 <= a.x0 and a.x1 <= page.x1 and page.y0 <= a.y0, (rows[i]["name"], a, page)
+        for j in range(i + 1, len(boxes)):
+            assert not a.overlaps(boxes[j]), (rows[i]["name"], rows[j]["name"])
+    # Content: the mean ± std of every row is written on the chart, the axis is accuracy in % from 0 to 100.
+    texts = [t.get_text() for t in ax.texts]
+    for row in rows:
+        acc = 100 * np.array(list(row["per_fold"].values()))
+        assert f"{acc.mean():.1f}\n±{acc.std(ddof=1):.1f}" in texts
+    assert ax.get_ylim() == (0, 100) and ax.get_ylabel() == "accuracy (%)"
+    assert len(ax.patches) == n  # one bar per row
 
 
 # ---- confusion ------------------------------------------------------------------------------------------------

@@ -157,6 +157,6 @@ def test_save_load_round_trip_with_weights_only(trained):
 
 
 def test_train_recognizer_on_fewer_faces_than_a_batch():
-    faces = demo_faces(range(1))  # 21 faces < batch 64: one step over all of them
+    faces = demo_faces(range(1))  # 21 faces < batch 64: batches of 8 (at most an eighth of the faces)
     model = train_recognizer(faces, len(CLASSES), CROP, epochs=1, widths=(4, 8, 8, 8))
     assert 0.0 <= accuracy_against(model, faces.images, faces.labels, CROP) <= 1.0

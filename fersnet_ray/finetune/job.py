@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from fersnet_ray import progress
 from fersnet_ray.finetune.loop import FinetuneConfig
 from fersnet_ray.model import has_synthesis
 from fersnet_ray.runtime import root_cause
@@ -225,6 +226,8 @@ def finetune_fold(config: dict) -> None:
                 f"{metrics['images_per_s']:.0f} img/s)",
                 flush=True,
             )
+            note = f"train_acc {metrics['train_accuracy']:.3f}{acc}"
+            progress.report(f"fold {fold}", state.epoch, cfg.epochs, note)  # the driver's bar, on a terminal
         report_epoch(metrics, state, last or state.epoch % cfg.checkpoint_every == 0, rank)
 
     if rank == 0:
@@ -416,7 +419,8 @@ def finetune(job: FinetuneJob) -> dict:
         except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
             raise FinetuneError(f"finetune fold {fold} failed: {root_cause(e)}") from None
 
-    run_folds(folds, run_fold, FinetuneError, parallel)
+    with progress.Progress("finetune", board=True):  # bars of epochs per fold on a terminal
+        run_folds(folds, run_fold, FinetuneError, parallel)
     summary = summarize_folds(store, out_root, job.run)
     if summary is None:
         raise FinetuneError(f"run {job.run!r}: no fine-tuned fold")

@@ -24,6 +24,7 @@ from fersnet_ray import __version__
 from fersnet_ray.prepare.align import FaceError, FanAligner, center_resize, decode_image
 from fersnet_ray.prepare.folds import assign_folds
 from fersnet_ray.prepare.sources import Adapter, Reject, SourceFace, create_adapter
+from fersnet_ray.progress import Progress, report, start
 from fersnet_ray.store import Store, redact
 from fersnet_ray.table import CARD_NAME, FACE_SCHEMA, encode_png, face_id, table_files
 
@@ -120,6 +121,7 @@ def load_batch(
         except (OSError, ValueError) as e:  # unreadable file (permissions, vanished, storage error, NUL in the path)
             images.append(b"")
             rejects.append(redact(f"unreadable file ({type(e).__name__}: {e})"))
+    report("faces loaded and aligned", len(images), add=True)  # the driver's bar, on a terminal
     return {**batch, "image": np.array(images, dtype=object), "reject": np.array(rejects, dtype=object)}
 
 
@@ -223,7 +225,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         )
     else:
         loaded = listed.map_batches(load_batch, fn_kwargs=loader_args, batch_size=32, concurrency=cfg.actors)
-    loaded = loaded.materialize()  # aligned once; folds need every face's fate before anything is written
+    with Progress("prepare", board=True) as bar:
+        start(bar, "faces loaded and aligned", len(rows))
+        loaded = loaded.materialize()  # aligned once; folds need every face's fate before anything is written
 
     meta = pa.concat_tables(  # streamed block by block on the driver: no extra Ray tasks
         b.select(["source", "subject", "label", "reject"])
@@ -232,6 +236,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     failed = meta[meta["reject"] != ""]
     rejects += [Reject(s, r) for s, r in zip(failed["source"], failed["reject"])]
     kept = meta[meta["reject"] == ""]
+    print(f"prepare: {len(meta)} faces loaded and aligned, {len(failed)} rejected", flush=True)
     if kept.empty:
         raise PrepareError(
             f"no usable face in source {redact(str(cfg.source))}: all {len(meta)} faces rejected"

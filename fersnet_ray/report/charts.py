@@ -51,7 +51,17 @@ def _note(fig: Figure, text: str) -> None:
 # ---- accuracy (Table VI) --------------------------------------------------------------------------------------
 
 
+# x tick labels wrap at LABEL_CHARS characters. At 8 pt and 100 dpi the widest glyph ("W") is 11 px, so a
+# line is at most ~154 px; ROW_INCHES of figure width per row keeps every bar's slot wider than that.
+LABEL_CHARS, ROW_INCHES = 14, 1.7
+
+
 def accuracy_chart(rows: list[dict]) -> bytes:
+    """`accuracy_figure` as PNG bytes."""
+    return _png(accuracy_figure(rows))
+
+
+def accuracy_figure(rows: list[dict]) -> Figure:
     """The paper's Table VI as a bar chart: mean accuracy per row over the folds.
 
     Args:
@@ -59,13 +69,19 @@ def accuracy_chart(rows: list[dict]) -> bytes:
             order to draw. A row with an empty `per_fold` is drawn as a "not run" label instead of a bar.
 
     Returns:
-        PNG bytes. Bars show the mean in %, error bars the standard deviation over folds (ddof=1, only with
-        two or more folds), dots the individual folds (jittered sideways so equal scores stay visible).
+        The figure (not yet rendered). Bars show the mean in %, error bars the standard deviation over folds
+        (ddof=1, only with two or more folds), dots the individual folds (jittered sideways so equal scores
+        stay visible). Row names are wrapped onto lines of LABEL_CHARS characters under their bars, and the
+        figure grows by a fixed width per row, so labels never overlap however many rows there are.
     """
-    fig = Figure(figsize=(max(4.5, 1.5 + 1.1 * len(rows)), 3.6), layout="constrained")
+    import textwrap
+
+    labels = [textwrap.fill(str(r["name"]), LABEL_CHARS, break_long_words=True) for r in rows]
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    fig = Figure(figsize=(max(4.5, 1.0 + ROW_INCHES * len(rows)), 3.4 + 0.15 * lines), layout="constrained")
     if not rows:
         _note(fig, "no results")
-        return _png(fig)
+        return fig
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)  # fixed jitter: the same numbers always give the same picture
     for x, row in enumerate(rows):
@@ -85,13 +101,13 @@ def accuracy_chart(rows: list[dict]) -> bytes:
         # A bar too short to hold the label gets it above its error bar and dots, in dark text.
         y, colour = (3, "white") if mean >= 15 else (max(mean + (std or 0.0), acc.max()) + 1, "0.1")
         ax.text(x, y, label, ha="center", va="bottom", color=colour, fontsize=8, fontweight="bold", zorder=5)
-    ax.set_xticks(range(len(rows)), [str(r["name"]) for r in rows], rotation=20 if len(rows) > 4 else 0)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylim(0, 100)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("accuracy over folds: mean ± std, dots = folds", fontsize=9)
     ax.grid(axis="y", alpha=0.3, zorder=0)
-    return _png(fig)
+    return fig
 
 
 # ---- confusion matrix ---------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fersnet_ray.progress import Progress
 from fersnet_ray.synth import SynthError
 from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
 from fersnet_ray.table import check_schema, face_id, open_table_file, read_card, table_files
@@ -431,11 +432,16 @@ def synthesize_fold(job: SynthJob, fold: int, quality_ref=None) -> dict:
                 ),
                 batch_size=None,
             )
-            .take_all()
         )
-        for row in summaries:
-            done[int(row["shard"])] = json.loads(row["info"])
-        report_retries(f"while synthesising fold {fold}", more=sum(int(row["s3_retries"]) for row in summaries))
+        retries, written = 0, len(specs) - len(todo)
+        with Progress("synthesize") as bar:  # a bar per fold on a terminal, a line per shard elsewhere
+            bar.update(f"fold {fold}", written, len(specs), "shards written")
+            for row in summaries.iter_rows():  # one row per shard, as soon as it is written
+                done[int(row["shard"])] = json.loads(row["info"])
+                retries += int(row["s3_retries"])
+                written += 1
+                bar.update(f"fold {fold}", written, len(specs), "shards written")
+        report_retries(f"while synthesising fold {fold}", more=retries)
     shards = [done[s["shard"]] for s in specs]
     return _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards, job.min_score, quality)
 

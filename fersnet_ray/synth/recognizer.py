@@ -87,7 +87,7 @@ def train_recognizer(
         epochs: passes over the faces; the learning rate follows a cosine from 1e-3 to 1e-5.
         device: where to train.
         seed: for weights, batch order and augmentation.
-        batch_size: faces per step (the ragged last batch is dropped: BN dislikes tiny batches).
+        batch_size: faces per step, at most n // 8 (the ragged last batch is dropped: BN dislikes tiny batches).
         widths: channels of the conv blocks.
         amp: bf16 autocast on GPUs.
 
@@ -103,6 +103,9 @@ def train_recognizer(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=1e-5)
     gen = torch.Generator().manual_seed(seed)
     n = len(faces)
+    # Small sets (the demo's 168 faces) get smaller batches, so an epoch still takes ≥ 8 steps;
+    # sets of 8 × batch_size faces or more (CK+: 885) train exactly as before.
+    batch_size = min(batch_size, max(8, n // 8))
     steps = max(1, n // batch_size)  # a set smaller than one batch trains on all of it at once
     model.train()
     for _ in range(epochs):

@@ -64,6 +64,7 @@ def train_fold(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from fersnet_ray import progress
     from fersnet_ray.train import identity as ident
     from fersnet_ray.train.data import TargetSampler, load_fold, missing_classes
     from fersnet_ray.train.loop import FoldState, evaluate, progress_line, train_epoch
@@ -135,6 +136,8 @@ def train_fold(config: dict) -> None:
         state.history.append(metrics)
         if rank == 0:
             print(progress_line(fold, metrics, t.epochs), flush=True)
+            acc = next((f"test_acc {m['accuracy']:.3f}" for m in reversed(state.history) if "accuracy" in m), "")
+            progress.report(f"fold {fold}", state.epoch, t.epochs, acc)  # the driver's bar, on a terminal
         report_epoch(metrics, state, last or state.epoch % t.checkpoint_every == 0, rank)
 
     if rank == 0:
@@ -235,7 +238,10 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
             raise TrainError(f"fold {fold} failed: {root_cause(e)}") from None
 
     parallel = job.parallel_folds or folds_that_fit(job.workers_per_fold, job.cpus_per_worker, job.gpus_per_fold)
-    run_folds(job.folds, run_fold, TrainError, parallel)
+    from fersnet_ray.progress import Progress
+
+    with Progress("train", board=True):  # bars of epochs per fold on a terminal; the workers' lines elsewhere
+        run_folds(job.folds, run_fold, TrainError, parallel)
     report_retries("while training")
     return evaluate_run(store, job.run)
 
