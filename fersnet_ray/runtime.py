@@ -26,6 +26,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
             ("RAY_DEDUP_LOGS", "0"),
         ):
             os.environ.setdefault(name, value)
+        # Ray Data warns once per process that its bars are off (ours draw progress instead): not an error
+        # line a user should read before the one that matters.
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address.startswith(("http://", "https://")):
         # One meaning per address: http(s):// is a dashboard's Jobs API, which `fersnet submit` and

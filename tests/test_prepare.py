@@ -125,8 +125,8 @@ def test_cli_prepare_and_datasets(ray_local, tmp_path):
             ["--dataset", "ckplus48", "--source", "/no/such/dir"],
             "error: source directory '/no/such/dir' does not exist",
         ),
-        (["--dataset", "nope", "--source", "x"], "error: unknown data set adapter 'nope'"),
-        (["--dataset", "demo", "--align", "dlib"], "error: --align 'dlib': use one of none, fan"),
+        (["--dataset", "nope", "--source", "x"], "error: --dataset 'nope': unknown; use one of ckplus, ckplus48"),
+        (["--dataset", "demo", "--align", "dlib"], "error: --align 'dlib': unknown; use one of"),
         (["--dataset", "demo", "--folds", "30"], "error: 30 subject-disjoint folds need at least 30 subjects"),
     ],
 )
