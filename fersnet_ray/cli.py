@@ -248,7 +248,9 @@ def finetune(
         Optional[float],
         typer.Option(help="Adam learning rate, cosine-annealed to --lr-min (default: fersnet 1e-4, others 1e-3)."),
     ] = None,
-    lr_min: Annotated[Optional[float], typer.Option(help="Final learning rate (default: fersnet 1e-6, others 1e-5).")] = None,
+    lr_min: Annotated[
+        Optional[float], typer.Option(help="Final learning rate (default: fersnet 1e-6, others 1e-5).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size per fold.")] = 64,
     shuffle_buffer: Annotated[int, typer.Option(help="Rows in Ray Data's local shuffle buffer per worker.")] = 2048,
     cache: Annotated[

@@ -127,12 +127,12 @@ def test_a_torchscript_model_is_checked_for_what_it_returns_and_takes():
     good = create_classifier(f"{TORCHSCRIPT}s3://b/tiny.pt", GREY_48, source=scripted(Tiny()))
     check_classifier(good, "torchscript:tiny.pt", GREY_48)
     wrong_classes = create_classifier(f"{TORCHSCRIPT}x.pt", GREY_48, source=scripted(Tiny(classes=3)))
-    with pytest.raises(
-        ClassifierError, match=r"returned a tensor of shape \(2, 3\) for a \(2, 1, 48, 48\) input; it must return logits \(N, 7\)"
-    ):
+    returned = r"returned a tensor of shape \(2, 3\) for a \(2, 1, 48, 48\) input; it must return logits \(N, 7\)"
+    with pytest.raises(ClassifierError, match=returned):
         check_classifier(wrong_classes, "torchscript:x.pt", GREY_48)
     rgb_only = create_classifier(f"{TORCHSCRIPT}x.pt", GREY_48, source=scripted(Tiny(channels=3)))
-    with pytest.raises(ClassifierError, match=r"cannot take the data set's faces \(2, 1, 48, 48\) \(channels 1, 48×48\)"):
+    cannot = r"cannot take the data set's faces \(2, 1, 48, 48\) \(channels 1, 48×48\)"
+    with pytest.raises(ClassifierError, match=cannot):
         check_classifier(rgb_only, "torchscript:x.pt", GREY_48)
     with pytest.raises(ClassifierError, match="is not a TorchScript model"):
         create_classifier(f"{TORCHSCRIPT}x.pt", GREY_48, source=b"not a zip")

@@ -126,7 +126,8 @@ def bench_table(result: dict) -> str:
     for data, label in (("real", "real only"), ("real+synthetic", "real + synthetic")):
         r = result[data]
         cells = " | ".join(pct(r["per_fold"].get(k)) for k in folds)
-        lines.append(f"| {label} | {cells} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {result['wall_s'][data]:.0f} s |")
+        spread = f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
+        lines.append(f"| {label} | {cells} | {spread} | {result['wall_s'][data]:.0f} s |")
     diff = " | ".join(pct(both[k] - real[k]) if k in both and k in real else "–" for k in folds)
     p = result["paired"]
     lines.append(

@@ -352,4 +352,5 @@ def _torchscript(arg: str, inp: ClassifierInput, source: bytes | None, model_con
     try:
         return torch.jit.load(io.BytesIO(source), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - not a TorchScript archive: name the file
-        raise ClassifierError(f"torchscript:{arg} is not a TorchScript model: {(str(e).splitlines() or [''])[0]}") from None
+        reason = (str(e).splitlines() or [""])[0]
+        raise ClassifierError(f"torchscript:{arg} is not a TorchScript model: {reason}") from None

@@ -208,7 +208,7 @@ def finetune_fold(config: dict) -> None:
     if resume is not None:
         state.load_state_dict(resume)
         if rank == 0:
-            print(f"finetune ({cfg.row_key}) fold {fold}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
+            print(f"finetune ({cfg.label}) fold {fold}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
     model = ray.train.torch.prepare_model(state.model, move_to_device=False) if world > 1 else None
 
     shard = ray.train.get_dataset_shard("train")
@@ -222,13 +222,14 @@ def finetune_fold(config: dict) -> None:
         metrics = finetune_epoch(state, batches, model)
         last = state.epoch == cfg.epochs
         if last or state.epoch % cfg.checkpoint_every == 0:
-            metrics["accuracy"] = evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)["accuracy"]
+            test = evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)
+            metrics["accuracy"] = test["accuracy"]
         metrics["wall"] = time.time()
         state.history.append(metrics)
         if rank == 0:
             acc = f" test_acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
             print(
-                f"finetune ({cfg.row_key}) fold {fold} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
+                f"finetune ({cfg.label}) fold {fold} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
                 f"train_acc {metrics['train_accuracy']:.3f}{acc} ({metrics['images']} faces, "
                 f"{metrics['images_per_s']:.0f} img/s)",
                 flush=True,

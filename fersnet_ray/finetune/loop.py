@@ -109,6 +109,11 @@ class FinetuneConfig:
             return "real-only"
         return "fes-da" if self.min_score is None else f"fes-da@{self.min_score:g}"
 
+    @property
+    def label(self) -> str:
+        """Progress lines' name: "fes-da" for FERSNet, "small-cnn, real-only" for another classifier."""
+        return self.row_key if self.classifier == "fersnet" else f"{classifier_slug(self.classifier)}, {self.row_key}"
+
     def report_key(self, variant: str) -> str:
         """The report's row: "<variant>+<row_key>" for FERSNet ("fersnet+fes-da"), "<classifier>+<row_key>" else."""
         model = variant if self.classifier == "fersnet" else classifier_slug(self.classifier)

@@ -145,6 +145,7 @@ def _finetune_folders(store: Store, run_dir: str) -> list[tuple[str, str]]:
                 ft = FinetuneConfig(**cfg["finetune"])
                 if ft.folder == base:
                     found.append((base, ft.report_key(cfg["experiment"]["model"]["variant"])))
+
     def order(folder_key: tuple[str, str]) -> tuple:
         # FERSNet's rows first (Table VI), then each other classifier's; within one, FES-DA first, the control last.
         model, data = folder_key[1].split("+", 1)
@@ -179,7 +180,8 @@ def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
     for key in sorted(keys):
         model, data = key.split("+", 1) if "+" in key else (key, "")
         if _is_other_classifier(key) and data.startswith("fes-da") and f"{model}+real-only" in keys:
-            out.append((key, f"{model}+real-only", f"{model}: real + synthetic against real faces only, the same steps"))
+            what = f"{model}: real + synthetic against real faces only, the same steps"
+            out.append((key, f"{model}+real-only", what))
     return out
 
 
