@@ -28,7 +28,8 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON file for the result (default: bench-<classifier>-<run>.json)")
     args = p.parse_args()
     folds = None if args.folds == "all" else tuple(int(f) for f in args.folds.split(","))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    commit = commit.stdout.strip()
     init_ray()
     start = time.time()
     result = bench_classifier(

@@ -103,7 +103,9 @@ def bench_classifier(
         keys[data] = cfg.report_key(variant)
     rows = {r["key"]: r for r in collect(store, run)["rows"] if r["key"] in keys.values()}
     pair = next(p for p in paired(list(rows.values())) if p["row"] == keys["real+synthetic"])
-    summary = lambda r: {k: r[k] for k in ("per_fold", "mean", "std", "pooled", "epochs")}  # noqa: E731
+    def summary(row: dict) -> dict:
+        return {k: row[k] for k in ("per_fold", "mean", "std", "pooled", "epochs")}
+
     return {
         "classifier": classifier,
         "run": run,
@@ -118,7 +120,10 @@ def bench_table(result: dict) -> str:
     """The benchmark as a Markdown table: per fold, mean ± std, and the paired difference."""
     real, both = result["real"]["per_fold"], result["real+synthetic"]["per_fold"]
     folds = sorted(set(real) | set(both), key=int)
-    pct = lambda x: "–" if x is None else f"{100 * x:.2f}"  # noqa: E731
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.2f}"
+
     lines = [
         f"| {result['classifier']} | " + " | ".join(f"fold {k}" for k in folds) + " | mean ± std | wall |",
         "|---|" + "---|" * len(folds) + "---|---|",
