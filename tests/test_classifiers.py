@@ -71,7 +71,7 @@ def test_every_registered_classifier_takes_the_faces_and_learns(name, inp):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0]
 
 
