@@ -324,8 +324,13 @@ def finetune(
     store: StoreOpt = "./fersnet-store",
     folds: Annotated[str, typer.Option(help="'all' (every synthesised fold) or a list, e.g. 0,3.")] = "all",
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs over real + synthetic faces.")] = 30,
-    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed to --lr-min).")] = 1e-4,
-    lr_min: Annotated[float, typer.Option(help="Final learning rate.")] = 1e-6,
+    lr: Annotated[
+        Optional[float],
+        typer.Option(help="Adam learning rate, cosine-annealed to --lr-min (default: fersnet 1e-4, others 1e-3)."),
+    ] = None,
+    lr_min: Annotated[
+        Optional[float], typer.Option(help="Final learning rate (default: fersnet 1e-6, others 1e-5).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size per fold.")] = 64,
     shuffle_buffer: Annotated[int, typer.Option(help="Rows in Ray Data's local shuffle buffer per worker.")] = 2048,
     cache: Annotated[
@@ -350,10 +355,21 @@ def finetune(
         Optional[float],
         typer.Option(help="Use only synthetic rows the recogniser scored ≥ this (runs/<run>/finetune-fes-da@X/)."),
     ] = None,
+    classifier: Annotated[
+        str,
+        typer.Option(
+            help="fersnet (the fold's trained FERSNet) | small-cnn | resnet18 | resnet34 | timm:NAME | "
+            "torchscript:URI (your scripted model, (N,C,S,S) in [-1,1] → (N,E) logits); written to "
+            "runs/<run>/finetune-<classifier>[-real]/."
+        ),
+    ] = "fersnet",
+    weights: Annotated[
+        Optional[str], typer.Option(help="State dict (path or s3://) the classifier starts from (default: scratch).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Fine-tune again from the trained model.")] = False,
     address: AddressOpt = None,
 ) -> None:
-    """Fine-tune each fold's FERSNet on its real + synthetic faces, streamed by Ray Data (FES-DA), or the control."""
+    """Fine-tune a classifier per fold on its real + synthetic faces, streamed by Ray Data (FES-DA), or the control."""
     from dataclasses import asdict
 
     from fersnet_ray.finetune.job import FinetuneJob, finetune as run_finetune
@@ -361,7 +377,9 @@ def finetune(
     from fersnet_ray.runtime import init_ray
 
     cfg = _run(
-        FinetuneConfig,
+        FinetuneConfig.for_classifier,
+        classifier,
+        weights=weights,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -449,6 +467,13 @@ def _pipeline(
     finetune_min_score: Annotated[
         Optional[float], typer.Option(help="ablation: add an FES-DA row on synthetic rows scored ≥ this.")
     ] = None,
+    classifiers: Annotated[
+        str,
+        typer.Option(
+            help="ablation: also fine-tune these classifiers (e.g. small-cnn,resnet18) on real faces only "
+            "and on real + synthetic, paired in the report."
+        ),
+    ] = "",
     address: AddressOpt = None,
 ) -> None:
     from dataclasses import asdict
@@ -504,11 +529,22 @@ def _pipeline(
         recognizer_epochs=recognizer_epochs or 30,
         finetune=asdict(ft),
         finetune_min_score=finetune_min_score,
+        classifiers=_run(_classifier_list, classifiers),
     )
     _run(init_ray, address)
     result = _run(run_ablation if ablation else run_pipeline, cfg)
     print_results(store, cfg.run_name)
     console.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
+
+
+def _classifier_list(names: str) -> tuple[str, ...]:
+    """ "small-cnn,resnet18" → a tuple of checked names (an unknown one: ValueError listing the choices)."""
+    from fersnet_ray.finetune.classifiers import parse_classifier
+
+    out = tuple(n.strip() for n in names.split(",") if n.strip())
+    for name in out:
+        parse_classifier(name)
+    return out
 
 
 app.command(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 
+from fersnet_ray.finetune.classifiers import default_schedule
 from fersnet_ray.finetune.loop import FinetuneConfig
 from fersnet_ray.store import Store
 
@@ -60,6 +61,7 @@ class PipelineConfig:
     recognizer_epochs: int = 30
     finetune: dict = field(default_factory=lambda: asdict(FinetuneConfig()))
     finetune_min_score: float | None = None  # ablation: also an FES-DA row on the rows scored ≥ this
+    classifiers: tuple[str, ...] = ()  # ablation: per classifier, real-only and real + synthetic rows
 
     @property
     def table_name(self) -> str:
@@ -255,6 +257,9 @@ def run_ablation(cfg: PipelineConfig) -> dict:
     fine_tunings = {"fersnet+fes-da": {}, "fersnet+real-only": {"data": "real"}}
     if cfg.finetune_min_score is not None:
         fine_tunings[f"fersnet+fes-da@{cfg.finetune_min_score:g}"] = {"min_score": cfg.finetune_min_score}
+    for name in cfg.classifiers:  # the same classifier without and with the shards, the same steps
+        own = {"classifier": name, **default_schedule(name)}
+        fine_tunings.update({f"{name}+fes-da": own, f"{name}+real-only": {**own, "data": "real"}})
     for key, changes in fine_tunings.items():
         t = _stage(f"finetune {key}")
         summaries[key] = finetune_stage(cfg, **changes)

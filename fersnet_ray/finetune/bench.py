@@ -71,3 +71,73 @@ def bench_finetune(store_uri: str, run: str, fold: int, batch_size: int = 64, ep
         out[f"{name}_over_bare"] = out[name] / bare
     out["ray_cpus"] = ray.cluster_resources().get("CPU", 0)
     return out
+
+
+def bench_classifier(
+    store_uri: str, run: str, classifier: str = "small-cnn", folds: tuple[int, ...] | None = None, **config
+) -> dict:
+    """One classifier trained on real faces only, then on real + synthetic, for the same steps, per fold.
+
+        python jobs/bench_classifiers.py --store .data/cpu-store --run ck48-cpu --classifier small-cnn
+
+    Runs `finetune` twice on the current Ray (the control first, then the shards; each skips folds it
+    finished earlier, so an interrupted benchmark is resumed by the same command), then reads both rows
+    back as the report does: per-fold accuracy, mean ± std, the paired per-fold difference and the
+    folds improved / tied / worse, with each mode's wall time. `config` overrides FinetuneConfig fields
+    (epochs, batch_size, ...); lr and lr_min default to the classifier's.
+    """
+    from dataclasses import asdict
+
+    from fersnet_ray.finetune.job import FinetuneJob, finetune
+    from fersnet_ray.finetune.loop import FinetuneConfig
+    from fersnet_ray.report.job import collect, paired
+
+    store = Store.from_uri(store_uri)
+    walls, keys = {}, {}
+    for data in ("real", "real+synthetic"):
+        cfg = FinetuneConfig.for_classifier(classifier, data=data, **config)
+        start = time.perf_counter()
+        finetune(FinetuneJob(store=store_uri, run=run, folds=folds, config=asdict(cfg)))
+        walls[data] = time.perf_counter() - start
+        variant = store.read_json(f"{store.run_dir(run)}/config.json")["experiment"]["model"]["variant"]
+        keys[data] = cfg.report_key(variant)
+    rows = {r["key"]: r for r in collect(store, run)["rows"] if r["key"] in keys.values()}
+    pair = next(p for p in paired(list(rows.values())) if p["row"] == keys["real+synthetic"])
+
+    def summary(row: dict) -> dict:
+        return {k: row[k] for k in ("per_fold", "mean", "std", "pooled", "epochs")}
+
+    return {
+        "classifier": classifier,
+        "run": run,
+        "real": summary(rows[keys["real"]]),
+        "real+synthetic": summary(rows[keys["real+synthetic"]]),
+        "paired": pair,
+        "wall_s": walls,
+    }
+
+
+def bench_table(result: dict) -> str:
+    """The benchmark as a Markdown table: per fold, mean ± std, and the paired difference."""
+    real, both = result["real"]["per_fold"], result["real+synthetic"]["per_fold"]
+    folds = sorted(set(real) | set(both), key=int)
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{100 * x:.2f}"
+
+    lines = [
+        f"| {result['classifier']} | " + " | ".join(f"fold {k}" for k in folds) + " | mean ± std | wall |",
+        "|---|" + "---|" * len(folds) + "---|---|",
+    ]
+    for data, label in (("real", "real only"), ("real+synthetic", "real + synthetic")):
+        r = result[data]
+        cells = " | ".join(pct(r["per_fold"].get(k)) for k in folds)
+        spread = f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
+        lines.append(f"| {label} | {cells} | {spread} | {result['wall_s'][data]:.0f} s |")
+    diff = " | ".join(pct(both[k] - real[k]) if k in both and k in real else "–" for k in folds)
+    p = result["paired"]
+    lines.append(
+        f"| difference | {diff} | {100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f} | "
+        f"improved {p['improved']} / tied {p['tied']} / worse {p['worse']} |"
+    )
+    return "\n".join(lines)

@@ -1,13 +1,15 @@
-"""Stage 4, fine-tune (FES-DA): each fold's FERSNet, fine-tuned on real + synthetic faces streamed by Ray Data.
+"""Stage 4, fine-tune (FES-DA): each fold's classifier, fine-tuned on real + synthetic faces streamed by Ray Data.
 
     fersnet finetune --store URI --run NAME [--folds all --epochs 30 --lr 1e-4]
+    fersnet finetune --store URI --run NAME --classifier small-cnn --data real     (finetune-small-cnn-real/)
 
 For fold k the training data are the face table's training faces (fold ≠ k) and every synthetic
 shard of runs/<run>/synthetic/fold-k/ (which must pass `fersnet verify`), read with Ray Data's
 `read_parquet` straight from the store, decoded in Ray Data tasks, block order randomised each
 epoch and rows mixed in a local shuffle buffer, then fed to the Ray Train workers as torch batches.
-Training starts from the fold's final FERSNet checkpoint and is evaluated on the fold's real test
-faces, like training.
+Training starts from the fold's final FERSNet checkpoint (`--classifier fersnet`, the default) or
+builds another classifier of `classifiers.CLASSIFIERS` (from scratch, `--weights URI`, or a
+TorchScript file) and is evaluated on the fold's real test faces, like training.
 
 Layout in the store:
     runs/<run>/finetune/config.json                       data set, experiment and fine-tuning config
@@ -15,6 +17,7 @@ Layout in the store:
     runs/<run>/finetune/fold-<k>/history.json             per-epoch loss, training and test accuracy
     runs/<run>/finetune/fold-<k>/evaluation.json          test accuracy and confusion (written last)
     runs/<run>/finetune/evaluation.json                   all folds: per fold, mean ± std
+    runs/<run>/<FinetuneConfig.folder>/...                  the same for each classifier × data setting
 
 Ray is used at the marked places only: the worker loop (`finetune_fold`), the data pipeline
 (`fold_dataset`) and the driver (`finetune`). The epoch is `loop.finetune_epoch`, plain PyTorch.
@@ -172,7 +175,8 @@ def finetune_fold(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from fersnet_ray.checkpoint import read_checkpoint, report_epoch, resume_state
+    from fersnet_ray.checkpoint import report_epoch, resume_state
+    from fersnet_ray.finetune.classifiers import TORCHSCRIPT, read_uri
     from fersnet_ray.finetune.loop import FinetuneState, finetune_epoch
     from fersnet_ray.train.data import load_test
     from fersnet_ray.train.loop import evaluate
@@ -191,17 +195,20 @@ def finetune_fold(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
     test_set = load_test(store, dataset, fold, exp.train.load_size).to(device)
+    classes = len(config["classes"])
 
-    # Resume from a fine-tuning checkpoint if there is one, else start from the trained FERSNet.
+    # Resume from a fine-tuning checkpoint if there is one, else start from the trained FERSNet
+    # (fersnet), the --weights state dict, or the classifier as built (seeded).
     out_dir = f"{finetune_dir(store, job.run, cfg.folder)}/fold-{fold}"
     resume = resume_state(store, out_dir)
-    init = resume["model"] if resume else read_checkpoint(store, config["init_from"])["model"]
+    init = None if resume else _initial_weights(store, cfg, config["init_from"])
+    source = read_uri(cfg.classifier[len(TORCHSCRIPT) :], "TorchScript model") if _is_script(cfg) else None
     torch.manual_seed(cfg.seed)
-    state = FinetuneState.create(exp, cfg, init, device)
+    state = FinetuneState.create(exp, cfg, init, device, source)
     if resume is not None:
         state.load_state_dict(resume)
         if rank == 0:
-            print(f"finetune ({cfg.row_key}) fold {fold}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
+            print(f"finetune ({cfg.label}) fold {fold}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
     model = ray.train.torch.prepare_model(state.model, move_to_device=False) if world > 1 else None
 
     shard = ray.train.get_dataset_shard("train")
@@ -215,13 +222,14 @@ def finetune_fold(config: dict) -> None:
         metrics = finetune_epoch(state, batches, model)
         last = state.epoch == cfg.epochs
         if last or state.epoch % cfg.checkpoint_every == 0:
-            metrics["accuracy"] = evaluate(state.model, test_set, exp.train.crop_size, amp=exp.train.amp)["accuracy"]
+            test = evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)
+            metrics["accuracy"] = test["accuracy"]
         metrics["wall"] = time.time()
         state.history.append(metrics)
         if rank == 0:
             acc = f" test_acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
             print(
-                f"finetune ({cfg.row_key}) fold {fold} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
+                f"finetune ({cfg.label}) fold {fold} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
                 f"train_acc {metrics['train_accuracy']:.3f}{acc} ({metrics['images']} faces, "
                 f"{metrics['images_per_s']:.0f} img/s)",
                 flush=True,
@@ -231,12 +239,13 @@ def finetune_fold(config: dict) -> None:
         report_epoch(metrics, state, last or state.epoch % cfg.checkpoint_every == 0, rank)
 
     if rank == 0:
-        result = evaluate(state.model, test_set, exp.train.crop_size, amp=exp.train.amp)
+        result = evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)
         result.update(
             fold=fold,
             epochs=state.epoch,
             classes=config["classes"],
-            variant=f"{exp.model.variant}+{cfg.row_key}",
+            variant=cfg.report_key(exp.model.variant),
+            classifier=cfg.classifier,
             data=cfg.data,
             min_score=cfg.min_score,
             training_rows=config["rows"],
@@ -246,21 +255,77 @@ def finetune_fold(config: dict) -> None:
         store.write_json(f"{out_dir}/evaluation.json", result)  # written last: the fold is done
 
 
+def _is_script(cfg: FinetuneConfig) -> bool:
+    from fersnet_ray.finetune.classifiers import TORCHSCRIPT
+
+    return cfg.classifier.startswith(TORCHSCRIPT)
+
+
+def _initial_weights(store: Store, cfg: FinetuneConfig, init_from: str | None) -> dict | None:
+    """The state dict a fold starts from: the fold's FERSNet checkpoint, the --weights file, or None (as built)."""
+    from fersnet_ray.checkpoint import load_weights, read_checkpoint
+    from fersnet_ray.finetune.classifiers import ClassifierError, read_uri
+
+    if cfg.from_fold_checkpoint:
+        return read_checkpoint(store, init_from)["model"]
+    if cfg.weights is None:
+        return None
+    state = load_weights(read_uri(cfg.weights, "--weights"), f"--weights {cfg.weights}", ClassifierError)
+    if not isinstance(state, dict):
+        raise ClassifierError(f"--weights {cfg.weights} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def check_classifier_config(store: Store, cfg: FinetuneConfig, exp: Experiment) -> None:
+    """Builds the classifier once on the driver, loads its --weights and runs a batch through it.
+
+    Every mistake the user can make with --classifier and --weights (a file that is missing or not a
+    TorchScript model, weights of another architecture, a model that returns something other than
+    (N, E) logits or cannot take the faces' channels and size) ends here, before any fold starts.
+    """
+    from fersnet_ray.finetune.classifiers import check_classifier, create_classifier, load_weights_into
+
+    if cfg.from_fold_checkpoint:
+        return  # the run's own FERSNet, built by training
+    model = create_classifier(cfg.classifier, cfg.classifier_input(exp))
+    weights = _initial_weights(store, cfg, None)
+    if weights is not None:
+        load_weights_into(model, cfg.classifier, weights, where=f"--weights {cfg.weights}")
+    check_classifier(model, cfg.classifier, cfg.classifier_input(exp))
+
+
+def _absolute_uris(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Local paths of --weights and torchscript: made absolute (Ray Train workers run in their own directories)."""
+    from fersnet_ray.finetune.classifiers import TORCHSCRIPT
+
+    def absolute(uri: str) -> str:
+        return uri if "://" in uri else os.path.abspath(uri)
+
+    if _is_script(cfg):
+        cfg = replace(cfg, classifier=TORCHSCRIPT + absolute(cfg.classifier[len(TORCHSCRIPT) :]))
+    if cfg.weights is not None:
+        cfg = replace(cfg, weights=absolute(cfg.weights))
+    return cfg
+
+
 # --- Ray marked place 3 of 3: the driver, one TorchTrainer per fold --------------------------------
 
 
-def fold_inputs(store: Store, run: str, fold: int, train_epochs: int, data: str) -> tuple[str, dict | None]:
+def fold_inputs(
+    store: Store, run: str, fold: int, train_epochs: int, data: str, needs_checkpoint: bool = True
+) -> tuple[str | None, dict | None]:
     """The fold's final training checkpoint and its verified synthetic manifest, or a FinetuneError.
 
     The real-only control needs no shards; it reads the manifest where there is one, to match FES-DA's steps.
+    A classifier that does not start from the fold's FERSNet (`needs_checkpoint` False) needs no checkpoint.
     """
     from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint
     from fersnet_ray.synth.job import MANIFEST
     from fersnet_ray.synth.verify import verify_fold
 
-    ckpt = latest_checkpoint(store, run, fold)
+    ckpt = latest_checkpoint(store, run, fold) if needs_checkpoint else None
     done = checkpoint_epoch(store, ckpt) if ckpt else 0
-    if ckpt is None or done < train_epochs:
+    if needs_checkpoint and (ckpt is None or done < train_epochs):
         raise FinetuneError(
             f"fold {fold}: training has not finished ({done}/{train_epochs} epochs); run `fersnet train` first"
         )
@@ -289,6 +354,8 @@ def _save_config(store: Store, job: FinetuneJob, run_config: dict, folder: str) 
         store.remove(finetune_dir(store, job.run, folder))
     elif store.exists(path):
         stored = store.read_json(path)
+        # Configs written before a field existed (classifier, weights) hold its default.
+        stored["finetune"] = {**asdict(FinetuneConfig()), **stored.get("finetune", {})}
         if stored != json.loads(json.dumps(wanted)):
             raise FinetuneError(
                 f"run {job.run!r} was fine-tuned with a different config ({config_diff(stored, wanted)}); "
@@ -329,7 +396,7 @@ def finetune(job: FinetuneJob) -> dict:
     store = Store.from_uri(job.store)
     store.check_writable()
     job = replace(job, store=store.uri)  # absolute: Ray Train workers run in their own directories
-    cfg = FinetuneConfig(**job.config)  # validates
+    cfg = _absolute_uris(FinetuneConfig(**job.config))  # validates (an unknown classifier lists the choices)
     job = replace(job, config=asdict(cfg))  # every field stored, so configs compare whole
     if not store.exists(f"{store.run_dir(job.run)}/config.json"):
         raise StoreError(f"no run {job.run!r} in {store.uri} (train it first)")
@@ -351,7 +418,9 @@ def finetune(job: FinetuneJob) -> dict:
     for fold in folds:  # check every fold before anything runs: a bad fold fails the job at once
         if not job.overwrite and store.exists(f"{out_root}/fold-{fold}/evaluation.json"):
             continue
-        inputs[fold] = fold_inputs(store, job.run, fold, exp.train.epochs, cfg.data)
+        inputs[fold] = fold_inputs(store, job.run, fold, exp.train.epochs, cfg.data, cfg.from_fold_checkpoint)
+    if inputs:
+        check_classifier_config(store, cfg, exp)
     _save_config(store, job, run_config, cfg.folder)
     rows = max((_rows(m, cfg)[0] for _, m in inputs.values()), default=0)
     cache = use_cache(cfg, rows, exp.model.in_channels, exp.train.load_size, len(inputs))
@@ -382,7 +451,8 @@ def finetune(job: FinetuneJob) -> dict:
 
     def run_fold(fold: int) -> None:
         if fold not in inputs:
-            print(f"finetune fold {fold}: finished earlier, skipped", flush=True)
+            name = "" if cfg.classifier == "fersnet" else f" ({cfg.classifier}, {cfg.data})"
+            print(f"finetune{name} fold {fold}: finished earlier, skipped", flush=True)
             return
         init_from, manifest = inputs[fold]
         rows, synthetic_rows = _rows(manifest, cfg)

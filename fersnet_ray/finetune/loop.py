@@ -1,9 +1,11 @@
-"""Fine-tuning one fold's FERSNet for recognition, in plain PyTorch: no Ray here.
+"""Fine-tuning one fold's classifier for recognition, in plain PyTorch: no Ray here.
 
 The paper's "FERSNet w/ FES-DA" is the original FERSNet further fine-tuned on the synthetic
 faces its FES branch produced (Sec. IV-D). Only the recognition loss trains: the FES branch's
 encoder still feeds the FER branch through the ConvFLUs, so the whole network is updated, but no
-face is synthesised, no discriminator runs.
+face is synthesised, no discriminator runs. Any other classifier of `classifiers.CLASSIFIERS`
+(`small-cnn`, `resnet18`, `timm:NAME`, `torchscript:URI`) trains the same way on the same batches,
+from scratch or from `--weights`.
 
 Batches come from any iterable of {"image": (B, C, L, L) uint8, "label": (B,) int64}: Ray Data's
 `iter_torch_batches` in the job, a list of tensors in tests. The paper's training augmentation
@@ -19,8 +21,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from fersnet_ray.model import create_model
-from fersnet_ray.model.fersnet import FERSNetBase
+from fersnet_ray.finetune.classifiers import (
+    ClassifierInput,
+    classifier_slug,
+    create_classifier,
+    load_weights_into,
+    logits_of,
+    parse_classifier,
+)
 from fersnet_ray.train.config import Experiment
 from fersnet_ray.train.data import augment, to_unit
 from fersnet_ray.train.loop import autocast
@@ -48,6 +56,10 @@ class FinetuneConfig:
             steps as real + synthetic would, with the same schedule and starting checkpoint).
         min_score: FES-DA with only the synthetic rows whose recogniser score (probability of the
             target expression) is at least this; None keeps every row.
+        classifier: what is trained (`classifiers.CLASSIFIERS`): "fersnet" (the fold's trained
+            FERSNet), "small-cnn", "resnet18", "timm:NAME" or "torchscript:URI".
+        weights: a state dict (path or s3:// URI) the classifier starts from; None: from scratch
+            (fersnet: always the fold's checkpoint; torchscript: the scripted weights).
     """
 
     epochs: int = 30
@@ -60,8 +72,13 @@ class FinetuneConfig:
     cache: bool | None = None
     data: str = "real+synthetic"
     min_score: float | None = None
+    classifier: str = "fersnet"
+    weights: str | None = None
 
     def __post_init__(self) -> None:
+        _, entry, _ = parse_classifier(self.classifier)  # an unknown name: ValueError listing the choices
+        if self.weights is not None and not entry.takes_weights:
+            raise ValueError(f"classifier {self.classifier} takes no --weights ({entry.help})")
         if self.data not in FINETUNE_DATA:
             raise ValueError(f"finetune data must be one of {', '.join(FINETUNE_DATA)}, got {self.data!r}")
         if self.data == "real" and self.min_score is not None:
@@ -71,6 +88,20 @@ class FinetuneConfig:
         if not 0 < self.lr_min <= self.lr:
             raise ValueError(f"finetune lr_min {self.lr_min} must be in (0, lr={self.lr}]")
 
+    @classmethod
+    def for_classifier(cls, classifier: str = "fersnet", **fields) -> "FinetuneConfig":
+        """A config whose lr and lr_min default to the classifier's (fields given as None take the default)."""
+        _, entry, _ = parse_classifier(classifier)
+        fields = {k: v for k, v in fields.items() if v is not None}
+        fields.setdefault("lr", entry.lr)
+        fields.setdefault("lr_min", min(entry.lr_min, fields["lr"]))
+        return cls(classifier=classifier, **fields)
+
+    @property
+    def from_fold_checkpoint(self) -> bool:
+        """Starts from the fold's trained FERSNet (fersnet), rather than from scratch or --weights."""
+        return parse_classifier(self.classifier)[1].from_fold_checkpoint
+
     @property
     def row_key(self) -> str:
         """The report's name for what this config trains on, e.g. "fes-da", "real-only", "fes-da@0.5"."""
@@ -79,18 +110,38 @@ class FinetuneConfig:
         return "fes-da" if self.min_score is None else f"fes-da@{self.min_score:g}"
 
     @property
+    def label(self) -> str:
+        """Progress lines' name: "fes-da" for FERSNet, "small-cnn, real-only" for another classifier."""
+        return self.row_key if self.classifier == "fersnet" else f"{classifier_slug(self.classifier)}, {self.row_key}"
+
+    def report_key(self, variant: str) -> str:
+        """The report's row: "<variant>+<row_key>" for FERSNet ("fersnet+fes-da"), "<classifier>+<row_key>" else."""
+        model = variant if self.classifier == "fersnet" else classifier_slug(self.classifier)
+        return f"{model}+{self.row_key}"
+
+    @property
     def folder(self) -> str:
-        """Folder of runs/<run>/ this config's checkpoints and evaluations go to (one per row)."""
-        return {"fes-da": "finetune", "real-only": "finetune-real"}.get(self.row_key, f"finetune-{self.row_key}")
+        """Folder of runs/<run>/ this config's checkpoints and evaluations go to (one per classifier and row).
+
+        fersnet: finetune, finetune-real, finetune-fes-da@0.5; others: finetune-<classifier>,
+        finetune-<classifier>-real, finetune-<classifier>-fes-da@0.5 (e.g. finetune-small-cnn-real).
+        """
+        prefix = "finetune" if self.classifier == "fersnet" else f"finetune-{classifier_slug(self.classifier)}"
+        suffix = {"fes-da": "", "real-only": "-real"}.get(self.row_key, f"-{self.row_key}")
+        return prefix + suffix
+
+    def classifier_input(self, exp: Experiment) -> ClassifierInput:
+        """What the classifier is fed: the run's channels and crop side, its expressions."""
+        return ClassifierInput(exp.model.in_channels, exp.model.num_classes, exp.train.crop_size)
 
 
 @dataclass
 class FinetuneState:
-    """The network, its optimiser and schedule, and the epoch to run next."""
+    """The classifier, its optimiser and schedule, and the epoch to run next."""
 
     exp: Experiment
     cfg: FinetuneConfig
-    model: FERSNetBase
+    model: torch.nn.Module
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     device: torch.device
@@ -98,11 +149,28 @@ class FinetuneState:
     history: list[dict] = field(default_factory=list)
 
     @classmethod
-    def create(cls, exp: Experiment, cfg: FinetuneConfig, model_state: dict, device="cpu") -> "FinetuneState":
-        """Starts from a trained FERSNet's weights (`state["model"]` of a training checkpoint)."""
+    def create(
+        cls,
+        exp: Experiment,
+        cfg: FinetuneConfig,
+        model_state: dict | None,
+        device="cpu",
+        source: bytes | None = None,
+    ) -> "FinetuneState":
+        """Builds `cfg.classifier` and starts it from `model_state`.
+
+        model_state: fersnet: a trained FERSNet's weights (`state["model"]` of a training checkpoint),
+            loaded strictly; others: the --weights state dict, adapted (`load_weights_into`); None:
+            as built (random, seeded by the caller; torchscript: its scripted weights).
+        source: a torchscript classifier's file bytes.
+        """
         device = torch.device(device)
-        model = create_model(exp.model)
-        model.load_state_dict(model_state)
+        model = create_classifier(cfg.classifier, cfg.classifier_input(exp), source, exp.model)
+        if model_state is not None:
+            if cfg.from_fold_checkpoint:
+                model.load_state_dict(model_state)
+            else:
+                load_weights_into(model, cfg.classifier, model_state, where=cfg.weights or "weights")
         model = model.to(device)
         if device.type == "cuda" and exp.train.amp:
             model = model.to(memory_format=torch.channels_last)
@@ -115,6 +183,7 @@ class FinetuneState:
             "epoch": self.epoch,
             "history": self.history,
             "experiment": self.exp.to_dict(),
+            "classifier": self.cfg.classifier,
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
@@ -147,7 +216,7 @@ def finetune_epoch(
         if state.device.type == "cuda" and t.amp:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(state.device, t.amp):
-            logits = model(x).logits  # (B, E); no target: the FES decoder does not run
+            logits = logits_of(model(x))  # (B, E); FERSNet without a target: the FES decoder does not run
         loss = F.cross_entropy(logits.float(), y)
         state.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -43,6 +43,7 @@ PAIRS = (
     ("fersnet+fes-da", "fersnet", "FES-DA against the trained FERSNet"),
     ("fersnet+fes-da", "fersnet+real-only", "FES-DA against the same fine-tuning on real faces only (the control)"),
 )
+ROW_PREFIXES = ("fer_only", "fersnet_hard", "fersnet")  # the run's own variants; other prefixes are classifiers
 TRAIN_KEYS = ["cls", "gan", "rec", "cyc", "idt", "d_real", "d_fake", "accuracy"]
 FINETUNE_KEYS = ["cls", "train_accuracy", "accuracy"]
 
@@ -108,7 +109,7 @@ def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
     for folder, key in _finetune_folders(store, run_dir):
         ft_row = _row(store, run, f"{run_dir}/{folder}", key)
         if ft_row:
-            ft_row["name"] = ROW_TITLES.get(key) or f"FERSNet w/ FES-DA, synthetic rows scored ≥ {key.split('@')[1]}"
+            ft_row["name"] = _row_title(key)
             rows.append(ft_row)
             configs[f"{run} ({folder})"] = _read_json(store, f"{run_dir}/{folder}/config.json")
 
@@ -143,16 +144,52 @@ def _finetune_folders(store: Store, run_dir: str) -> list[tuple[str, str]]:
             if cfg and "finetune" in cfg:
                 ft = FinetuneConfig(**cfg["finetune"])
                 if ft.folder == base:
-                    found.append((base, f"{cfg['experiment']['model']['variant']}+{ft.row_key}"))
-    order = {"fes-da": 0, "real-only": 2}
-    return sorted(found, key=lambda fk: (order.get(fk[1].split("+", 1)[1], 1), fk[1]))
+                    found.append((base, ft.report_key(cfg["experiment"]["model"]["variant"])))
+
+    def order(folder_key: tuple[str, str]) -> tuple:
+        # FERSNet's rows first (Table VI), then each other classifier's; within one, FES-DA first, the control last.
+        model, data = folder_key[1].split("+", 1)
+        other = _is_other_classifier(folder_key[1])
+        return (other, model if other else "", {"fes-da": 0, "real-only": 2}.get(data, 1), folder_key[1])
+
+    return sorted(found, key=order)
+
+
+def _is_other_classifier(key: str) -> bool:
+    """A fine-tuning row of a classifier other than the run's FERSNet ("small-cnn+real-only")."""
+    return key.split("+", 1)[0] not in ROW_PREFIXES
+
+
+def _row_title(key: str) -> str:
+    """The report's name of a fine-tuning row key ("fersnet+fes-da@0.5", "small-cnn+real-only")."""
+    if key in ROW_TITLES:
+        return ROW_TITLES[key]
+    model, data = key.split("+", 1)
+    if not _is_other_classifier(key):
+        return f"FERSNet w/ FES-DA, synthetic rows scored ≥ {data.split('@')[1]}"
+    if data == "real-only":
+        return f"{model} on real faces only (control)"
+    scored = f", synthetic rows scored ≥ {data.split('@')[1]}" if "@" in data else ""
+    return f"{model} on real + synthetic faces{scored}"
+
+
+def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """For each classifier other than FERSNet with both rows: real + synthetic against its real-only control."""
+    keys = {r["key"] for r in rows}
+    out = []
+    for key in sorted(keys):
+        model, data = key.split("+", 1) if "+" in key else (key, "")
+        if _is_other_classifier(key) and data.startswith("fes-da") and f"{model}+real-only" in keys:
+            what = f"{model}: real + synthetic against real faces only, the same steps"
+            out.append((key, f"{model}+real-only", what))
+    return out
 
 
 def paired(rows: list[dict]) -> list[dict]:
-    """Paired per-fold differences for `PAIRS` whose rows both exist, on the folds both have."""
+    """Paired per-fold differences for `PAIRS` and `classifier_pairs` whose rows both exist, on the folds both have."""
     by_key = {r["key"]: r for r in rows}
     out = []
-    for key, base, what in PAIRS:
+    for key, base, what in (*PAIRS, *classifier_pairs(rows)):
         if key not in by_key or base not in by_key:
             continue
         a, b = by_key[key]["per_fold"], by_key[base]["per_fold"]

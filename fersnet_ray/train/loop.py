@@ -243,20 +243,28 @@ def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]
 
 @torch.no_grad()
 def predict(model: FERSNetBase, faces: FaceSet, crop: int, batch_size: int = 256, amp: bool = True) -> torch.Tensor:
-    """Logits (N, E) of the centre-cropped faces."""
+    """Logits (N, E) of the centre-cropped faces.
+
+    `model` is a FERSNet (its `ModelOutput.logits`) or any classifier returning (B, E) logits itself
+    (fine-tuning's small-cnn, ResNets, TorchScript models).
+    """
     model.eval()
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(faces), batch_size):
         x = to_unit(center_crop(faces.images[i : i + batch_size], crop).to(device))
         with autocast(device, amp):
-            out.append(model(x).logits.float().cpu())
+            y = model(x)
+            out.append(getattr(y, "logits", y).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.cfg.num_classes)
 
 
-def evaluate(model: FERSNetBase, faces: FaceSet, crop: int, amp: bool = True) -> dict:
-    """Test accuracy and confusion matrix (rows: true class, columns: predicted)."""
-    n = model.cfg.num_classes
+def evaluate(model: FERSNetBase, faces: FaceSet, crop: int, amp: bool = True, num_classes: int | None = None) -> dict:
+    """Test accuracy and confusion matrix (rows: true class, columns: predicted).
+
+    num_classes: E for a classifier without FERSNet's `cfg` (None: `model.cfg.num_classes`).
+    """
+    n = num_classes or model.cfg.num_classes
     pred = predict(model, faces, crop, amp=amp).argmax(1)
     true = faces.labels.cpu()
     confusion = torch.bincount(true * n + pred, minlength=n * n).reshape(n, n)

@@ -1,0 +1,189 @@
+"""The classifier registry and its adapters in plain PyTorch (no Ray): every entry builds, trains and is checked."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from fersnet_ray.finetune.classifiers import (
+    CLASSIFIERS,
+    TIMM,
+    TORCHSCRIPT,
+    ClassifierError,
+    ClassifierInput,
+    ResNet,
+    check_classifier,
+    classifier_slug,
+    create_classifier,
+    load_weights_into,
+    logits_of,
+)
+from fersnet_ray.finetune.loop import FinetuneConfig, FinetuneState, finetune_epoch
+from fersnet_ray.report.job import paired
+from fersnet_ray.train.config import make_experiment
+
+GREY_48 = ClassifierInput(channels=1, num_classes=7, size=48)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Tiny(nn.Module):
+    """A user's own classifier: (N, C, S, S) → (N, classes)."""
+
+    def __init__(self, channels: int = 1, classes: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 8, 3, padding=1)
+        self.fc = nn.Linear(8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def scripted(model: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.jit.save(torch.jit.script(model), buf)
+    return buf.getvalue()
+
+
+BUILT_HERE = [n for n in CLASSIFIERS if n not in (TIMM, TORCHSCRIPT, "fersnet")]
+
+
+@pytest.mark.parametrize("name", BUILT_HERE)
+@pytest.mark.parametrize("inp", [ClassifierInput(1, 7, 32), ClassifierInput(3, 6, 24)], ids=["grey32", "rgb24"])
+def test_every_registered_classifier_takes_the_faces_and_learns(name, inp):
+    torch.manual_seed(0)
+    model = create_classifier(name, inp)
+    check_classifier(model, name, inp)  # (2, C, S, S) → (2, E), else a ClassifierError
+    x, y = torch.rand(8, inp.channels, inp.size, inp.size) * 2 - 1, torch.arange(8) % inp.num_classes
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(4):
+        loss = nn.functional.cross_entropy(logits_of(model(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_fersnet_is_built_from_the_run_model_config():
+    exp = make_experiment("tiny")
+    inp = FinetuneConfig().classifier_input(exp)
+    model = create_classifier("fersnet", inp, model_config=exp.model)
+    check_classifier(model, "fersnet", inp)  # its ModelOutput's logits
+
+
+def test_unknown_names_list_the_choices_and_configs_name_their_folders():
+    with pytest.raises(ClassifierError, match=r"unknown classifier 'vgg'; choose one of fersnet, small-cnn, resnet18"):
+        create_classifier("vgg", GREY_48)
+    with pytest.raises(ValueError, match=r"torchscript:URI"):
+        FinetuneConfig(classifier="nope")
+    with pytest.raises(ValueError, match="takes no --weights"):
+        FinetuneConfig(classifier="fersnet", weights="s3://b/w.pt")
+    assert FinetuneConfig().folder == "finetune" and FinetuneConfig(data="real").folder == "finetune-real"
+    assert FinetuneConfig(classifier="small-cnn", data="real").folder == "finetune-small-cnn-real"
+    assert FinetuneConfig(classifier="small-cnn").folder == "finetune-small-cnn"
+    assert FinetuneConfig(classifier="resnet18", min_score=0.5).folder == "finetune-resnet18-fes-da@0.5"
+    assert classifier_slug("torchscript:s3://b/models/my net.pt") == "torchscript-my_net"
+    assert FinetuneConfig(classifier="small-cnn").report_key("fersnet") == "small-cnn+fes-da"
+    assert FinetuneConfig(data="real").report_key("fersnet") == "fersnet+real-only"
+    # Each classifier's default schedule: a trained FERSNet is nudged, the others trained from scratch.
+    assert FinetuneConfig.for_classifier("small-cnn", lr=None).lr == 1e-3
+    assert FinetuneConfig.for_classifier("fersnet").lr == 1e-4
+    assert FinetuneConfig.for_classifier("small-cnn", lr=3e-4).lr_min == 1e-5
+
+
+def test_imagenet_rgb_resnet_weights_load_into_the_greyscale_face_resnet():
+    torch.manual_seed(0)
+    imagenet = ResNet((2, 2, 2, 2), ClassifierInput(3, 1000, 224)).state_dict()  # torchvision's names and shapes
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in imagenet.items()}}  # as DDP checkpoints store it
+    model = create_classifier("resnet18", GREY_48)
+    load_weights_into(model, "resnet18", wrapped)
+    own = model.state_dict()
+    assert torch.equal(own["conv1.weight"], imagenet["conv1.weight"].sum(1, keepdim=True))  # RGB summed to grey
+    assert torch.equal(own["layer4.1.bn2.running_var"], imagenet["layer4.1.bn2.running_var"])
+    assert own["fc.weight"].shape == (7, 512)  # 1000 classes → a fresh 7-expression head
+    assert isinstance(model.maxpool, nn.Identity)  # 48 < 112: no stem max-pool, 48 → 24 → 3×3 at layer4
+    check_classifier(model, "resnet18", GREY_48)
+
+    small = create_classifier("small-cnn", GREY_48).state_dict()
+    with pytest.raises(ClassifierError, match=r"--weights: no 'conv1.weight' in the weights for classifier resnet18"):
+        load_weights_into(create_classifier("resnet18", GREY_48), "resnet18", small)
+    resnet34 = create_classifier("resnet34", GREY_48).state_dict()
+    with pytest.raises(ClassifierError, match=r"weight\(s\) classifier resnet18 does not have, e\.g\. 'layer1\.2"):
+        load_weights_into(create_classifier("resnet18", GREY_48), "resnet18", resnet34)
+
+
+def test_a_torchscript_model_is_checked_for_what_it_returns_and_takes():
+    good = create_classifier(f"{TORCHSCRIPT}s3://b/tiny.pt", GREY_48, source=scripted(Tiny()))
+    check_classifier(good, "torchscript:tiny.pt", GREY_48)
+    wrong_classes = create_classifier(f"{TORCHSCRIPT}x.pt", GREY_48, source=scripted(Tiny(classes=3)))
+    returned = r"returned a tensor of shape \(2, 3\) for a \(2, 1, 48, 48\) input; it must return logits \(N, 7\)"
+    with pytest.raises(ClassifierError, match=returned):
+        check_classifier(wrong_classes, "torchscript:x.pt", GREY_48)
+    rgb_only = create_classifier(f"{TORCHSCRIPT}x.pt", GREY_48, source=scripted(Tiny(channels=3)))
+    cannot = r"cannot take the data set's faces \(2, 1, 48, 48\) \(channels 1, 48×48\)"
+    with pytest.raises(ClassifierError, match=cannot):
+        check_classifier(rgb_only, "torchscript:x.pt", GREY_48)
+    with pytest.raises(ClassifierError, match="is not a TorchScript model"):
+        create_classifier(f"{TORCHSCRIPT}x.pt", GREY_48, source=b"not a zip")
+
+
+def test_timm_names_are_refused_clearly_when_timm_does_not_import():
+    try:
+        import timm  # noqa: F401
+    except Exception:  # noqa: BLE001 - torchvision beside a foreign torch build fails with a RuntimeError
+        with pytest.raises(ClassifierError, match="classifier timm:resnet18 needs timm"):
+            create_classifier("timm:resnet18", GREY_48)
+    else:
+        model = create_classifier("timm:resnet18", GREY_48)
+        check_classifier(model, "timm:resnet18", GREY_48)
+
+
+@pytest.mark.parametrize("name", ["small-cnn", "resnet18"])
+def test_finetune_state_trains_any_classifier_and_resumes(name):
+    exp = make_experiment("tiny")  # 36 → 32 crop, greyscale
+    cfg = FinetuneConfig.for_classifier(name, epochs=3, batch_size=8)
+    torch.manual_seed(0)
+    batches = [
+        {"image": torch.randint(0, 255, (8, 1, 36, 36), dtype=torch.uint8), "label": torch.arange(8) % 7}
+        for _ in range(2)
+    ]
+    state = FinetuneState.create(exp, cfg, None)
+    first = finetune_epoch(state, batches)
+    saved = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.model.state_dict().items()}
+    snapshot = state.state_dict()
+    assert snapshot["classifier"] == name and first["images"] == 16
+    resumed = FinetuneState.create(exp, cfg, None)
+    resumed.load_state_dict({**snapshot, "model": saved})
+    assert resumed.epoch == 1 and all(torch.equal(resumed.model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_report_pairs_each_classifier_with_its_own_control():
+    def row(key, accs):
+        return {"key": key, "per_fold": dict(enumerate(accs))}
+
+    rows = [
+        row("fersnet", [0.5, 0.6]),
+        row("fersnet+fes-da", [0.6, 0.6]),
+        row("small-cnn+fes-da", [0.7, 0.8]),
+        row("small-cnn+real-only", [0.6, 0.8]),
+        row("resnet18+fes-da", [0.5, 0.4]),
+        row("resnet18+real-only", [0.6, 0.5]),
+        row("torchscript-mine+real-only", [0.6, 0.5]),  # no pair without its real + synthetic row
+    ]
+    pairs = {(p["row"], p["baseline"]): p for p in paired(rows)}
+    small = pairs[("small-cnn+fes-da", "small-cnn+real-only")]
+    assert small["folds"] == 2 and small["improved"] == 1 and small["tied"] == 1
+    assert small["mean_diff"] == pytest.approx(0.05)
+    assert pairs[("resnet18+fes-da", "resnet18+real-only")]["worse"] == 2
+    assert ("fersnet+fes-da", "fersnet") in pairs and len(pairs) == 3
