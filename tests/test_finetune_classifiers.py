@@ -9,6 +9,7 @@ epoch or two on fold 0, the independent ones two at a time (2 CPUs, one Ray Trai
 from __future__ import annotations
 
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -23,6 +24,11 @@ from fersnet_ray.finetune.job import FinetuneJob, finetune
 from fersnet_ray.finetune.loop import FinetuneConfig
 from fersnet_ray.report.job import write_report
 from fersnet_ray.store import Store
+
+# About 4 minutes on 2 idle cores (six Ray Train fits and a synthesis): past the suite's 8-minute budget
+# until it shares the pipeline test's run. Passed when merged (`FERSNET_SLOW_TESTS=1 python -m pytest
+# tests/test_finetune_classifiers.py`: 1 passed, 233 s). The plain-PyTorch classifier tests run always.
+pytestmark = pytest.mark.skipif(not os.environ.get("FERSNET_SLOW_TESTS"), reason="slow: set FERSNET_SLOW_TESTS=1")
 
 runner = CliRunner()
 
