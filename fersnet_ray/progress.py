@@ -142,6 +142,10 @@ def report(task: str, done: int, total: int | None = None, note: str = "", add: 
 def start(progress: Progress, task: str, total: int) -> None:
     """On the driver: `task` starts at 0 of `total`, so workers can `report(task, n, add=True)`."""
     if progress._board is not None:
-        progress._board.set.remote(task, 0, total, "")
+        import ray
+
+        # Waited for: calls from different processes are not ordered, so a set still in flight could
+        # land after the workers' first `add`s and wipe them.
+        ray.get(progress._board.set.remote(task, 0, total, ""))
     elif progress.bars is not None:
         progress.update(task, 0, total)
