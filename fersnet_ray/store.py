@@ -6,8 +6,12 @@ Every stage reads and writes only through a `Store`, so a local directory and an
     <store>/datasets/<name>/                 face table (Parquet) + _card.json
     <store>/runs/<run>/                      run config
     <store>/runs/<run>/fold-<k>/             training checkpoints and metrics
-    <store>/runs/<run>/synthetic/fold-<k>/   synthetic shards + manifest
+    <store>/runs/<run>/final/                the final model's (every subject, no test split)
+    <store>/runs/<run>/synthetic/fold-<k>/   synthetic shards + manifest (synthetic/final/: the whole table's)
+    <store>/runs/<run>/finetune/fold-<k>/    fine-tuning (finetune/final/; other folders per classifier × data)
     <store>/runs/<run>/report/               the results report
+
+A fold key is a fold number k or "final" (`fersnet_ray.foldkey`); `fold_name` turns it into its folder.
 
 A `Store` is a small frozen value (URI + S3 endpoint), cheap to pickle into Ray tasks; each
 process builds its filesystem on first use. S3 credentials come from the standard AWS chain
@@ -29,6 +33,8 @@ from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow.fs as pafs
+
+from fersnet_ray.foldkey import FINAL, Fold, is_final
 
 DEFAULT_STORE = "./fersnet-store"
 log = logging.getLogger(__name__)
@@ -188,6 +194,10 @@ class Store:
                 raise StoreError(f"store path {p!r} leaves the store")
         return "/".join([self.root.rstrip("/"), *clean]) if clean else self.root
 
+    def uri_of_path(self, path: str) -> str:
+        """The URI of a path this store made (`fold_dir`, `synthetic_dir`, …), for messages."""
+        return self.uri_of(path[len(self.root) :]) if path.startswith(self.root) else path
+
     def uri_of(self, *parts: str) -> str:
         """Full URI of a location, for messages and for tools that take URIs."""
         p = self.path(*parts)
@@ -199,11 +209,30 @@ class Store:
     def run_dir(self, run: str) -> str:
         return self.path("runs", run)
 
-    def fold_dir(self, run: str, fold: int) -> str:
-        return self.path("runs", run, f"fold-{fold}")
+    @staticmethod
+    def fold_name(fold: Fold) -> str:
+        """A fold key's folder name: `fold-<k>` for fold k, `final` for the model trained on every subject."""
+        if is_final(fold):
+            return FINAL
+        if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+            raise StoreError(f"fold {fold!r}: use a fold number (0, 1, …) or {FINAL!r}")
+        return f"fold-{fold}"
 
-    def synthetic_dir(self, run: str, fold: int) -> str:
-        return self.path("runs", run, "synthetic", f"fold-{fold}")
+    def fold_dir(self, run: str, fold: Fold) -> str:
+        """Training checkpoints and metrics of one fold (or of the final model)."""
+        return self.path("runs", run, self.fold_name(fold))
+
+    def synthetic_dir(self, run: str, fold: Fold) -> str:
+        """Synthetic shards that augment one fold's training faces (or every face, for the final model)."""
+        return self.path("runs", run, "synthetic", self.fold_name(fold))
+
+    def finetune_dir(self, run: str, folder: str = "finetune") -> str:
+        """runs/<run>/<folder>: one folder per fine-tuning (`FinetuneConfig.folder`: FES-DA, the control, ...)."""
+        return self.path("runs", run, folder)
+
+    def finetune_fold_dir(self, run: str, fold: Fold, folder: str = "finetune") -> str:
+        """One fold's (or the final model's) fine-tuning checkpoints and metrics."""
+        return self.path("runs", run, folder, self.fold_name(fold))
 
     def report_dir(self, run: str) -> str:
         return self.path("runs", run, "report")

@@ -17,6 +17,8 @@ Layout in the store:
     runs/<run>/finetune/fold-<k>/history.json             per-epoch loss, training and test accuracy
     runs/<run>/finetune/fold-<k>/evaluation.json          test accuracy and confusion (written last)
     runs/<run>/finetune/evaluation.json                   all folds: per fold, mean ± std
+    runs/<run>/finetune/final/                            the final model (`--folds final`): real + synthetic
+                                                          faces of every subject; no test faces, no held-out accuracy
     runs/<run>/<FinetuneConfig.folder>/...                  the same for each classifier × data setting
 
 Ray is used at the marked places only: the worker loop (`finetune_fold`), the data pipeline
@@ -36,8 +38,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from fersnet_ray import progress
+from fersnet_ray import foldkey, progress
 from fersnet_ray.finetune.loop import FinetuneConfig
+from fersnet_ray.foldkey import Fold, training_mask
 from fersnet_ray.model import has_synthesis
 from fersnet_ray.runtime import root_cause
 from fersnet_ray.store import Store, StoreError
@@ -54,7 +57,7 @@ class FinetuneError(RuntimeError):
 class FinetuneJob:
     store: str
     run: str
-    folds: tuple[int, ...] | None = None  # None: every fold with synthetic shards
+    folds: tuple[Fold, ...] | None = None  # None: every trained fold (and the final model when trained)
     config: dict = field(default_factory=lambda: asdict(FinetuneConfig()))
     workers_per_fold: int = 1
     gpus_per_fold: float = 0.0
@@ -66,17 +69,17 @@ class FinetuneJob:
 
 def finetune_dir(store: Store, run: str, folder: str = "finetune") -> str:
     """runs/<run>/<folder>: `FinetuneConfig.folder`, one folder per row (FES-DA, real-only control, ...)."""
-    return f"{store.run_dir(run)}/{folder}"
+    return store.finetune_dir(run, folder)
 
 
 # --- Ray marked place 1 of 3: the data pipeline ----------------------------------------------------
 
 
-def _training_rows(batch, fold: int):
-    """Face table rows of the fold's training split (fold ≠ k), image and label only."""
-    import pyarrow.compute as pc
+def _training_rows(batch, fold: Fold):
+    """Face table rows of the fold's training split (fold ≠ k; every row for the final model), image and label."""
+    import pyarrow as pa
 
-    return batch.filter(pc.not_equal(batch["fold"], fold)).select(["image", "label"])
+    return batch.filter(pa.array(training_mask(batch["fold"].to_numpy(), fold))).select(["image", "label"])
 
 
 @contextlib.contextmanager
@@ -121,7 +124,7 @@ def fold_dataset(
     store: Store,
     dataset: str,
     run: str,
-    fold: int,
+    fold: Fold,
     load_size: int,
     channels: int,
     manifest: dict | None,
@@ -188,18 +191,20 @@ def finetune_fold(config: dict) -> None:
     fold, dataset = config["fold"], config["dataset"]
     exp = Experiment.from_dict(config["experiment"])
     cfg = FinetuneConfig(**job.config)
-    cfg = replace(cfg, seed=cfg.seed + fold)
+    cfg = replace(cfg, seed=cfg.seed + foldkey.seed_offset(fold))
+    name = foldkey.label(fold)  # "fold 3" or "final"
     store = Store.from_uri(job.store)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
-    test_set = load_test(store, dataset, fold, exp.train.load_size).to(device)
+    test_set = load_test(store, dataset, fold, exp.train.load_size)  # None for the final model: no test faces
+    test_set = test_set.to(device) if test_set is not None else None
     classes = len(config["classes"])
 
     # Resume from a fine-tuning checkpoint if there is one, else start from the trained FERSNet
     # (fersnet), the --weights state dict, or the classifier as built (seeded).
-    out_dir = f"{finetune_dir(store, job.run, cfg.folder)}/fold-{fold}"
+    out_dir = store.finetune_fold_dir(job.run, fold, cfg.folder)
     resume = resume_state(store, out_dir)
     init = None if resume else _initial_weights(store, cfg, config["init_from"])
     source = read_uri(cfg.classifier[len(TORCHSCRIPT) :], "TorchScript model") if _is_script(cfg) else None
@@ -208,7 +213,7 @@ def finetune_fold(config: dict) -> None:
     if resume is not None:
         state.load_state_dict(resume)
         if rank == 0:
-            print(f"finetune ({cfg.label}) fold {fold}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
+            print(f"finetune ({cfg.label}) {name}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
     model = ray.train.torch.prepare_model(state.model, move_to_device=False) if world > 1 else None
 
     shard = ray.train.get_dataset_shard("train")
@@ -221,7 +226,7 @@ def finetune_fold(config: dict) -> None:
         )
         metrics = finetune_epoch(state, batches, model)
         last = state.epoch == cfg.epochs
-        if last or state.epoch % cfg.checkpoint_every == 0:
+        if test_set is not None and (last or state.epoch % cfg.checkpoint_every == 0):
             test = evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)
             metrics["accuracy"] = test["accuracy"]
         metrics["wall"] = time.time()
@@ -229,17 +234,20 @@ def finetune_fold(config: dict) -> None:
         if rank == 0:
             acc = f" test_acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
             print(
-                f"finetune ({cfg.label}) fold {fold} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
+                f"finetune ({cfg.label}) {name} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
                 f"train_acc {metrics['train_accuracy']:.3f}{acc} ({metrics['images']} faces, "
                 f"{metrics['images_per_s']:.0f} img/s)",
                 flush=True,
             )
             note = f"train_acc {metrics['train_accuracy']:.3f}{acc}"
-            progress.report(f"fold {fold}", state.epoch, cfg.epochs, note)  # the driver's bar, on a terminal
+            progress.report(name, state.epoch, cfg.epochs, note)  # the driver's bar, on a terminal
         report_epoch(metrics, state, last or state.epoch % cfg.checkpoint_every == 0, rank)
 
     if rank == 0:
-        result = evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)
+        if test_set is not None:
+            result = evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)
+        else:  # the final model: nothing held out to measure (its history has the training batches' accuracy)
+            result = foldkey.final_evaluation()
         result.update(
             fold=fold,
             epochs=state.epoch,
@@ -312,7 +320,7 @@ def _absolute_uris(cfg: FinetuneConfig) -> FinetuneConfig:
 
 
 def fold_inputs(
-    store: Store, run: str, fold: int, train_epochs: int, data: str, needs_checkpoint: bool = True
+    store: Store, run: str, fold: Fold, train_epochs: int, data: str, needs_checkpoint: bool = True
 ) -> tuple[str | None, dict | None]:
     """The fold's final training checkpoint and its verified synthetic manifest, or a FinetuneError.
 
@@ -327,21 +335,23 @@ def fold_inputs(
     done = checkpoint_epoch(store, ckpt) if ckpt else 0
     if needs_checkpoint and (ckpt is None or done < train_epochs):
         raise FinetuneError(
-            f"fold {fold}: training has not finished ({done}/{train_epochs} epochs); run `fersnet train` first"
+            f"{foldkey.label(fold)}: training has not finished ({done}/{train_epochs} epochs); "
+            f"run `fersnet train --run {run} --folds {fold}` first"
         )
     folder = store.synthetic_dir(run, fold)
     if data == "real":
         return ckpt, store.read_json(f"{folder}/{MANIFEST}") if store.exists(f"{folder}/{MANIFEST}") else None
     if not store.exists(f"{folder}/{MANIFEST}"):
         raise FinetuneError(
-            f"fold {fold} has no synthetic shards in {store.uri_of('runs', run, 'synthetic', f'fold-{fold}')}; "
-            f"run `fersnet synthesize --run {run}` first"
+            f"{foldkey.label(fold)} has no synthetic shards in {store.uri_of_path(folder)}; "
+            f"run `fersnet synthesize --run {run} --folds {fold}` first"
         )
     problems = verify_fold(store, run, fold)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise FinetuneError(
-            f"fold {fold}: synthetic shards fail verify: {problems[0]}{more}; re-run `fersnet synthesize` to repair"
+            f"{foldkey.label(fold)}: synthetic shards fail verify: {problems[0]}{more}; "
+            "re-run `fersnet synthesize` to repair"
         )
     return ckpt, store.read_json(f"{folder}/{MANIFEST}")
 
@@ -411,12 +421,10 @@ def finetune(job: FinetuneJob) -> dict:
     out_root = finetune_dir(store, job.run, cfg.folder)
     if not folds:
         raise FinetuneError(f"run {job.run!r} has no trained fold")
-    bad = [f for f in folds if not 0 <= f < card["folds"]]
-    if bad:
-        raise FinetuneError(f"face table {run_config['dataset']!r} has folds 0..{card['folds'] - 1}; no fold {bad[0]}")
+    foldkey.check_folds(folds, card["folds"], run_config["dataset"], FinetuneError)
     inputs = {}
     for fold in folds:  # check every fold before anything runs: a bad fold fails the job at once
-        if not job.overwrite and store.exists(f"{out_root}/fold-{fold}/evaluation.json"):
+        if not job.overwrite and store.exists(f"{store.finetune_fold_dir(job.run, fold, cfg.folder)}/evaluation.json"):
             continue
         inputs[fold] = fold_inputs(store, job.run, fold, exp.train.epochs, cfg.data, cfg.from_fold_checkpoint)
     if inputs:
@@ -430,7 +438,7 @@ def finetune(job: FinetuneJob) -> dict:
         job.workers_per_fold, job.cpus_per_worker, job.gpus_per_fold, spare_cpus=0 if cache else 1
     )
 
-    def dataset(fold: int):
+    def dataset(fold: Fold):
         _, manifest = inputs[fold]
         return fold_dataset(
             store,
@@ -449,10 +457,10 @@ def finetune(job: FinetuneJob) -> dict:
     with ThreadPoolExecutor(max_workers=max(1, len(inputs))) as pool:
         datasets = dict(zip(inputs, pool.map(dataset, inputs))) if cache else {}
 
-    def run_fold(fold: int) -> None:
+    def run_fold(fold: Fold) -> None:
         if fold not in inputs:
             name = "" if cfg.classifier == "fersnet" else f" ({cfg.classifier}, {cfg.data})"
-            print(f"finetune{name} fold {fold}: finished earlier, skipped", flush=True)
+            print(f"finetune{name} {foldkey.label(fold)}: finished earlier, skipped", flush=True)
             return
         init_from, manifest = inputs[fold]
         rows, synthetic_rows = _rows(manifest, cfg)
@@ -476,7 +484,7 @@ def finetune(job: FinetuneJob) -> dict:
                 num_workers=job.workers_per_fold, use_gpu=job.gpus_per_fold > 0, resources_per_worker=per_worker
             ),
             run_config=RunConfig(
-                name=f"fold-{fold}",
+                name=store.fold_name(fold),
                 storage_path=out_root,
                 storage_filesystem=store.arrow_fs,
                 failure_config=FailureConfig(max_failures=job.max_failures),
@@ -487,7 +495,7 @@ def finetune(job: FinetuneJob) -> dict:
         try:
             trainer.fit()
         except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
-            raise FinetuneError(f"finetune fold {fold} failed: {root_cause(e)}") from None
+            raise FinetuneError(f"finetune {foldkey.label(fold)} failed: {root_cause(e)}") from None
 
     with progress.Progress("finetune", board=True):  # bars of epochs per fold on a terminal
         run_folds(folds, run_fold, FinetuneError, parallel)

@@ -4,7 +4,9 @@
 
 For fold k the sources are the face table's training faces (fold ≠ k). Each source face is
 synthesised with every expression other than its own by the fold's FES branch, so real +
-synthetic faces per class are equal (the paper's "completely balanced" set).
+synthetic faces per class are equal (the paper's "completely balanced" set). For the final model
+(`--folds final`) the sources are every face of the table: the balanced version of the whole data
+set, in runs/<run>/synthetic/final/, with the same shard contract (its `fold` column is -1).
 
 Exactly once: the driver plans shards from the face table's metadata alone: the fold's training
 rows in table order, cut into consecutive chunks, shard s ↦ `part-{s:05d}.parquet`. The plan
@@ -34,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fersnet_ray.foldkey import FINAL, Fold, is_final, label, shard_fold, training_mask
 from fersnet_ray.progress import Progress
 from fersnet_ray.synth import SynthError
 from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
@@ -50,7 +53,7 @@ SYNTH_SCHEMA = pa.schema(
         ("label", pa.int64()),  # the target expression
         ("label_name", pa.string()),
         ("source_label", pa.int64()),
-        ("fold", pa.int64()),  # the fold whose training split this face augments
+        ("fold", pa.int64()),  # the fold whose training split this face augments; -1: the final data set (every face)
         ("image", pa.binary()),  # PNG, the face table's size and channels
         ("checkpoint", pa.string()),  # generator: checkpoint path @ sha256
         ("score", pa.float32()),  # recogniser's probability of the target (null without one)
@@ -62,7 +65,7 @@ SYNTH_SCHEMA = pa.schema(
 class SynthJob:
     store: str
     run: str
-    folds: tuple[int, ...] | None = None  # None: every trained fold
+    folds: tuple[Fold, ...] | None = None  # None: every trained fold (and the final model when trained)
     actors: int = 1
     gpus_per_actor: float = 0.0
     batch_size: int = 256
@@ -85,8 +88,8 @@ def sidecar_name(shard: int) -> str:
     return f"_part-{shard:05d}.json"
 
 
-def plan_shards(store: Store, dataset: str, fold: int, num_classes: int, rows_per_shard: int) -> list[dict]:
-    """Shard specs for a fold: consecutive training rows of the face table, in table order.
+def plan_shards(store: Store, dataset: str, fold: Fold, num_classes: int, rows_per_shard: int) -> list[dict]:
+    """Shard specs for a fold: consecutive training rows of the face table, in table order (final: every row).
 
     Each spec: {"shard": s, "rows": [(file, [row indices])...], "sources": n}. Only metadata
     columns are read, never the images.
@@ -96,9 +99,9 @@ def plan_shards(store: Store, dataset: str, fold: int, num_classes: int, rows_pe
     entries: list[tuple[str, int]] = []
     for path in table_files(store, dataset):
         folds = open_table_file(store, path).read(columns=["fold"])["fold"].to_numpy()
-        entries += [(path, int(i)) for i in np.flatnonzero(folds != fold)]
+        entries += [(path, int(i)) for i in np.flatnonzero(training_mask(folds, fold))]
     if not entries:
-        raise SynthError(f"face table {dataset!r} has no training faces for fold {fold}")
+        raise SynthError(f"face table {dataset!r} has no training faces for {label(fold)}")
     shards = []
     for s, start in enumerate(range(0, len(entries), sources_per_shard)):
         chunk = entries[start : start + sources_per_shard]
@@ -312,23 +315,24 @@ def write_shard(
 # --- the driver ------------------------------------------------------------------------------------
 
 
-def trained_folds(store: Store, run: str) -> list[int]:
+def trained_folds(store: Store, run: str) -> list[Fold]:
+    """Every fold with a training folder (finished or not), in order, and "final" last when the run has one."""
     run_dir = store.run_dir(run)
     if not store.exists(f"{run_dir}/config.json"):
         raise StoreError(f"no run {run!r} in {store.uri}")
     names = [p.rsplit("/", 1)[-1] for p in store.fs.ls(run_dir, detail=False)]
-    return sorted(int(n[5:]) for n in names if n.startswith("fold-") and n[5:].isdigit())
+    folds = sorted(int(n[5:]) for n in names if n.startswith("fold-") and n[5:].isdigit())
+    return folds + ([FINAL] if store.fold_name(FINAL) in names else [])
 
 
-def _fold_checkpoint(store: Store, job: SynthJob, fold: int) -> tuple[str, str, dict | None]:
+def _fold_checkpoint(store: Store, job: SynthJob, fold: Fold) -> tuple[str, str, dict | None]:
     """The fold's newest complete checkpoint, its id, and its manifest when the fold is already complete."""
     from fersnet_ray.checkpoint import META_FILE, latest_checkpoint
 
     checkpoint = latest_checkpoint(store, job.run, fold)
     if checkpoint is None:
-        raise SynthError(
-            f"fold {fold} of run {job.run!r} has no complete checkpoint in {store.uri_of('runs', job.run)}"
-        )
+        where = store.uri_of_path(store.fold_dir(job.run, fold))
+        raise SynthError(f"{label(fold)} of run {job.run!r} has no complete checkpoint in {where}")
     meta = json.loads(store.read_bytes(f"{checkpoint}/{META_FILE}"))
     checkpoint_id = f"{posixpath.relpath(checkpoint, store.root)}@sha256:{meta['sha256'][:16]}"
     manifest_path = f"{store.synthetic_dir(job.run, fold)}/{MANIFEST}"
@@ -339,7 +343,7 @@ def _fold_checkpoint(store: Store, job: SynthJob, fold: int) -> tuple[str, str, 
     return checkpoint, checkpoint_id, None
 
 
-def _quality_task(job: SynthJob, fold: int, checkpoint: str):
+def _quality_task(job: SynthJob, fold: Fold, checkpoint: str):
     """Starts the fold's Table V task (recogniser training + scoring) on the cluster; returns its ObjectRef."""
     import ray
 
@@ -349,8 +353,9 @@ def _quality_task(job: SynthJob, fold: int, checkpoint: str):
     return task.remote(job.store, job.run, fold, checkpoint, job.recognizer_epochs)
 
 
-def synthesize_fold(job: SynthJob, fold: int, quality_ref=None) -> dict:
-    """Synthesises one fold (skipping done shards) and writes its manifest; returns the manifest.
+def synthesize_fold(job: SynthJob, fold: Fold, quality_ref=None) -> dict:
+    """Synthesises one fold, or the whole table for "final" (skipping done shards), and writes and
+    returns its manifest.
 
     quality_ref: the fold's Table V task, when the driver started it already (`synthesize` starts
     every fold's at once, so the recognisers train side by side); None starts it here.
@@ -369,7 +374,7 @@ def synthesize_fold(job: SynthJob, fold: int, quality_ref=None) -> dict:
         _check_foreign_files(store, folder)
     checkpoint, checkpoint_id, complete = _fold_checkpoint(store, job, fold)
     if complete is not None:
-        print(f"fold {fold}: synthetic shards complete, skipped (--overwrite to redo)", flush=True)
+        print(f"{label(fold)}: synthetic shards complete, skipped (--overwrite to redo)", flush=True)
         return complete
     if job.overwrite:
         store.remove(folder)
@@ -382,19 +387,27 @@ def synthesize_fold(job: SynthJob, fold: int, quality_ref=None) -> dict:
 
         quality = ray.get(quality_ref if quality_ref is not None else _quality_task(job, fold, checkpoint))
         recognizer = recognizer_path(store, job.run, fold)
-        print(
-            f"fold {fold}: Table V accuracy of synthesised test-subject faces "
-            f"{100 * quality['synthetic_test_accuracy']:.2f}% (recogniser on real test faces "
-            f"{100 * quality['recognizer_real_test_accuracy']:.2f}%)",
-            flush=True,
-        )
+        if is_final(fold):
+            print(
+                "final: synthetic rows scored by a recogniser trained on every real face; no Table V number "
+                "(no held-out subjects: the cross-validation folds measure it)",
+                flush=True,
+            )
+        else:
+            print(
+                f"fold {fold}: Table V accuracy of synthesised test-subject faces "
+                f"{100 * quality['synthetic_test_accuracy']:.2f}% (recogniser on real test faces "
+                f"{100 * quality['recognizer_real_test_accuracy']:.2f}%)",
+                flush=True,
+            )
 
     specs = plan_shards(store, dataset, fold, len(classes), job.rows_per_shard)
     _remove_unplanned(store, folder, len(specs))
     done = {s["shard"]: shard_done(store, folder, s, checkpoint_id, job.min_score) for s in specs}
     todo = [s for s in specs if not done[s["shard"]]]
     print(
-        f"fold {fold}: {len(specs)} shards, {len(specs) - len(todo)} already written, {len(todo)} to write", flush=True
+        f"{label(fold)}: {len(specs)} shards, {len(specs) - len(todo)} already written, {len(todo)} to write",
+        flush=True,
     )
     if todo:
         ds = ray.data.from_items([{"spec": json.dumps(s)} for s in todo], override_num_blocks=len(todo))
@@ -425,7 +438,7 @@ def synthesize_fold(job: SynthJob, fold: int, quality_ref=None) -> dict:
                 fn_kwargs=dict(
                     store=store,
                     folder=folder,
-                    fold=fold,
+                    fold=shard_fold(fold),  # the shards' int64 column: k, or -1 for the final data set
                     classes=classes,
                     checkpoint_id=checkpoint_id,
                     min_score=job.min_score,
@@ -435,13 +448,13 @@ def synthesize_fold(job: SynthJob, fold: int, quality_ref=None) -> dict:
         )
         retries, written = 0, len(specs) - len(todo)
         with Progress("synthesize") as bar:  # a bar per fold on a terminal, a line per shard elsewhere
-            bar.update(f"fold {fold}", written, len(specs), "shards written")
+            bar.update(label(fold), written, len(specs), "shards written")
             for row in summaries.iter_rows():  # one row per shard, as soon as it is written
                 done[int(row["shard"])] = json.loads(row["info"])
                 retries += int(row["s3_retries"])
                 written += 1
-                bar.update(f"fold {fold}", written, len(specs), "shards written")
-        report_retries(f"while synthesising fold {fold}", more=retries)
+                bar.update(label(fold), written, len(specs), "shards written")
+        report_retries(f"while synthesising {label(fold)}", more=retries)
     shards = [done[s["shard"]] for s in specs]
     return _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards, job.min_score, quality)
 
@@ -484,7 +497,7 @@ def _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards: l
     real = card["counts"]["per_fold_class"]
     real_train = Counter()
     for f, per in real.items():
-        if int(f) != fold:
+        if is_final(fold) or int(f) != fold:  # the final data set augments every face
             real_train.update(per)
     synth, below = Counter(), Counter()
     for s in shards:
@@ -511,7 +524,7 @@ def _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards: l
     return manifest
 
 
-def synthesize(job: SynthJob) -> dict[int, dict]:
+def synthesize(job: SynthJob) -> dict[Fold, dict]:
     """Runs every requested fold: all folds' Table V recognisers train side by side first (as many at once
     as the cluster's CPUs or GPUs allow), then each fold's shards are written in parallel, fold after fold."""
     from dataclasses import replace

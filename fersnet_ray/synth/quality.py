@@ -6,6 +6,9 @@ its accuracy against the target expressions measures how recognisable the synthe
 97.04% for FERSNet, 96.43% for StarGAN). The same recogniser gives every synthetic training row
 its probability of the target (`score`), which `--min-score` filters on.
 
+For the final model (every subject, no held-out ones) the recogniser trains on every real face and
+only scores the rows; there is no Table V number for it.
+
 Plain PyTorch; `synthesize` runs `fold_quality` as one Ray task per fold.
 """
 
@@ -16,6 +19,7 @@ import io
 import numpy as np
 import torch
 
+from fersnet_ray.foldkey import Fold, is_final, seed_offset
 from fersnet_ray.store import Store
 from fersnet_ray.synth.recognizer import (
     Recognizer,
@@ -34,7 +38,7 @@ RECOGNIZER_FILE = "recognizer.pt"
 SHEET_FILE = "_contact_sheet.png"
 
 
-def recognizer_path(store: Store, run: str, fold: int) -> str:
+def recognizer_path(store: Store, run: str, fold: Fold) -> str:
     return f"{store.fold_dir(run, fold)}/{RECOGNIZER_FILE}"
 
 
@@ -69,8 +73,13 @@ def synthesize_all_targets(model, faces: FaceSet, exp: Experiment, device: torch
     return out, src, tgt
 
 
-def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognizer_epochs: int) -> dict:
-    """Trains (or loads) the fold's recogniser, scores synthesis of the test subjects, writes the sheet."""
+def fold_quality(store_uri: str, run: str, fold: Fold, checkpoint: str, recognizer_epochs: int) -> dict:
+    """Trains (or loads) the fold's recogniser, scores synthesis of the test subjects, writes the sheet.
+
+    For the final model (fold "final") the recogniser trains on every real face, only to score the
+    synthetic rows: there are no held-out subjects, so there is no Table V number (None, and said so),
+    and the contact sheet shows training faces.
+    """
     from fersnet_ray.model import create_model
     from fersnet_ray.checkpoint import read_checkpoint
 
@@ -79,7 +88,7 @@ def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognize
     state = read_checkpoint(store, checkpoint)
     exp = Experiment.from_dict(state["experiment"])
     dataset = store.read_json(f"{store.run_dir(run)}/config.json")["dataset"]
-    train_set, test_set, card = load_fold(store, dataset, fold, exp.train.load_size)
+    train_set, test_set, card = load_fold(store, dataset, fold, exp.train.load_size)  # final: test_set empty
 
     path = recognizer_path(store, run, fold)
     if store.exists(path):
@@ -91,37 +100,38 @@ def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognize
             exp.train.crop_size,
             epochs=recognizer_epochs,
             device=device,
-            seed=exp.train.seed + fold,
+            seed=exp.train.seed + seed_offset(fold),
         )
         buf = io.BytesIO()
         torch.save(save_recognizer(recognizer), buf)
         store.write_bytes(path, buf.getvalue())
-    real_acc = accuracy_against(recognizer, test_set.images.to(device), test_set.labels.to(device), exp.train.crop_size)
 
     model = create_model(exp.model).to(device).eval()
     model.load_state_dict(state["model"])
+    classes = card["classes"]
+    if is_final(fold):
+        # One training face per class, every expression: the sheet, and nothing to measure.
+        sheet_faces = _one_per_class(train_set, len(classes))
+        images, src, tgt = synthesize_all_targets(model, sheet_faces, exp, device)
+        _write_sheet(store, run, fold, sheet_faces, images, src, tgt, classes)
+        return {
+            "fold": fold,
+            "held_out": False,
+            "recognizer_real_test_accuracy": None,
+            "synthetic_test_accuracy": None,  # no Table V: no held-out subjects to synthesise from
+            "synthetic_test_faces": 0,
+            "recognizer_training_faces": len(train_set),
+            "note": "recogniser trained on every real face, used only to score the synthetic rows; "
+            "no held-out subjects, so no Table V number (the cross-validation folds measure it)",
+            "contact_sheet": SHEET_FILE,
+        }
+
+    real_acc = accuracy_against(recognizer, test_set.images.to(device), test_set.labels.to(device), exp.train.crop_size)
     images, src, tgt = synthesize_all_targets(model, test_set, exp, device)
     targets = torch.as_tensor(tgt)
     synth_acc = accuracy_against(recognizer, images.to(device), targets.to(device), exp.train.crop_size)
     probs = target_probability(recognizer, images.to(device), targets.to(device), exp.train.crop_size).cpu()
-
-    # Contact sheet: one held-out face per class (where the test split has one), every expression.
-    classes = card["classes"]
-    labels = test_set.labels.cpu().numpy()
-    rows = []
-    for c in range(len(classes)):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) == 0:
-            continue
-        i = int(idx[0])
-        cells = {c: test_set.images[i].cpu().numpy()}
-        for k in np.flatnonzero(src == i):
-            cells[int(tgt[k])] = images[k].numpy()
-        rows.append({"source_label": c, "images": cells})
-    buf = io.BytesIO()
-    contact_sheet(rows, classes).save(buf, format="PNG")
-    store.write_bytes(f"{store.synthetic_dir(run, fold)}/{SHEET_FILE}", buf.getvalue())
-
+    _write_sheet(store, run, fold, test_set, images, src, tgt, classes)
     return {
         "fold": fold,
         "recognizer_real_test_accuracy": real_acc,  # how good the judge is on real held-out faces
@@ -130,3 +140,29 @@ def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognize
         "mean_target_probability": float(probs.mean()) if len(probs) else float("nan"),
         "contact_sheet": SHEET_FILE,
     }
+
+
+def _one_per_class(faces: FaceSet, num_classes: int) -> FaceSet:
+    """The first face of each class that `faces` holds (at most num_classes faces)."""
+    labels = faces.labels.cpu().numpy()
+    pick = [int(np.flatnonzero(labels == c)[0]) for c in range(num_classes) if (labels == c).any()]
+    idx = torch.as_tensor(pick, dtype=torch.long)
+    return FaceSet(faces.images[idx], faces.labels[idx], faces.subjects[pick], [faces.face_ids[i] for i in pick])
+
+
+def _write_sheet(store: Store, run: str, fold: Fold, faces: FaceSet, images, src, tgt, classes: list[str]) -> None:
+    """Contact sheet: one face per class (where `faces` has one) as rows, every expression as columns."""
+    labels = faces.labels.cpu().numpy()
+    rows = []
+    for c in range(len(classes)):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) == 0:
+            continue
+        i = int(idx[0])
+        cells = {c: faces.images[i].cpu().numpy()}
+        for k in np.flatnonzero(src == i):
+            cells[int(tgt[k])] = images[k].numpy()
+        rows.append({"source_label": c, "images": cells})
+    buf = io.BytesIO()
+    contact_sheet(rows, classes).save(buf, format="PNG")
+    store.write_bytes(f"{store.synthetic_dir(run, fold)}/{SHEET_FILE}", buf.getvalue())

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fersnet_ray.foldkey import Fold, is_final, training_mask
 from fersnet_ray.table import decode_png
 
 
@@ -166,24 +167,30 @@ class TargetSampler:
         return target_label, target_face
 
 
-def load_fold(store, dataset: str, fold: int, load_size: int) -> tuple[FaceSet, FaceSet, dict]:
+def load_fold(store, dataset: str, fold: Fold, load_size: int) -> tuple[FaceSet, FaceSet, dict]:
     """The face table's training (fold ≠ k) and test (fold = k) faces, and the data set's card.
 
+    For the final model (fold "final") every face trains and the test set is empty: it has no held-out faces.
     Raises ValueError naming the data set and fold when the fold or its training split is empty.
     """
-    import pyarrow.compute as pc
+    import pyarrow as pa
 
     from fersnet_ray.table import read_card, read_faces
 
     card = read_card(store, dataset)
     table = read_faces(store, dataset, columns=["face_id", "subject", "label", "image", "fold"])
-    if fold not in set(table["fold"].to_pylist()):
+    folds = table["fold"].to_numpy()
+    if not is_final(fold) and fold not in set(folds.tolist()):
         raise ValueError(f"face table {dataset!r} has no fold {fold} (folds 0..{card['folds'] - 1})")
-    train = table.filter(pc.not_equal(table["fold"], fold)).to_pydict()
-    test = table.filter(pc.equal(table["fold"], fold)).to_pydict()
+    in_training = training_mask(folds, fold)  # (N,) bool
+    train = table.filter(pa.array(in_training)).to_pydict()
+    test = table.filter(pa.array(~in_training)).to_pydict()
     if not train["label"]:
         raise ValueError(f"face table {dataset!r} has no training faces for fold {fold} (every face is in fold {fold})")
-    return face_set(train, load_size), face_set(test, load_size), card
+    train_set = face_set(train, load_size)
+    if is_final(fold):  # no held-out faces: an empty set with the training faces' channels and size
+        return train_set, FaceSet(train_set.images[:0], train_set.labels[:0], train_set.subjects[:0], []), card
+    return train_set, face_set(test, load_size), card
 
 
 def missing_classes(faces: FaceSet, num_classes: int) -> list[int]:
@@ -192,9 +199,15 @@ def missing_classes(faces: FaceSet, num_classes: int) -> list[int]:
     return [c for c in range(num_classes) if c not in present]
 
 
-def load_test(store, dataset: str, fold: int, load_size: int) -> FaceSet:
-    """Only the fold's test faces (fold = k): what fine-tuning evaluates on, without decoding the rest."""
+def load_test(store, dataset: str, fold: Fold, load_size: int) -> FaceSet | None:
+    """Only the fold's test faces (fold = k): what fine-tuning evaluates on, without decoding the rest.
+
+    None for the final model: it has no held-out faces.
+    """
     import pyarrow.compute as pc
+
+    if is_final(fold):
+        return None
 
     from fersnet_ray.table import read_faces
 

@@ -6,7 +6,9 @@ Layout in the store:
     runs/<run>/config.json                    data set + experiment; a re-run must match it
     runs/<run>/fold-<k>/checkpoint-epoch-NNNN/ state.pt (+ meta.json): model, optimisers, schedulers, epoch
     runs/<run>/fold-<k>/evaluation.json        test accuracy and confusion matrix of the final model
-    runs/<run>/evaluation.json                 all folds: per fold, mean ± std
+    runs/<run>/final/                          `--folds final`: one model on every subject, no test split;
+                                               its evaluation.json records no held-out accuracy (there is none)
+    runs/<run>/evaluation.json                 all folds: per fold, mean ± std (and the final model's facts)
 
 Ray is used at the marked places only: the worker loop (`train_fold`: prepare modules, report
 metrics and checkpoints, read the checkpoint to resume) and the driver (`train`: one trainer per
@@ -29,7 +31,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from fersnet_ray import foldkey
 from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint, report_epoch, resume_state
+from fersnet_ray.foldkey import FINAL, Fold
 from fersnet_ray.model import has_synthesis
 from fersnet_ray.runtime import root_cause
 from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
@@ -48,7 +52,7 @@ class TrainJob:
     dataset: str
     run: str
     experiment: dict  # Experiment.to_dict()
-    folds: tuple[int, ...]
+    folds: tuple[Fold, ...]  # fold numbers and/or "final" (fersnet_ray.foldkey)
     workers_per_fold: int = 1
     gpus_per_fold: float = 0.0  # total GPUs of one fold, split over its workers (fractions share a GPU)
     cpus_per_worker: float = 1.0
@@ -79,15 +83,17 @@ def train_fold(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.cpus_per_worker)))
 
-    train_set, test_set, card = load_fold(store, job.dataset, fold, exp.train.load_size)
+    name = foldkey.label(fold)  # "fold 3" or "final", in every message
+    train_set, test_set, card = load_fold(store, job.dataset, fold, exp.train.load_size)  # final: test_set empty
+    held_out = len(test_set) > 0
     if rank == 0:
         for c in missing_classes(train_set, exp.model.num_classes):
-            print(f"warning: fold {fold}: training split has no '{card['classes'][c]}' face", flush=True)
+            print(f"warning: {name}: training split has no '{card['classes'][c]}' face", flush=True)
     train_set, test_set = train_set.to(device), test_set.to(device)
 
     state_dict = resume_state(store, store.fold_dir(job.run, fold))
 
-    seed = exp.train.seed + fold
+    seed = exp.train.seed + foldkey.seed_offset(fold)
     identity_net = None
     if exp.train.identity != "none" and exp.train.lambda_idt_end > 0 and has_synthesis(exp.model.variant):
         if state_dict is not None and "identity" in state_dict:
@@ -98,7 +104,7 @@ def train_fold(config: dict) -> None:
             if rank == 0:
                 acc = ident.identity_accuracy(identity_net, train_set)
                 print(
-                    f"fold {fold}: identity net trained on {len(set(train_set.subjects))} subjects, "
+                    f"{name}: identity net trained on {len(set(train_set.subjects))} subjects, "
                     f"train acc {acc:.3f}",
                     flush=True,
                 )
@@ -113,7 +119,7 @@ def train_fold(config: dict) -> None:
     if state_dict is not None:
         state.load_state_dict(state_dict)
         if rank == 0:
-            print(f"fold {fold}: resuming at epoch {state.epoch + 1}/{exp.train.epochs}", flush=True)
+            print(f"{name}: resuming at epoch {state.epoch + 1}/{exp.train.epochs}", flush=True)
     ddp_model = ddp_disc = None
     if world > 1:
         ddp_model = ray.train.torch.prepare_model(state.model, move_to_device=False)
@@ -128,26 +134,36 @@ def train_fold(config: dict) -> None:
         metrics = train_epoch(state, shard, sampler, ddp_model, ddp_disc)
         metrics["start_epoch"] = start_epoch
         last = state.epoch == t.epochs
-        if last or (t.eval_every and state.epoch % t.eval_every == 0):
+        # The final model has no test faces: its history holds no accuracy rather than a made-up one.
+        if held_out and (last or (t.eval_every and state.epoch % t.eval_every == 0)):
             result = evaluate(state.model, test_set, t.crop_size, amp=t.amp)
             metrics.update(accuracy=result["accuracy"])
         metrics["lr"] = float(state.opt_g.param_groups[0]["lr"])
         metrics["wall"] = time.time()  # epoch-end stamp: throughput including reports and checkpoints
         state.history.append(metrics)
         if rank == 0:
-            print(progress_line(fold, metrics, t.epochs), flush=True)
+            print(progress_line(name, metrics, t.epochs), flush=True)
             acc = next((f"test_acc {m['accuracy']:.3f}" for m in reversed(state.history) if "accuracy" in m), "")
-            progress.report(f"fold {fold}", state.epoch, t.epochs, acc)  # the driver's bar, on a terminal
+            progress.report(name, state.epoch, t.epochs, acc)  # the driver's bar, on a terminal
         report_epoch(metrics, state, last or state.epoch % t.checkpoint_every == 0, rank)
 
     if rank == 0:
-        result = evaluate(state.model, test_set, t.crop_size, amp=t.amp)
+        if held_out:
+            result = evaluate(state.model, test_set, t.crop_size, amp=t.amp)
+        else:
+            # Accuracy on the faces it trained on: a sanity check that it learned, never an estimate for new faces.
+            seen = evaluate(state.model, train_set, t.crop_size, amp=t.amp)
+            result = foldkey.final_evaluation(
+                training_faces=len(train_set),
+                training_subjects=len(set(train_set.subjects.tolist())),
+                training_faces_accuracy=seen["accuracy"],
+            )
         result.update(fold=fold, epochs=state.epoch, classes=card["classes"], variant=exp.model.variant)
         store.write_json(f"{store.fold_dir(job.run, fold)}/history.json", state.history)  # loss curves
         store.write_json(f"{store.fold_dir(job.run, fold)}/evaluation.json", result)  # written last: fold done
         retries = S3_RETRIES.take()  # this worker's checkpoint uploads and reads (workers log only errors)
         if retries:
-            print(f"fold {fold}: s3: retried {retries} request(s) (throttling, 5xx or dropped connections)", flush=True)
+            print(f"{name}: s3: retried {retries} request(s) (throttling, 5xx or dropped connections)", flush=True)
 
 
 # --- Ray marked place 2 of 2: the driver, one TorchTrainer per fold ---------------------------------
@@ -190,7 +206,7 @@ def _trainer(job: TrainJob, fold: int):
             num_workers=job.workers_per_fold, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         run_config=RunConfig(
-            name=f"fold-{fold}",
+            name=store.fold_name(fold),
             storage_path=store.run_dir(job.run),
             storage_filesystem=store.arrow_fs,
             failure_config=FailureConfig(max_failures=job.max_failures),
@@ -213,9 +229,7 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
     card = read_card(store, job.dataset)
     for path in table_files(store, job.dataset):  # a foreign or corrupt table fails here once, not in every fold
         open_table_file(store, path)
-    bad = [f for f in job.folds if not 0 <= f < card["folds"]]
-    if bad:
-        raise TrainError(f"face table {job.dataset!r} has folds 0..{card['folds'] - 1}; no fold {bad[0]}")
+    foldkey.check_folds(job.folds, card["folds"], job.dataset, TrainError)
     exp = Experiment.from_dict(job.experiment)
     if exp.model.num_classes != len(card["classes"]) or exp.model.in_channels != card["alignment"]["channels"]:
         raise TrainError(
@@ -230,12 +244,12 @@ def train(job: TrainJob, resume: bool = False, overwrite: bool = False) -> dict:
         if resume_from is not None:
             done = checkpoint_epoch(store, resume_from)
             if done >= epochs and store.exists(f"{store.fold_dir(job.run, fold)}/evaluation.json"):
-                print(f"fold {fold}: finished earlier ({done}/{epochs} epochs), skipped", flush=True)
+                print(f"{foldkey.label(fold)}: finished earlier ({done}/{epochs} epochs), skipped", flush=True)
                 return
         try:
             _trainer(job, fold).fit()
         except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
-            raise TrainError(f"fold {fold} failed: {root_cause(e)}") from None
+            raise TrainError(f"{foldkey.label(fold)} failed: {root_cause(e)}") from None
 
     parallel = job.parallel_folds or folds_that_fit(job.workers_per_fold, job.cpus_per_worker, job.gpus_per_fold)
     from fersnet_ray.progress import Progress
@@ -299,6 +313,8 @@ def summarize_folds(store: Store, run_dir: str, run: str) -> dict | None:
     """`<run_dir>/fold-*/evaluation.json` → `<run_dir>/evaluation.json` (None if no fold is evaluated).
 
     Serves training (runs/<run>/) and fine-tuning (runs/<run>/finetune/) alike: same files, same summary.
+    A finished final model (`<run_dir>/final/`) is listed apart under "final", with no accuracy: it
+    enters no mean, and the mean ± std of the folds is what estimates its accuracy on new subjects.
     """
     folds = {}
     for path in sorted(store.fs.ls(run_dir, detail=False)):
@@ -306,17 +322,24 @@ def summarize_folds(store: Store, run_dir: str, run: str) -> dict | None:
         if name.startswith("fold-") and store.exists(f"{path}/evaluation.json"):
             result = store.read_json(f"{path}/evaluation.json")
             folds[int(name[5:])] = {k: result[k] for k in ("accuracy", "correct", "total", "confusion", "epochs")}
-    if not folds:
+    final_path = f"{run_dir}/{store.fold_name(FINAL)}/evaluation.json"
+    final = store.read_json(final_path) if store.exists(final_path) else None
+    if not folds and final is None:
         return None
-    accs = np.array([f["accuracy"] for f in folds.values()])
     summary = {
         "run": run,
         "config": store.read_json(f"{run_dir}/config.json"),
         "folds": {str(k): v for k, v in sorted(folds.items())},
-        "mean_accuracy": float(accs.mean()),
-        "std_accuracy": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
-        "pooled_accuracy": sum(f["correct"] for f in folds.values()) / sum(f["total"] for f in folds.values()),
     }
+    if folds:
+        accs = np.array([f["accuracy"] for f in folds.values()])
+        summary.update(
+            mean_accuracy=float(accs.mean()),
+            std_accuracy=float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+            pooled_accuracy=sum(f["correct"] for f in folds.values()) / sum(f["total"] for f in folds.values()),
+        )
+    if final is not None:
+        summary["final"] = {k: v for k, v in final.items() if k not in ("predictions", "confusion", "classes")}
     path = f"{run_dir}/evaluation.json"
     # A re-run of finished folds leaves the summary untouched (same bytes, same modification time).
     if not store.exists(path) or store.read_json(path) != json.loads(json.dumps(summary)):

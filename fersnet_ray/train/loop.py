@@ -278,9 +278,9 @@ def evaluate(model: FERSNetBase, faces: FaceSet, crop: int, amp: bool = True, nu
     }
 
 
-def progress_line(fold: int, m: dict, epochs: int) -> str:
-    """One progress line per fold and epoch: loss parts, accuracy when measured."""
+def progress_line(name: str, m: dict, epochs: int) -> str:
+    """One progress line per fold and epoch: loss parts, accuracy when measured. name: "fold 3" or "final"."""
     keys = ["cls", "gan", "rec", "cyc", "idt", "d_real", "d_fake"]
     parts = " ".join(f"{k} {m[k]:.3f}" for k in keys if k in m)
     acc = f" test_acc {m['accuracy']:.3f}" if "accuracy" in m else ""
-    return f"fold {fold} epoch {m['epoch'] + 1}/{epochs} {parts}{acc} ({m['images_per_s']:.0f} img/s)"
+    return f"{name} epoch {m['epoch'] + 1}/{epochs} {parts}{acc} ({m['images_per_s']:.0f} img/s)"
