@@ -1,7 +1,9 @@
 """Which checkpoint of a run a user gets: the fold's fine-tuned model when it finished, else the trained one.
 
     ref = resolve(store, "demo", fold=0)            # ModelRef(stage="finetune" | "train", path, sha256, ...)
-    refs = resolve_folds(store, "demo", None)       # every fold that finished, for an ensemble
+    ref = resolve(store, "demo", fold="final")      # the final model (every subject), or a UseError
+    final = final_model(store, "demo")              # the final model when it finished, else None
+    refs = resolve_folds(store, "demo", None)       # every cross-validation fold, for an ensemble
 
 A fold "finished" a stage when its `evaluation.json` is there (each stage writes it last) and its
 newest complete checkpoint (checksum matching `meta.json`) holds the stage's last epoch. Anything
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from fersnet_ray.foldkey import FINAL, Fold, is_final
 from fersnet_ray.store import Store
 
 STAGES = ("auto", "finetune", "train")
@@ -27,7 +30,7 @@ class ModelRef:
     """One finished checkpoint: what `predict` and `export` load, by path (actors load it themselves)."""
 
     run: str
-    fold: int
+    fold: Fold  # a fold number, or "final"
     stage: str  # "finetune" (FES-DA) or "train"
     path: str  # checkpoint folder in the store (store.path form)
     uri: str  # the same, as a URI for messages and cards
@@ -41,6 +44,8 @@ class ModelRef:
 
     def describe(self) -> str:
         what = "fine-tuned (FES-DA)" if self.stage == "finetune" else "trained (no fine-tuning)"
+        if is_final(self.fold):
+            return f"final model (every subject, no held-out accuracy): {what}, epoch {self.epoch}, {self.uri}"
         return f"fold {self.fold}: {what}, epoch {self.epoch}, {self.uri}"
 
 
@@ -65,35 +70,39 @@ def _finished(store: Store, folder: str, epochs: int) -> tuple[str, dict] | None
     return (ckpt, meta) if meta["epoch"] >= epochs else None
 
 
-def _check_fold(store: Store, run: str, config: dict, fold: int) -> None:
+def _check_fold(store: Store, run: str, config: dict, fold: Fold) -> None:
     from fersnet_ray.table import read_card
 
     card = read_card(store, config["dataset"])
+    if is_final(fold):
+        return  # every face table has a final model's split: all of it
     if not 0 <= fold < card["folds"]:
         raise UseError(
             f"run {run!r}: face table {config['dataset']!r} has folds 0..{card['folds'] - 1}; no fold {fold}"
         )
 
 
-def resolve(store: Store, run: str, fold: int, stage: str = "auto") -> ModelRef:
-    """The checkpoint of `fold` to use: fine-tuned if finished (stage "auto" or "finetune"), else trained."""
-    from fersnet_ray.finetune.job import finetune_dir
+def resolve(store: Store, run: str, fold: Fold, stage: str = "auto") -> ModelRef:
+    """The checkpoint of `fold` ("final" included) to use: fine-tuned if finished (stage "auto" or
+    "finetune"), else trained."""
     from fersnet_ray.train.config import Experiment
 
     if stage not in STAGES:
         raise UseError(f"--checkpoint {stage!r}: use one of {', '.join(STAGES)}")
     config = run_config(store, run)
     _check_fold(store, run, config, fold)
-    train_dir, ft_dir = store.fold_dir(run, fold), f"{finetune_dir(store, run)}/fold-{fold}"
-    rel = lambda folder: store.uri_of(folder[len(store.root) :]) + "/"
+    train_dir, ft_dir = store.fold_dir(run, fold), store.finetune_fold_dir(run, fold)
+    rel = lambda folder: store.uri_of_path(folder) + "/"
+    who = f"the final model of run {run!r}" if is_final(fold) else f"run {run!r} fold {fold}"
 
     found, used = None, None
-    if stage in ("auto", "finetune") and store.exists(f"{finetune_dir(store, run)}/config.json"):
-        epochs = store.read_json(f"{finetune_dir(store, run)}/config.json")["finetune"]["epochs"]
+    ft_config = f"{store.finetune_dir(run)}/config.json"
+    if stage in ("auto", "finetune") and store.exists(ft_config):
+        epochs = store.read_json(ft_config)["finetune"]["epochs"]
         found, used = _finished(store, ft_dir, epochs), "finetune"
     if found is None and stage == "finetune":
         raise UseError(
-            f"run {run!r} fold {fold} has no finished fine-tuned checkpoint (nothing complete in {rel(ft_dir)}); "
+            f"{who} has no finished fine-tuned checkpoint (nothing complete in {rel(ft_dir)}); "
             f"run `fersnet finetune --run {run} --folds {fold}` or pass --checkpoint train"
         )
     if found is None:
@@ -104,26 +113,38 @@ def resolve(store: Store, run: str, fold: int, stage: str = "auto") -> ModelRef:
 
         newest = latest_checkpoint_in(store, train_dir)
         done = checkpoint_epoch(store, newest) if newest else 0
+        # Said in one line, as every UseError: "run 'r' has no final model: …" / "run 'r' fold 2 has no …"
+        head = f"run {run!r} has no final model" if is_final(fold) else f"{who} has no finished checkpoint"
         raise UseError(
-            f"run {run!r} fold {fold} has no finished checkpoint: no fine-tuned model in {rel(ft_dir)} and "
-            f"training in {rel(train_dir)} is at {done}/{epochs} epochs; "
-            f"run `fersnet train --run {run} --folds {fold}` first"
+            f"{head}: no fine-tuned model in {rel(ft_dir)} and training in {rel(train_dir)} is at "
+            f"{done}/{epochs} epochs; run `fersnet train --run {run} --folds {fold}` first"
         )
     ckpt, meta = found
-    return ModelRef(run, fold, used, ckpt, store.uri_of(ckpt[len(store.root) :]), meta["sha256"], int(meta["epoch"]))
+    return ModelRef(run, fold, used, ckpt, store.uri_of_path(ckpt), meta["sha256"], int(meta["epoch"]))
 
 
-def trained_folds(store: Store, run: str) -> list[int]:
-    """Folds of a run that have a training folder (finished or not)."""
+def final_model(store: Store, run: str, stage: str = "auto") -> ModelRef | None:
+    """The run's final model when it has finished (fine-tuned or trained, as `stage` allows), else None."""
+    if not store.exists(store.fold_dir(run, FINAL)):
+        return None
+    try:
+        return resolve(store, run, FINAL, stage)
+    except UseError:
+        return None  # started, not finished: the caller falls back and says so
+
+
+def trained_folds(store: Store, run: str) -> list[Fold]:
+    """Folds of a run that have a training folder (finished or not), "final" last when the run has one."""
     from fersnet_ray.synth.job import trained_folds as folds_of
 
     run_config(store, run)
     return folds_of(store, run)
 
 
-def resolve_folds(store: Store, run: str, folds: tuple[int, ...] | None, stage: str = "auto") -> list[ModelRef]:
-    """Every requested fold's checkpoint (None: every trained fold), for an ensemble; errors name the fold."""
-    folds = folds if folds is not None else tuple(trained_folds(store, run))
+def resolve_folds(store: Store, run: str, folds: tuple[Fold, ...] | None, stage: str = "auto") -> list[ModelRef]:
+    """Every requested fold's checkpoint (None: every cross-validation fold, not the final model), for an
+    ensemble; errors name the fold."""
+    folds = folds if folds is not None else tuple(f for f in trained_folds(store, run) if not is_final(f))
     if not folds:
-        raise UseError(f"run {run!r} has no trained fold; run `fersnet train --run {run}` first")
+        raise UseError(f"run {run!r} has no trained cross-validation fold; run `fersnet train --run {run}` first")
     return [resolve(store, run, f, stage) for f in folds]

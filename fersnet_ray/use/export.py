@@ -1,6 +1,9 @@
 """`fersnet export`: a run's classifier as files that run without fersnet-ray, each checked at export time.
 
-    fersnet export --store URI --run NAME [--fold k] --format torchscript,safetensors,onnx --out DIR
+    fersnet export --store URI --run NAME [--fold k|final] --format torchscript,safetensors,onnx --out DIR
+
+Which model: `--fold k` or `--fold final`; by default the run's final model (every subject) when it
+has finished, else the run's only fold (a run with several folds and no final model needs --fold).
 
 What is written is the recognition path only (`use.recognizer.Recognizer`): input (N, C, S, S)
 float32 in [-1, 1], output logits (N, E), float32 on CPU (no bf16: a checkpoint trained under bf16
@@ -14,8 +17,9 @@ autocast holds float32 weights; autocast is a run-time choice the user can make 
 
 The check: every file is loaded back (TorchScript by torch.jit.load, safetensors into a fresh
 Recognizer, ONNX by onnxruntime) and its logits on real faces of the face table (the fold's
-held-out faces, preprocessed as `predict` does) are compared with the PyTorch model's; a file whose
-logits differ by more than TOLERANCE is an error and is removed. No Ray here: plain PyTorch.
+held-out faces, preprocessed as `predict` does; the final model has none, so the table's first faces)
+are compared with the PyTorch model's; a file whose logits differ by more than TOLERANCE is an error
+and is removed. No Ray here: plain PyTorch.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from fersnet_ray.store import Store, open_location, redact
-from fersnet_ray.use.checkpoints import ModelRef, UseError, resolve, run_config, trained_folds
+from fersnet_ray.foldkey import NO_HELD_OUT, Fold, held_out, is_final
+from fersnet_ray.use.checkpoints import ModelRef, UseError, final_model, resolve, run_config, trained_folds
 from fersnet_ray.use.recognizer import Preprocessing, Recognizer, load_recognizer
 
 FORMATS = ("torchscript", "safetensors", "onnx")
@@ -49,7 +54,7 @@ class ExportJob:
     run: str
     out: str  # a folder, path or s3://
     formats: tuple[str, ...] = ("torchscript",)
-    fold: int | None = None  # None: the run's only fold (several folds: say which)
+    fold: Fold | None = None  # None: the final model when finished, else the run's only fold (several: say which)
     checkpoint: str = "auto"  # auto (fine-tuned when finished, else trained) | finetune | train
     check_faces: int = 64  # face-table faces the exported files are checked on
     overwrite: bool = False
@@ -154,16 +159,18 @@ def compare(reference: torch.Tensor, exported: torch.Tensor) -> dict:
     }
 
 
-def check_faces(store: Store, dataset: str, fold: int, prep: Preprocessing, n: int) -> torch.Tensor:
-    """Up to `n` real faces of the face table as model input (N, C, S, S): the fold's held-out faces first."""
+def check_faces(store: Store, dataset: str, fold: Fold, prep: Preprocessing, n: int) -> torch.Tensor:
+    """Up to `n` real faces of the face table as model input (N, C, S, S): the fold's held-out faces first
+    (the final model has none: the table's first faces; the check compares logits, it measures no accuracy)."""
     import pyarrow.compute as pc
 
     from fersnet_ray.table import read_faces
     from fersnet_ray.train.data import decode_faces
 
     table = read_faces(store, dataset, columns=["image", "fold"])
-    held_out = table.filter(pc.equal(table["fold"], fold))
-    rows = held_out if held_out.num_rows else table
+    k = held_out(fold)
+    rows = table.filter(pc.equal(table["fold"], k)) if k is not None else table
+    rows = rows if rows.num_rows else table
     pngs = rows["image"].to_pylist()[:n]
     return prep.model_input(decode_faces(pngs, prep.load_size))
 
@@ -172,12 +179,19 @@ def check_faces(store: Store, dataset: str, fold: int, prep: Preprocessing, n: i
 
 
 def choose_fold(store: Store, job: ExportJob) -> ModelRef:
+    """--fold's model; without it the final model when it has finished, else the run's only fold."""
     if job.fold is not None:
         return resolve(store, job.run, job.fold, job.checkpoint)
-    folds = trained_folds(store, job.run)
+    final = final_model(store, job.run, job.checkpoint)
+    if final is not None:
+        return final
+    folds = [f for f in trained_folds(store, job.run) if not is_final(f)]
     if len(folds) != 1:
         have = ", ".join(map(str, folds)) or "none"
-        raise UseError(f"run {job.run!r} has trained folds {have}: pass --fold k to say which one to export")
+        raise UseError(
+            f"run {job.run!r} has trained folds {have} and no finished final model: pass --fold k to say which "
+            f"one to export, or train the final model (`fersnet train --run {job.run} --folds final`)"
+        )
     return resolve(store, job.run, folds[0], job.checkpoint)
 
 
@@ -225,6 +239,11 @@ def export(job: ExportJob) -> dict:
             "sha256": ref.sha256,
             "epoch": ref.epoch,
         },
+        # Where this model's accuracy on new subjects is measured: its fold's held-out faces (the evaluation
+        # beside its checkpoint), or, for the final model (every subject, none held out), the run's folds.
+        "held_out_accuracy": NO_HELD_OUT
+        if is_final(ref.fold)
+        else f"fold {ref.fold}'s held-out subjects: {posixpath.dirname(ref.uri)}/evaluation.json",
         "experiment": exp.to_dict(),
         "variant": exp.model.variant,
         "fersnet_version": __version__,

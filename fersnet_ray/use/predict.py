@@ -1,6 +1,10 @@
 """`fersnet predict`: a run's classifier on new images, as Ray Data batch inference.
 
-    fersnet predict --store URI --run NAME [--fold k | --ensemble] --source PATH|URI --out FILE.parquet|FILE.csv
+    fersnet predict --store URI --run NAME [--fold k|final | --ensemble] --source PATH|URI --out FILE.parquet|FILE.csv
+
+Which model: `--fold k` or `--fold final`; `--ensemble` (every cross-validation fold, averaged); by
+default the run's final model (trained on every subject) when it has finished, else the ensemble,
+with a note saying so.
 
 Pipeline (Ray Data, one block per batch so the stages overlap):
     list      (driver)        use.inputs: which files, true labels where the layout has them
@@ -32,7 +36,8 @@ import pyarrow as pa
 import torch
 
 from fersnet_ray.store import Store, open_location, redact
-from fersnet_ray.use.checkpoints import ModelRef, UseError, resolve, resolve_folds, run_config
+from fersnet_ray.foldkey import FINAL, Fold, is_final
+from fersnet_ray.use.checkpoints import ModelRef, UseError, final_model, resolve, resolve_folds, run_config
 from fersnet_ray.use.inputs import ImageSource
 from fersnet_ray.use.recognizer import Preprocessing, Recognizer, load_recognizer
 
@@ -46,8 +51,8 @@ class PredictJob:
     run: str
     source: str  # folder or manifest (path or s3://)
     out: str  # FILE.parquet or FILE.csv (path or s3://); rejects go to FILE.rejects.csv beside it
-    fold: int | None = None  # one fold's model
-    ensemble: bool = False  # average every finished fold's probabilities (the default without --fold)
+    fold: Fold | None = None  # one fold's model, or "final"
+    ensemble: bool = False  # average every cross-validation fold's probabilities
     checkpoint: str = "auto"  # auto (fine-tuned when finished, else trained) | finetune | train
     adapter: str = "images"  # images | folder | manifest (use.inputs)
     align: str | None = None  # None: as the data set was prepared
@@ -267,16 +272,30 @@ def _ordered():
         ctx.execution_options.preserve_order = before
 
 
-def choose_models(store: Store, job: PredictJob) -> tuple[list[ModelRef], str]:
-    """The checkpoints to use and a sentence saying which (for the log and the summary)."""
+def choose_models(store: Store, job: PredictJob) -> tuple[list[ModelRef], str, list[str]]:
+    """The checkpoints to use, a sentence saying which, and notes (for the log and the summary).
+
+    No --fold and no --ensemble: the final model when it has finished, else every fold averaged (noted).
+    """
     if job.fold is not None and job.ensemble:
         raise UseError("--fold and --ensemble exclude each other: one fold's model, or every fold's averaged")
     if job.fold is not None:
         refs = [resolve(store, job.run, job.fold, job.checkpoint)]
-        return refs, f"fold {job.fold}"
+        return refs, "the final model (every subject)" if is_final(job.fold) else f"fold {job.fold}", []
+    if not job.ensemble:
+        final = final_model(store, job.run, job.checkpoint)
+        if final is not None:
+            return [final], "the final model (every subject; the default when it has finished)", []
     refs = resolve_folds(store, job.run, None, job.checkpoint)
-    how = "--ensemble" if job.ensemble else "no --fold given"
-    return refs, f"ensemble of {len(refs)} fold(s) ({how}): probabilities averaged"
+    how = "--ensemble" if job.ensemble else "no --fold given, no final model"
+    notes = []
+    if not job.ensemble:
+        where = store.uri_of_path(store.fold_dir(job.run, FINAL)) + "/"
+        notes.append(
+            f"run {job.run!r} has no finished final model ({where}): every fold averaged instead; "
+            f"`fersnet train --run {job.run} --folds final` trains one on every subject"
+        )
+    return refs, f"ensemble of {len(refs)} fold(s) ({how}): probabilities averaged", notes
 
 
 def predict(job: PredictJob) -> dict:
@@ -299,13 +318,12 @@ def predict(job: PredictJob) -> dict:
     config = run_config(store, job.run)
     card = read_card(store, config["dataset"])
     classes = list(card["classes"])
-    refs, how = choose_models(store, job)
+    refs, how, notes = choose_models(store, job)
     exp = Experiment.from_dict(config["experiment"])
     prep = Preprocessing.of(card, exp)
     method = job.align or prep.align
     if method not in ALIGN_METHODS:
         raise UseError(f"--align {method!r}: use one of {', '.join(ALIGN_METHODS)}")
-    notes = []
     if method != prep.align:
         notes.append(f"--align {method}: the data set {config['dataset']!r} was prepared with {prep.align!r}")
 
@@ -374,6 +392,11 @@ def predict(job: PredictJob) -> dict:
             raise
         writer.commit()
     _write_rejects(rejects_path(job.out), rejected)
+    if known and any(is_final(r.fold) for r in refs):
+        notes.append(
+            f"the final model trained on every face of {config['dataset']!r}: where these images come from it, "
+            "this accuracy is not a held-out one (the cross-validation folds measure that)"
+        )
     if converted:
         notes.append(
             ", ".join(f"{k} {m} image(s)" for m, k in sorted(converted.items()))
