@@ -9,6 +9,9 @@ and writes runs/<run>/report/:
     report.json               every number the report shows, for scripts
     *.png                     the charts (and the contact sheets, copied so the folder stands alone)
 
+A run with a final model (`--folds final`: every subject, no test split) gets a section that says
+plainly it has no held-out accuracy and points to the cross-validation rows for one.
+
 Rows of Table VI: the runs of an ablation (runs/<run>/ablation.json names them), the run itself
 (its variant), its fine-tuned FES-DA result, and any `--compare` runs. No Ray here: the report is
 read and drawn on the driver (a few seconds on CPU).
@@ -23,6 +26,7 @@ import json
 import numpy as np
 import torch
 
+from fersnet_ray.foldkey import FINAL, NO_HELD_OUT
 from fersnet_ray.report import charts
 from fersnet_ray.store import Store, StoreError
 
@@ -129,7 +133,91 @@ def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
             "finetune": {k: v for k, v in _fold_files(store, f"{run_dir}/finetune", "history.json").items()},
         },
         "configs": configs,
+        "final": _final(store, run),
     }
+
+
+def _final(store: Store, run: str) -> dict | None:
+    """What the run's final model (every subject) trained on, its synthetic set and fine-tunings; None without one.
+
+    No accuracy is collected: the final model has no held-out faces. The facts say what it saw.
+    """
+    from fersnet_ray.synth.job import MANIFEST
+
+    trained = _read_json(store, f"{store.fold_dir(run, FINAL)}/evaluation.json")
+    manifest = _read_json(store, f"{store.synthetic_dir(run, FINAL)}/{MANIFEST}")
+    finetuned = {}
+    for folder, key in _finetune_folders(store, store.run_dir(run)):
+        e = _read_json(store, f"{store.finetune_fold_dir(run, FINAL, folder)}/evaluation.json")
+        if e is not None:
+            finetuned[key] = {k: e.get(k) for k in ("epochs", "training_rows", "synthetic_rows", "classifier", "data")}
+            finetuned[key]["folder"] = folder
+    if trained is None and manifest is None and not finetuned:
+        return None
+    synthetic = None
+    if manifest is not None:
+        synthetic = {k: manifest.get(k) for k in ("rows", "balanced", "real_per_class", "total_per_class", "min_score")}
+        synthetic["contact_sheet"] = (manifest.get("quality") or {}).get("contact_sheet")
+    facts = ("epochs", "training_faces", "training_subjects", "training_faces_accuracy")
+    return {
+        "note": NO_HELD_OUT,
+        "trained": {k: trained.get(k) for k in facts} if trained else None,
+        "synthetic": synthetic,
+        "finetuned": finetuned,
+    }
+
+
+def _final_section(store: Store, data: dict, files: dict[str, bytes]) -> list[str]:
+    """The report's "Final model" section: what it trained on, and plainly that it has no held-out accuracy."""
+    run, final = data["run"], data["final"]
+    cv_folds = sorted({k for r in data["rows"] for k in r["per_fold"]})
+    md = ["## Final model (every subject)", ""]
+    t = final["trained"]
+    seen = f"all {t['training_subjects']} subjects ({t['training_faces']} faces)" if t else "every subject"
+    md.append(
+        f"The final model was trained on {seen} of `{data['dataset']}` with no held-out test split, so **it has "
+        "no held-out accuracy**: no subject was left out to test it on, and no number in this section is one."
+    )
+    if cv_folds:
+        md.append(
+            f"Its expected accuracy on new subjects is what the cross-validation folds measure: Table VI above "
+            f"({len(cv_folds)} fold(s) of this run, mean ± std), trained the same way on fewer subjects."
+        )
+    else:
+        md.append(
+            "This run has no evaluated cross-validation fold, so nothing here estimates its accuracy on new "
+            f"subjects: train the folds for that (`fersnet train --run {run} --folds all`, or "
+            f"`fersnet run --run {run}`)."
+        )
+    md += ["", "| stage | epochs | training faces | held-out accuracy |", "|---|---|---|---|"]
+    if t:
+        md.append(f"| trained | {t['epochs']} | {t['training_faces']} real | none (no held-out subjects) |")
+    m = final["synthetic"]
+    if m:
+        real, total = sum(m["real_per_class"].values()), sum(m["total_per_class"].values())
+        balanced = "balanced" if m["balanced"] else "not balanced"
+        md.append(f"| synthesised | – | {real} real + {m['rows']} synthetic = {total} ({balanced}) | – |")
+    for key, f in final["finetuned"].items():
+        md.append(f"| fine-tuned `{key}` | {f['epochs']} | {f['training_rows']} per epoch | none |")
+    md.append("")
+    if t and t.get("training_faces_accuracy") is not None:
+        md += [
+            f"Accuracy on its own training faces after training: {_pct(t['training_faces_accuracy'])}% (a check "
+            "of what it learned, not an estimate for new faces).",
+            "",
+        ]
+    if m:
+        md += [
+            f"Its synthetic faces (`{store.uri_of_path(store.synthetic_dir(run, FINAL))}/`) were scored by a "
+            "recogniser trained on every real face; with no held-out subjects there is no Table V number for them.",
+            "",
+        ]
+        sheet = f"{store.synthetic_dir(run, FINAL)}/{m['contact_sheet']}" if m.get("contact_sheet") else None
+        if sheet and store.exists(sheet):
+            files["contact-sheet-final.png"] = store.read_bytes(sheet)
+            md += ["Rows: a training face of each class; columns: every expression (the real one is marked).", ""]
+            md += ["![contact sheet final](contact-sheet-final.png)", ""]
+    return md
 
 
 def _finetune_folders(store: Store, run_dir: str) -> list[tuple[str, str]]:
@@ -347,6 +435,9 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
             md += [f"![confusion: {r['name']}]({name})", ""]
     else:
         md += ["No fold has been evaluated yet.", ""]
+
+    if data["final"] is not None:
+        md += _final_section(store, data, files)
 
     md += ["## Balancing: faces per class before and after synthesis", ""]
     synth = data["synthetic"]
