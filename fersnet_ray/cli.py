@@ -237,13 +237,33 @@ def prepare(
     print_card(result.card, f"{result.store_uri}/datasets/{result.name}")
 
 
-def _parse_folds(spec: str, k: int) -> tuple[int, ...]:
-    if spec == "all":
-        return tuple(range(k))
-    try:
-        return tuple(sorted({int(x) for x in spec.split(",") if x.strip()}))
-    except ValueError:
-        _fail(f"--folds {spec!r}: use 'all' or a list like 0,3,7")
+def _parse_folds(spec: str, k: int | None):
+    """--folds: 'all' (folds 0..k-1; None when k is None: every trained fold), '0,3', 'final', 'all,final'."""
+    from fersnet_ray.foldkey import parse_folds
+
+    return _run(parse_folds, spec, k)
+
+
+def _fold_key(value: str | None):
+    """--fold: a fold number, or 'final' (the model trained on every subject); None stays None."""
+    from fersnet_ray.foldkey import parse_fold
+
+    return None if value is None else _run(parse_fold, value)
+
+
+FoldOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--fold",
+        help="k: fold k's model; final: the model trained on every subject (default: the final model when "
+        "it has finished).",
+        callback=_fold_key,
+    ),
+]
+FOLDS_HELP = (
+    "'all', a list like 0,3,7, or final (one model on every subject, no held-out test split; "
+    "'all,final' adds it to the folds)."
+)
 
 
 @app.command()
@@ -251,7 +271,7 @@ def train(
     dataset: Annotated[str, typer.Option(help="Prepared data set name in the store.")] = "demo",
     run: Annotated[str, typer.Option(help="Run name: runs/<run>/ in the store.")] = "demo",
     store: StoreOpt = "./fersnet-store",
-    folds: Annotated[str, typer.Option(help="'all' or a list of folds, e.g. 0,3,7.")] = "all",
+    folds: Annotated[str, typer.Option(help=FOLDS_HELP)] = "all",
     variant: Annotated[str, _choice_option("--variant", _variants, "fersnet | fersnet_hard | fer_only.")] = "fersnet",
     preset: Annotated[str, _choice_option("--preset", _presets, "paper | ck48 | cpu48 | tiny.")] = "paper",
     epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
@@ -322,7 +342,9 @@ def evaluate(
 def finetune(
     run: Annotated[str, typer.Option(help="Trained and synthesised run to fine-tune (FES-DA).")] = "demo",
     store: StoreOpt = "./fersnet-store",
-    folds: Annotated[str, typer.Option(help="'all' (every synthesised fold) or a list, e.g. 0,3.")] = "all",
+    folds: Annotated[
+        str, typer.Option(help="'all' (every synthesised fold, final included) or a list, e.g. 0,3 or final.")
+    ] = "all",
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs over real + synthetic faces.")] = 30,
     lr: Annotated[
         Optional[float],
@@ -392,7 +414,7 @@ def finetune(
     job = FinetuneJob(
         store=store,
         run=run,
-        folds=None if folds == "all" else _parse_folds(folds, 0),
+        folds=_parse_folds(folds, None),
         config=asdict(cfg),
         workers_per_fold=workers_per_fold,
         gpus_per_fold=gpus_per_fold,
@@ -429,7 +451,13 @@ def _pipeline(
     folds: Annotated[
         Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 2).")
     ] = None,
-    train_folds: Annotated[str, typer.Option(help="Folds to train, synthesise and fine-tune: 'all' or 0,3.")] = "all",
+    train_folds: Annotated[
+        str,
+        typer.Option(
+            help="Folds to train, synthesise and fine-tune: 'all', 0,3, final (one model on every subject, "
+            "no held-out test split) or all,final."
+        ),
+    ] = "all",
     seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
     align: Annotated[
         Optional[str], _choice_option("--align", _align_methods, "fan | none (default: by data set).")
@@ -498,14 +526,15 @@ def _pipeline(
         lr_min=min(1e-6, finetune_lr),
         checkpoint_every=3 if demo else 5,
     )
+    cfg_folds = folds or (DEMO_FOLDS if demo else 10)
     cfg = PipelineConfig(
         store=store,
         dataset=dataset,
         source=source,
         name=name,
         run=run,
-        folds=folds or (DEMO_FOLDS if demo else 10),
-        train_folds=None if train_folds == "all" else _parse_folds(train_folds, 0),
+        folds=cfg_folds,
+        train_folds=None if train_folds == "all" else _parse_folds(train_folds, cfg_folds),
         seed=seed,
         align=align,
         aligned_size=aligned_size,
@@ -583,13 +612,26 @@ def print_results(store: str, run: str) -> None:
             f"over {len(data['table_v'])} fold(s)",
             highlight=False,
         )
+    final = data["final"]
+    if final is not None:
+        done = [s for s, ok in (("trained", final["trained"]), ("synthesised", final["synthetic"])) if ok]
+        done += [f"fine-tuned ({k})" for k in final["finetuned"]]
+        where = "the folds above estimate it" if data["rows"] else "train folds for an estimate (--folds all)"
+        console.print(
+            f"final model (every subject): {', '.join(done) or 'started'}; no held-out accuracy, no subject was "
+            f"left out to test it; {where}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()
 def synthesize(
     run: Annotated[str, typer.Option(help="Trained run whose FES branches synthesise.")] = "demo",
     store: StoreOpt = "./fersnet-store",
-    folds: Annotated[str, typer.Option(help="'all' (every trained fold) or a list, e.g. 0,3.")] = "all",
+    folds: Annotated[
+        str, typer.Option(help="'all' (every trained fold, final included) or a list, e.g. 0,3 or final.")
+    ] = "all",
     actors: Annotated[int, typer.Option(help="Generator actors (each loads the fold's FES branch once).")] = 1,
     gpus_per_actor: Annotated[float, typer.Option(help="GPUs per generator actor (0 on CPU).")] = 0.0,
     batch_size: Annotated[int, typer.Option(help="Faces per generator forward pass.")] = 256,
@@ -608,7 +650,7 @@ def synthesize(
     from fersnet_ray.runtime import init_ray
     from fersnet_ray.synth.job import SynthJob, synthesize as run_synth
 
-    fold_list = None if folds == "all" else _parse_folds(folds, 0)
+    fold_list = _parse_folds(folds, None)
     job = SynthJob(
         store=store,
         run=run,
@@ -643,7 +685,7 @@ def synthesize(
             str(m["rows"]),
             ", ".join(map(str, per)),
             "yes" if m["balanced"] else "no",
-            f"{100 * q['synthetic_test_accuracy']:.2f}%" if q else "-",
+            f"{100 * q['synthetic_test_accuracy']:.2f}%" if q and q["synthetic_test_accuracy"] is not None else "-",
         )
     console.print(table)
 
@@ -653,7 +695,7 @@ def verify(
     run: Annotated[str, typer.Option(help="Run whose synthetic shards to check.")] = "demo",
     store: StoreOpt = "./fersnet-store",
 ) -> None:
-    """Re-check every fold's shards: checksums, schema, no duplicates, no missing pairs, balance."""
+    """Re-check every fold's shards (and synthetic/final/): checksums, schema, duplicates, missing pairs, balance."""
     from fersnet_ray.store import Store
     from fersnet_ray.synth.verify import verify_run
 
@@ -663,9 +705,12 @@ def verify(
         err_console.print(f"[bold red]error:[/] {p}", highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(1)
+    from fersnet_ray.foldkey import label
+
     console.print(
-        f"{run}: {len(problems)} fold(s) verified: checksums, schema, no duplicate, no missing pair, "
-        "real + synthetic faces equal per class (or, after --min-score, as its manifest records)",
+        f"{run}: {len(problems)} fold(s) verified ({', '.join(map(label, problems))}): checksums, schema, no "
+        "duplicate, no missing pair, real + synthetic faces equal per class (or, after --min-score, as its "
+        "manifest records)",
         highlight=False,
         soft_wrap=True,
     )
@@ -682,8 +727,11 @@ def predict(
     ],
     run: Annotated[str, typer.Option(help="Trained run whose classifier to use.")] = "demo",
     store: StoreOpt = "./fersnet-store",
-    fold: Annotated[Optional[int], typer.Option(help="One fold's model (default: every fold, averaged).")] = None,
-    ensemble: Annotated[bool, typer.Option(help="Average the probabilities of every finished fold.")] = False,
+    fold: FoldOpt = None,
+    ensemble: Annotated[
+        bool,
+        typer.Option(help="Average the probabilities of every cross-validation fold (default without a final model)."),
+    ] = False,
     checkpoint: Annotated[
         str, typer.Option(help="auto (fine-tuned when finished, else trained) | finetune | train.")
     ] = "auto",
@@ -750,7 +798,7 @@ def export(
     out: Annotated[str, typer.Option(help="Output folder (path or s3://).")],
     run: Annotated[str, typer.Option(help="Trained run whose classifier to export.")] = "demo",
     store: StoreOpt = "./fersnet-store",
-    fold: Annotated[Optional[int], typer.Option(help="Fold to export (needed when the run has several).")] = None,
+    fold: FoldOpt = None,
     format: Annotated[
         str, typer.Option("--format", help="torchscript | safetensors | onnx ([onnx] extra), comma-separated.")
     ] = "torchscript",
@@ -776,7 +824,8 @@ def export(
     card = _run(run_export, job)
     src = card["source"]
     console.print(
-        f"{src['run']} fold {src['fold']} ({'fine-tuned' if src['stage'] == 'finetune' else 'trained'}, "
+        f"{src['run']} {'final model' if src['fold'] == 'final' else 'fold ' + str(src['fold'])} "
+        f"({'fine-tuned' if src['stage'] == 'finetune' else 'trained'}, "
         f"epoch {src['epoch']}, sha256 {src['sha256'][:16]}): input {card['input']}",
         highlight=False,
         soft_wrap=True,
@@ -943,15 +992,39 @@ def jobs_stop(
 
 
 def print_evaluation(summary: dict) -> None:
-    table = Table("fold", "accuracy", "correct / total", "epochs", box=box.SIMPLE_HEAD, pad_edge=False)
-    for k, f in summary["folds"].items():
-        table.add_row(k, f"{100 * f['accuracy']:.2f}%", f"{f['correct']} / {f['total']}", str(f["epochs"]))
-    console.print(table)
     variant = summary["config"]["experiment"]["model"]["variant"]
+    if summary["folds"]:
+        table = Table("fold", "accuracy", "correct / total", "epochs", box=box.SIMPLE_HEAD, pad_edge=False)
+        for k, f in summary["folds"].items():
+            table.add_row(k, f"{100 * f['accuracy']:.2f}%", f"{f['correct']} / {f['total']}", str(f["epochs"]))
+        console.print(table)
+        console.print(
+            f"{summary['run']} ({variant}): {100 * summary['mean_accuracy']:.2f} ± "
+            f"{100 * summary['std_accuracy']:.2f}% mean ± std over {len(summary['folds'])} folds; "
+            f"pooled {100 * summary['pooled_accuracy']:.2f}%",
+            highlight=False,
+        )
+    if "final" in summary:
+        print_final(summary["run"], summary["final"], bool(summary["folds"]))
+
+
+def print_final(run: str, final: dict, have_folds: bool) -> None:
+    """The final model's lines: what it trained on, and that it has no held-out accuracy (plainly)."""
+    facts = [f"{final['epochs']} epochs"]
+    if final.get("training_faces") is not None:
+        facts.append(f"{final['training_faces']} faces of {final['training_subjects']} subjects")
+    if final.get("training_rows") is not None:
+        facts.append(f"{final['training_rows']} real + synthetic faces")
+    where = (
+        "the fold accuracies above estimate it"
+        if have_folds
+        else f"train cross-validation folds for an estimate: fersnet train --run {run} --folds all"
+    )
     console.print(
-        f"{summary['run']} ({variant}): {100 * summary['mean_accuracy']:.2f} ± {100 * summary['std_accuracy']:.2f}% "
-        f"mean ± std over {len(summary['folds'])} folds; pooled {100 * summary['pooled_accuracy']:.2f}%",
+        f"{run} final model (every subject; {', '.join(facts)}): no held-out accuracy, no subject was "
+        f"left out to test it; {where}",
         highlight=False,
+        soft_wrap=True,
     )
 
 

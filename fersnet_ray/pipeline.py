@@ -2,6 +2,7 @@
 
     fersnet run                                   the demo set, local Ray, ./fersnet-store, tiny preset
     fersnet run --dataset ckplus48 --source DIR --preset ck48 --store s3://bucket/fer
+    fersnet run --train-folds all,final           the folds, and the final model on every subject
     fersnet ablation --dataset ckplus48 ...       the paper's Table VI rows on the same folds
 
 Resumable stage by stage: each stage skips what is finished (a prepared face table with the same
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from fersnet_ray.finetune.classifiers import default_schedule
 from fersnet_ray.finetune.loop import FinetuneConfig
+from fersnet_ray.foldkey import Fold
 from fersnet_ray.store import Store
 
 ABLATION_VARIANTS = ("fer_only", "fersnet_hard", "fersnet")  # Table VI, top to bottom
@@ -36,7 +38,7 @@ class PipelineConfig:
     name: str | None = None  # data set name in the store (default: the adapter)
     run: str | None = None  # run name (default: the data set name)
     folds: int = 10  # folds of the face table
-    train_folds: tuple[int, ...] | None = None  # the folds to train, synthesise and fine-tune (None: all)
+    train_folds: tuple[Fold, ...] | None = None  # folds to train, synthesise, fine-tune (None: all); "final" too
     seed: int = 0
     align: str | None = None
     aligned_size: int = 110

@@ -4,7 +4,8 @@ For every trained fold (and `synthetic/final/`, the final model's balanced data 
 exists (the fold finished); every listed shard exists, is readable, has the synthetic schema and its
 SHA-256; no other Parquet file sits in the folder; no `face_id` appears twice; every (training face,
 target expression ≠ its own) pair is present exactly once; and real + synthetic faces per class are
-equal. Each problem is one line naming the fold and the file or pair; nothing is repaired here (re-running `fersnet synthesize` does that).
+equal. Each problem is one line naming the fold and the file or pair; nothing is repaired here
+(re-running `fersnet synthesize` does that).
 """
 
 from __future__ import annotations
@@ -85,8 +86,7 @@ def verify_fold(store: Store, run: str, fold: Fold) -> list[str]:
     if missing and not any("missing" in p or "checksum" in p or "unreadable" in p for p in problems):
         src, tgt = sorted(missing)[0]
         problems.append(
-            f"{who}: {len(missing)} (source face, target) pair(s) missing, e.g. ({src}, "
-            f"{manifest['classes'][tgt]})"
+            f"{who}: {len(missing)} (source face, target) pair(s) missing, e.g. ({src}, {manifest['classes'][tgt]})"
         )
     extra = pairs - expected
     if extra:
@@ -97,8 +97,7 @@ def verify_fold(store: Store, run: str, fold: Fold) -> list[str]:
         totals = {real[c] + synth[c] for c in range(n_classes)}
         if len(totals) != 1:
             problems.append(
-                f"{who}: not balanced: real + synthetic per class = "
-                f"{[real[c] + synth[c] for c in range(n_classes)]}"
+                f"{who}: not balanced: real + synthetic per class = {[real[c] + synth[c] for c in range(n_classes)]}"
             )
     return problems
 

@@ -104,8 +104,7 @@ def train_fold(config: dict) -> None:
             if rank == 0:
                 acc = ident.identity_accuracy(identity_net, train_set)
                 print(
-                    f"{name}: identity net trained on {len(set(train_set.subjects))} subjects, "
-                    f"train acc {acc:.3f}",
+                    f"{name}: identity net trained on {len(set(train_set.subjects))} subjects, train acc {acc:.3f}",
                     flush=True,
                 )
         else:
