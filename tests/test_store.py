@@ -20,6 +20,15 @@ def test_local_uris_resolve_to_absolute_paths(tmp_path):
     assert store.fold_dir("r1", 3) == f"{tmp_path}/runs/r1/fold-3"
     assert store.synthetic_dir("r1", 3) == f"{tmp_path}/runs/r1/synthetic/fold-3"
     assert store.report_dir("r1") == f"{tmp_path}/runs/r1/report"
+    # The final model (every subject) beside the folds: its own folder in every stage.
+    assert store.fold_dir("r1", "final") == f"{tmp_path}/runs/r1/final"
+    assert store.synthetic_dir("r1", "final") == f"{tmp_path}/runs/r1/synthetic/final"
+    assert store.finetune_fold_dir("r1", 3) == f"{tmp_path}/runs/r1/finetune/fold-3"
+    assert store.finetune_fold_dir("r1", "final", "finetune-real") == f"{tmp_path}/runs/r1/finetune-real/final"
+    assert store.uri_of_path(store.fold_dir("r1", "final")) == f"{tmp_path}/runs/r1/final"
+    for bad in ("last", -1, True, "3"):
+        with pytest.raises(StoreError, match="use a fold number"):
+            store.fold_dir("r1", bad)
     with pytest.raises(StoreError, match="leaves the store"):
         store.path("datasets", "../../etc")
 
