@@ -90,7 +90,8 @@ def test_exported_files_reproduce_the_pytorch_logits(trained_run, s3_bucket, tmp
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "run 'r' has trained folds 0, 1: pass --fold k"),
+        ([], "run 'r' has trained folds 0, 1 and no finished final model: pass --fold k"),
+        (["--fold", "final"], "run 'r' has no final model: no fine-tuned model in"),
         (["--fold", "5"], "face table 'demo' has folds 0..2; no fold 5"),
         (["--fold", "2"], "run 'r' fold 2 has no finished checkpoint"),
         (["--fold", "0", "--format", "pickle"], "--format 'pickle': use one or more of torchscript, safetensors, onnx"),

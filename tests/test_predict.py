@@ -136,6 +136,8 @@ def test_ensemble_is_the_mean_of_the_folds_probabilities(trained_run, tmp_path):
         (["--fold", "2"], "run 'r' fold 2 has no finished checkpoint"),
         (["--fold", "0", "--checkpoint", "finetune"], "run 'r' fold 0 has no finished fine-tuned checkpoint"),
         (["--fold", "0", "--ensemble"], "--fold and --ensemble exclude each other"),
+        (["--fold", "final"], "run 'r' has no final model: no fine-tuned model in s3://trained/fer/runs/r/finetune/final/"),
+        (["--fold", "last"], "fold 'last': use a fold number (0, 1, …) or 'final'"),
         (["--run", "nope"], "no run 'nope' in s3://trained/fer (s3://trained/fer/runs/nope/config.json is missing)"),
     ],
 )
@@ -195,6 +197,19 @@ def test_load_images_converts_modes_and_rejects_without_ray(tmp_path):
     assert out["converted"][by["deep.png"]] == "I;16" and out["reject"][by["deep.png"]] == ""
     assert out["reject"][by["tiny.png"]] == "image too small (5×5)"
     assert out["image"][by["rgb.jpg"]].any()
+
+
+def test_without_a_final_model_the_default_is_the_ensemble_and_says_so(trained_run):
+    """No --fold, no --ensemble, no final model: every fold averaged, with a note naming what is missing."""
+    from fersnet_ray.use.predict import PredictJob, choose_models
+
+    uri, _ = trained_run
+    refs, how, notes = choose_models(Store.from_uri(uri), PredictJob(store=uri, run="r", source="-", out="o.csv"))
+    assert [r.fold for r in refs] == [0, 1] and how.startswith("ensemble of 2 fold(s) (no --fold given, no final")
+    assert notes == [
+        "run 'r' has no finished final model (s3://trained/fer/runs/r/final/): every fold averaged instead; "
+        "`fersnet train --run r --folds final` trains one on every subject"
+    ]
 
 
 def test_fine_tuned_checkpoint_is_preferred_when_finished(trained_run, tmp_path):
