@@ -1,11 +1,13 @@
 """`fersnet predict`: a run's classifier on new images, as Ray Data batch inference.
 
     fersnet predict --store URI --run NAME [--fold k | --ensemble] --source PATH|URI --out FILE.parquet|FILE.csv
+    fersnet predict ... --classifier small-cnn --data real      # a classifier `fersnet finetune --classifier` made
 
 Pipeline (Ray Data, one block per batch so the stages overlap):
     list      (driver)        use.inputs: which files, true labels where the layout has them
     load      (CPU tasks; actors with FAN)  bytes -> decode, channels, align as `prepare` did -> uint8 at load_size
-    classify  (actor pool, GPU when there is one)  Recognizer(s) built once per actor from checkpoint *paths*;
+    classify  (actor pool, GPU when there is one)  Recognizer(s) (FERSNet or a fine-tuned registry classifier)
+              built once per actor from checkpoint *paths*;
               centre crop, [-1, 1], softmax; an ensemble averages the folds' probabilities
     write     (driver, streamed)  one Parquet or CSV file, rows in listing order; rejects in a side file
 
@@ -56,6 +58,8 @@ class PredictJob:
     gpus_per_actor: float | None = None  # None: 1 when the cluster has a GPU
     batch_size: int = 256
     overwrite: bool = False
+    classifier: str = "fersnet"  # which fine-tuning: `fersnet finetune --classifier` (fersnet: else the trained)
+    data: str = "real+synthetic"  # and its --data
 
 
 # --- plain functions: loading and classifying ------------------------------------------------------
@@ -130,7 +134,7 @@ def classify(
         with autocast(device, amp):
             probs = torch.stack([m(x).float().softmax(1) for m in models])  # (M, B, E)
         out.append(probs.mean(0).cpu())
-    return torch.cat(out) if out else torch.zeros(0, models[0].net.cfg.num_classes)
+    return torch.cat(out) if out else torch.zeros(0, models[0].num_classes)
 
 
 def prob_column(name: str) -> str:
@@ -272,9 +276,9 @@ def choose_models(store: Store, job: PredictJob) -> tuple[list[ModelRef], str]:
     if job.fold is not None and job.ensemble:
         raise UseError("--fold and --ensemble exclude each other: one fold's model, or every fold's averaged")
     if job.fold is not None:
-        refs = [resolve(store, job.run, job.fold, job.checkpoint)]
+        refs = [resolve(store, job.run, job.fold, job.checkpoint, job.classifier, job.data)]
         return refs, f"fold {job.fold}"
-    refs = resolve_folds(store, job.run, None, job.checkpoint)
+    refs = resolve_folds(store, job.run, None, job.checkpoint, job.classifier, job.data)
     how = "--ensemble" if job.ensemble else "no --fold given"
     return refs, f"ensemble of {len(refs)} fold(s) ({how}): probabilities averaged"
 
