@@ -718,6 +718,24 @@ def verify(
 
 # --- using the trained classifier: predict and export (fersnet_ray/use/) ---
 
+# Which classifier of the run: FERSNet (trained, or fine-tuned when that finished) or one that
+# `fersnet finetune --classifier NAME [--data real]` made, in runs/<run>/finetune-<NAME>[-real]/.
+UseClassifierOpt = Annotated[
+    str,
+    typer.Option(
+        "--classifier",
+        help="fersnet (the run's FERSNet) | a classifier fine-tuned with `fersnet finetune --classifier NAME`: "
+        "small-cnn, resnet18, resnet34, timm:NAME, torchscript:URI.",
+    ),
+]
+UseDataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Which fine-tuning: real+synthetic (runs/<run>/finetune[-NAME]/) | real (…-real/), as finetune's --data.",
+    ),
+]
+
 
 @app.command()
 def predict(
@@ -749,6 +767,8 @@ def predict(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per block and forward pass.")] = 256,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    classifier: UseClassifierOpt = "fersnet",
+    data: UseDataOpt = "real+synthetic",
     address: AddressOpt = None,
 ) -> None:
     """Classify new images with a trained run (Ray Data batch inference): one row per image, every class's probability."""
@@ -770,6 +790,8 @@ def predict(
         gpus_per_actor=gpus_per_actor,
         batch_size=batch_size,
         overwrite=overwrite,
+        classifier=classifier,
+        data=data,
     )
     _run(init_ray, address)
     print_prediction(_run(run_predict, job))
@@ -807,6 +829,8 @@ def export(
     ] = "auto",
     check_faces: Annotated[int, typer.Option(help="Face-table faces each exported file is checked on.")] = 64,
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in the output folder.")] = False,
+    classifier: UseClassifierOpt = "fersnet",
+    data: UseDataOpt = "real+synthetic",
 ) -> None:
     """Export the recognition path ((N, C, S, S) in [-1, 1] -> logits) with a JSON card; each file checked."""
     from fersnet_ray.use.export import ExportJob, export as run_export, parse_formats
@@ -820,12 +844,15 @@ def export(
         checkpoint=checkpoint,
         check_faces=check_faces,
         overwrite=overwrite,
+        classifier=classifier,
+        data=data,
     )
     card = _run(run_export, job)
-    src = card["source"]
+    src, net = card["source"], card["backbone"]
+    tuned = f"fine-tuned on {net['fine_tuned_on']}" if src["stage"] == "finetune" else "trained"
     console.print(
         f"{src['run']} {'final model' if src['fold'] == 'final' else 'fold ' + str(src['fold'])} "
-        f"({'fine-tuned' if src['stage'] == 'finetune' else 'trained'}, "
+        f"{net['classifier']} ({tuned}, "
         f"epoch {src['epoch']}, sha256 {src['sha256'][:16]}): input {card['input']}",
         highlight=False,
         soft_wrap=True,

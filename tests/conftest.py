@@ -104,6 +104,31 @@ def trained_run(ray_local):
 
 
 @pytest.fixture(scope="session")
+def small_cnn_run(trained_run):
+    """`fersnet finetune --classifier small-cnn --data real`, 1 epoch on fold 0 of a copy of `trained_run`'s
+    run "r" in s3://small-cnn/fer; its uri. Only the face table and the run's config are copied: small-cnn
+    trains from scratch and real faces need no synthetic shards, so this is one short Ray Train fit.
+
+    test_export and test_predict export it and predict with it (`--classifier small-cnn --data real`).
+    """
+    import boto3
+    from typer.testing import CliRunner
+
+    from fersnet_ray.cli import app
+    from fersnet_ray.store import Store
+
+    boto3.client("s3").create_bucket(Bucket="small-cnn")
+    source, uri = Store.from_uri(trained_run[0]), "s3://small-cnn/fer"
+    store = Store.from_uri(uri)
+    for part in ("datasets", "runs/r/config.json"):
+        store.fs.copy(source.path(part), store.path(part), recursive=True)
+    args = ["finetune", "--store", uri, "--run", "r", "--folds", "0", "--classifier", "small-cnn", "--data", "real"]
+    out = CliRunner().invoke(app, args + ["--epochs", "1", "--batch-size", "16", "--cache"])
+    assert out.exit_code == 0, out.output
+    return uri
+
+
+@pytest.fixture(scope="session")
 def fan_weights(tmp_path_factory) -> str:
     from builders import write_face_alignment_weights
 

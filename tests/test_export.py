@@ -2,7 +2,9 @@
 
 Each exported file is loaded back here as a user would (torch.jit.load, safetensors into a fresh
 Recognizer, onnxruntime), fed face-table faces preprocessed by the card's own steps, and must give
-the PyTorch model's logits within the card's tolerance, and `evaluate`'s predictions.
+the PyTorch model's logits within the card's tolerance, and `evaluate`'s predictions. The same for a
+small-cnn fine-tuned with `fersnet finetune --classifier small-cnn --data real` (its safetensors file
+rebuilt by the card's recipe), and, without Ray, for every registry classifier.
 """
 
 from __future__ import annotations
@@ -111,3 +113,150 @@ def test_missing_onnx_dependency_names_the_extra(trained_run, tmp_path, monkeypa
     res = runner.invoke(app, args)
     assert res.exit_code == 1, res.output
     assert "--format onnx needs onnxruntime: install the extra with pip install 'fersnet-ray[onnx]'" in res.output
+
+
+# --- a classifier fine-tuned with `fersnet finetune --classifier small-cnn --data real` (conftest.small_cnn_run) ---
+
+
+def test_a_fine_tuned_small_cnn_exports_with_its_backbone_named(small_cnn_run, tmp_path):
+    uri = small_cnn_run
+    store = Store.from_uri(uri)
+    formats = ["torchscript", "safetensors"] + (["onnx"] if HAVE_ONNX else [])
+    out = tmp_path / "export"
+    args = ["export", "--store", uri, "--run", "r", "--classifier", "small-cnn", "--data", "real"]
+    res = runner.invoke(app, args + ["--format", ",".join(formats), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "r fold 0 small-cnn (fine-tuned on real, epoch 1" in res.output  # no --fold: the classifier's only fold
+
+    card = json.loads((out / "fersnet-card.json").read_text())
+    folder = f"{store.run_dir('r')}/finetune-small-cnn-real/fold-0"
+    meta = json.loads(store.read_bytes(f"{folder}/checkpoint-epoch-0001/meta.json"))
+    assert card["source"]["checkpoint"] == f"{uri}/runs/r/finetune-small-cnn-real/fold-0/checkpoint-epoch-0001"
+    assert card["source"]["sha256"] == meta["sha256"] and card["source"]["stage"] == "finetune"
+    net = card["backbone"]
+    assert (net["classifier"], net["registry"], net["model"]) == ("small-cnn", "small-cnn", None)
+    assert net["fine_tuned_on"] == "real"
+    assert net["input"] == {"channels": 1, "num_classes": 7, "size": 32} and card["variant"] is None
+    assert card["finetune"]["classifier"] == "small-cnn" and card["finetune"]["data"] == "real"
+    assert set(card["files"]) == set(formats)
+    for check in card["checks"].values():
+        assert check["within_tolerance"] and check["faces"] == 42 and check["same_argmax"] == 1.0
+
+    # The card's preprocessing by hand, then each file as a user loads it: the evaluated model's predictions.
+    prep = card["preprocessing"]
+    faces = _held_out(store)
+    x = center_crop(decode_faces(faces["image"], prep["load_size"]), prep["crop_size"]).float() / 127.5 - 1
+    evaluation = store.read_json(f"{folder}/evaluation.json")
+    expected = torch.tensor([evaluation["predictions"][f] for f in faces["face_id"]])
+    with torch.no_grad():
+        reference = torch.jit.load(str(out / "model.torchscript.pt"))(x)  # (42, 7)
+    assert torch.equal(reference.argmax(1), expected)
+
+    from safetensors.torch import load_file
+
+    scope = {}
+    exec(net["rebuild"]["standalone"], scope)  # noqa: S102 - the card's recipe without fersnet-ray: plain torch
+    model = scope["model"].eval()
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    tol = card["checks"]["safetensors"]["tolerance"]
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference, atol=tol["atol"], rtol=tol["rtol"])
+
+    if HAVE_ONNX:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        logits = torch.from_numpy(session.run(None, {"images": x[:5].numpy()})[0])  # another batch size
+        assert torch.allclose(logits, reference[:5], atol=tol["atol"], rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--classifier", "resnet18"],
+            (
+                "run 'r' has no resnet18 fine-tuned on real + synthetic faces: s3://small-cnn/fer/runs/r/finetune-resnet18/"
+                " is missing; run `fersnet finetune --run r --classifier resnet18` first"
+            ),
+        ),
+        (["--classifier", "small-cnn"], "s3://small-cnn/fer/runs/r/finetune-small-cnn/ is missing"),
+        (
+            ["--classifier", "small-cnn", "--data", "real", "--fold", "1"],
+            (
+                "run 'r' fold 1 has no finished fine-tuned small-cnn checkpoint (nothing complete in "
+                "s3://small-cnn/fer/runs/r/finetune-small-cnn-real/fold-1/); "
+                "run `fersnet finetune --run r --folds 1 --classifier small-cnn --data real`"
+            ),
+        ),
+        (["--classifier", "small-cnn", "--data", "real", "--checkpoint", "train"], "small-cnn has no training stage"),
+        (["--classifier", "vgg"], "unknown classifier 'vgg'; choose one of fersnet, small-cnn"),
+        (["--classifier", "small-cnn", "--data", "fake"], "--data 'fake': use one of real+synthetic, real"),
+    ],
+)
+def test_classifiers_never_fine_tuned_are_one_error_line(small_cnn_run, tmp_path, extra, message):
+    res = runner.invoke(app, ["export", "--store", small_cnn_run, "--run", "r", "--out", str(tmp_path / "x")] + extra)
+    assert res.exit_code == 1 and res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
+    assert message in res.output, res.output
+    assert not (tmp_path / "x").exists()
+
+
+# --- every registry classifier, in plain PyTorch (no Ray): exported, loaded back, rebuilt from the card ---
+
+
+def _scripted_file(path) -> str:
+    from torch import nn
+
+    class Mine(nn.Module):  # a user's own classifier: (N, 1, S, S) -> (N, 7)
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 7)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+    torch.jit.save(torch.jit.script(Mine()), str(path))
+    return f"torchscript:{path}"
+
+
+@pytest.mark.parametrize("name", ["fersnet", "small-cnn", "resnet18", "torchscript"])
+def test_every_classifier_exports_and_its_card_recipe_rebuilds_it(name, tmp_path):
+    """What `export` does per format, and what the card's `backbone.rebuild` tells a user, for each registry entry:
+    the recipe's code (with fersnet-ray, and standalone where its packages import) builds an architecture the
+    safetensors file loads into strictly, with the same logits."""
+    from safetensors.torch import load_file
+
+    from fersnet_ray.finetune.classifiers import ClassifierInput, rebuild_recipe
+    from fersnet_ray.train.config import make_experiment
+    from fersnet_ray.use.export import compare, run_exported, write_format
+    from fersnet_ray.use.recognizer import build_recognizer
+
+    exp = make_experiment("tiny")
+    classifier = _scripted_file(tmp_path / "mine.pt") if name == "torchscript" else name
+    torch.manual_seed(0)
+    rec = build_recognizer(classifier, exp).eval()  # (N, 1, 32, 32) -> (N, 7)
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        reference = rec(x)
+    formats = ["torchscript", "safetensors"] + (["onnx"] if HAVE_ONNX and name == "torchscript" else [])
+    for fmt in formats:  # ONNX of a ScriptModule goes through the TorchScript-based exporter
+        path = str(tmp_path / f"model.{fmt}")
+        write_format(fmt, rec, x[:2], path, {"classes": []})
+        check = compare(reference, run_exported(fmt, path, x, lambda: build_recognizer(classifier, exp)))
+        assert check["within_tolerance"], (fmt, check)
+
+    recipe = rebuild_recipe(classifier, ClassifierInput(1, 7, 32))
+    card = {"experiment": exp.to_dict()}  # the fersnet recipe reads the card's model config
+    snippets = [recipe["fersnet_ray"]]
+    if recipe["standalone"] and all(importlib.util.find_spec(m) for m in recipe["standalone_needs"]):
+        snippets.append(recipe["standalone"])  # resnet18's needs torchvision, not a dependency: skipped without it
+    assert (recipe["standalone"] is None) == (name == "fersnet")  # only FERSNet has no standalone recipe
+    assert len(snippets) == 2 or name in ("fersnet", "resnet18")
+    for code in snippets:
+        scope = {"card": card}
+        exec(code, scope)  # noqa: S102 - the card's own instructions, run as a user would
+        model = scope["model"].eval()
+        model.load_state_dict(load_file(str(tmp_path / "model.safetensors")))  # strict
+        with torch.no_grad():
+            out = model(x)
+        assert torch.allclose(getattr(out, "logits", out), reference, atol=1e-5), code

@@ -94,6 +94,33 @@ def test_predict_on_held_out_faces_gives_evaluate_predictions_and_lists_rejects(
     assert again.exit_code == 1 and f"{out} exists; pass --overwrite" in again.output, again.output
 
 
+def test_predict_with_a_fine_tuned_small_cnn_gives_its_evaluation(small_cnn_run, tmp_path):
+    """`--classifier small-cnn --data real`: the classifier `fersnet finetune` made (conftest.small_cnn_run), on its
+    fold's held-out faces, gives the predictions and accuracy its evaluation recorded."""
+    uri = small_cnn_run
+    store = Store.from_uri(uri)
+    paths = _held_out_folder(store, tmp_path / "src")
+    out = tmp_path / "preds.parquet"
+    base = ["predict", "--store", uri, "--run", "r", "--source", str(tmp_path / "src"), "--out", str(out)]
+    res = runner.invoke(
+        app, base + ["--classifier", "small-cnn", "--data", "real", "--dataset-adapter", "folder", "--batch-size", "16"]
+    )
+    assert res.exit_code == 0, res.output
+
+    evaluation = store.read_json(f"{store.run_dir('r')}/finetune-small-cnn-real/fold-0/evaluation.json")
+    table = pq.read_table(out).to_pydict()
+    pred = dict(zip(table["path"], table["label"]))
+    assert all(pred[paths[fid]] == y for fid, y in evaluation["predictions"].items())  # face by face
+    assert f"accuracy on {len(paths)} labelled images: {100 * evaluation['accuracy']:.2f}%" in res.output
+    assert "ensemble of 1 fold(s) (no --fold given)" in res.output  # the folds small-cnn was fine-tuned on
+    assert "fold 0: small-cnn fine-tuned on real faces only, epoch 1" in res.output
+
+    missing = runner.invoke(app, base + ["--classifier", "resnet18", "--data", "real", "--overwrite"])
+    assert missing.exit_code == 1 and missing.output.startswith("error: ") and missing.output.count("\n") == 1
+    message = "run 'r' has no resnet18 fine-tuned on real faces only: s3://small-cnn/fer/runs/r/finetune-resnet18-real/"
+    assert f"{message} is missing" in missing.output, missing.output
+
+
 def test_ensemble_is_the_mean_of_the_folds_probabilities(trained_run, tmp_path):
     from fersnet_ray.train.data import decode_faces
     from fersnet_ray.use.predict import classify

@@ -9,6 +9,7 @@
     model = create_classifier("resnet18", ClassifierInput(channels=1, num_classes=7, size=48))
     load_weights_into(model, "resnet18", torch.load("resnet18-f37072fd.pth", weights_only=True))
     check_classifier(model, "resnet18", ClassifierInput(1, 7, 48))  # ClassifierError naming both shapes
+    rebuild_recipe("resnet18", ClassifierInput(1, 7, 48))  # Python that rebuilds it for exported weights
 
 Every classifier sees what FERSNet sees: the augmented crop (N, C, S, S) in [-1, 1], and returns (N, E)
 logits (FERSNet returns a `ModelOutput`; `logits_of` reads both). Pretrained weights are never
@@ -60,6 +61,8 @@ class ClassifierEntry:
         takes_weights: `--weights URI` can initialise it.
         first_conv, head: parameter prefixes adapted (channels) or re-initialised (classes) when loading weights.
         lr, lr_min: default schedule: a trained network is nudged, one from scratch is trained.
+        recipe: (argument, input) → how `fersnet export` tells a user to rebuild the architecture for
+            the exported weights (see `rebuild_recipe`).
     """
 
     build: Callable[..., nn.Module]
@@ -71,6 +74,7 @@ class ClassifierEntry:
     head: str | None = None
     lr: float = 1e-3
     lr_min: float = 1e-5
+    recipe: Callable[[str, ClassifierInput], dict] | None = None
 
 
 CLASSIFIERS: dict[str, ClassifierEntry] = {}
@@ -125,6 +129,29 @@ def create_classifier(name: str, inp: ClassifierInput, source: bytes | None = No
     """
     _, entry, arg = parse_classifier(name)
     return entry.build(arg, inp, source, model_config)
+
+
+def rebuild_recipe(name: str, inp: ClassifierInput) -> dict:
+    """How to rebuild classifier `name`'s architecture so that exported weights load into it.
+
+    Returns {"fersnet_ray": Python defining `model`, with fersnet-ray installed; "standalone": Python
+    defining `model` without it, or None where no other package builds the architecture;
+    "standalone_needs": the modules it imports; "note": what else it needs, or where it may fail}.
+    After either snippet, `model.load_state_dict(safetensors.torch.load_file("model.safetensors"))`
+    loads the weights (strict: the names are the classifier's own). tests/test_export.py runs them.
+    """
+    _, entry, arg = parse_classifier(name)
+    recipe = {
+        "fersnet_ray": (
+            "from fersnet_ray.finetune.classifiers import ClassifierInput, create_classifier\n"
+            f"model = create_classifier({name!r}, ClassifierInput(channels={inp.channels}, "
+            f"num_classes={inp.num_classes}, size={inp.size}))"
+        ),
+        "standalone": None,
+        "standalone_needs": [],
+        "note": "",
+    }
+    return {**recipe, **(entry.recipe(arg, inp) if entry.recipe else {})}
 
 
 def logits_of(output) -> torch.Tensor:
@@ -223,6 +250,86 @@ def read_uri(uri: str, what: str) -> bytes:
     return fs.cat_file(path)
 
 
+# --- rebuilding an exported classifier (rebuild_recipe) -------------------------------------------
+
+
+def _fersnet_recipe(arg: str, inp: ClassifierInput) -> dict:
+    return {
+        "fersnet_ray": (
+            "from fersnet_ray.model import ModelConfig\n"
+            "from fersnet_ray.use.recognizer import Recognizer\n"
+            'model = Recognizer(ModelConfig(**card["experiment"]["model"])).net  # card: fersnet-card.json'
+        ),
+        "note": "FERSNet's architecture is built only by fersnet-ray; without it, use model.torchscript.pt or "
+        "model.onnx, which carry the architecture",
+    }
+
+
+def _small_cnn_recipe(arg: str, inp: ClassifierInput) -> dict:
+    from fersnet_ray.synth.recognizer import RecognizerConfig
+
+    widths = RecognizerConfig().widths
+    return {
+        "standalone": (
+            "import torch\n"
+            "from torch import nn\n"
+            "class SmallCNN(nn.Module):  # fersnet_ray.synth.recognizer.Recognizer, same parameter names\n"
+            f"    def __init__(self, c={inp.channels}, e={inp.num_classes}, widths={widths}):\n"
+            "        super().__init__()\n"
+            "        layers = []\n"
+            "        for w in widths:\n"
+            "            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),\n"
+            "                       nn.MaxPool2d(2, ceil_mode=True)]\n"
+            "            c = w\n"
+            "        self.features, self.head = nn.Sequential(*layers), nn.Linear(c, e)\n"
+            "    def forward(self, x):  # (N, C, S, S) in [-1, 1] -> (N, E) logits\n"
+            "        return self.head(self.features(x).mean(dim=(2, 3)))\n"
+            "model = SmallCNN()"
+        ),
+        "standalone_needs": ["torch"],
+    }
+
+
+def _resnet_recipe(depth: int) -> Callable[[str, ClassifierInput], dict]:
+    def recipe(arg: str, inp: ClassifierInput) -> dict:
+        pool = "model.maxpool = torch.nn.Identity()  # the stem's max-pool is left out below 112 px\n"
+        return {
+            "standalone": (
+                "import torch, torchvision\n"
+                f"model = torchvision.models.resnet{depth}(weights=None, num_classes={inp.num_classes})\n"
+                f"model.conv1 = torch.nn.Conv2d({inp.channels}, 64, kernel_size=7, stride=2, padding=3, bias=False)\n"
+                + (pool if inp.size < SMALL_INPUT else "")
+            ).rstrip("\n"),
+            "standalone_needs": ["torch", "torchvision"],
+            "note": f"the ResNet here has torchvision's resnet{depth} parameter names; the torchvision snippet "
+            "follows them but is not run by the tests (torchvision is not a dependency)",
+        }
+
+    return recipe
+
+
+def _timm_recipe(arg: str, inp: ClassifierInput) -> dict:
+    return {
+        "standalone": (
+            "import timm\n"
+            f"model = timm.create_model({arg!r}, pretrained=False, in_chans={inp.channels}, "
+            f"num_classes={inp.num_classes})"
+        ),
+        "standalone_needs": ["timm"],
+        "note": "the same call fersnet-ray makes; a timm version whose model differs will not load the weights",
+    }
+
+
+def _torchscript_recipe(arg: str, inp: ClassifierInput) -> dict:
+    return {
+        "standalone": f"import torch\nmodel = torch.jit.load({arg!r})  # s3://: open it with fsspec first",
+        "standalone_needs": ["torch"],
+        "note": "the safetensors file holds the fine-tuned weights only; the architecture is your TorchScript "
+        "file fine-tuning started from (source_sha256 says which), needed by both recipes; model.torchscript.pt "
+        "carries both",
+    }
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 
@@ -233,6 +340,7 @@ def read_uri(uri: str, what: str) -> bytes:
     takes_weights=False,
     lr=1e-4,
     lr_min=1e-6,
+    recipe=_fersnet_recipe,
 )
 def _fersnet(arg: str, inp: ClassifierInput, source: bytes | None, model_config=None) -> nn.Module:
     from fersnet_ray.model import create_model
@@ -247,6 +355,7 @@ def _fersnet(arg: str, inp: ClassifierInput, source: bytes | None, model_config=
     help="the Table V recogniser (4 conv blocks, global average pooling), trained from scratch",
     first_conv="features.0",
     head="head",
+    recipe=_small_cnn_recipe,
 )
 def _small_cnn(arg: str, inp: ClassifierInput, source: bytes | None, model_config=None) -> nn.Module:
     from fersnet_ray.synth.recognizer import Recognizer, RecognizerConfig
@@ -315,17 +424,23 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(h), 1))
 
 
-@register_classifier("resnet18", help="torchvision's ResNet-18, adapted to small greyscale faces (see ResNet)")
+@register_classifier(
+    "resnet18", help="torchvision's ResNet-18, adapted to small greyscale faces (see ResNet)", recipe=_resnet_recipe(18)
+)
 def _resnet18(arg: str, inp: ClassifierInput, source: bytes | None, model_config=None) -> nn.Module:
     return ResNet((2, 2, 2, 2), inp)
 
 
-@register_classifier("resnet34", help="torchvision's ResNet-34, adapted like resnet18")
+@register_classifier("resnet34", help="torchvision's ResNet-34, adapted like resnet18", recipe=_resnet_recipe(34))
 def _resnet34(arg: str, inp: ClassifierInput, source: bytes | None, model_config=None) -> nn.Module:
     return ResNet((3, 4, 6, 3), inp)
 
 
-@register_classifier(TIMM, help="a timm model by name (pip install timm); timm adapts in_chans and num_classes")
+@register_classifier(
+    TIMM,
+    help="a timm model by name (pip install timm); timm adapts in_chans and num_classes",
+    recipe=_timm_recipe,
+)
 def _timm(arg: str, inp: ClassifierInput, source: bytes | None, model_config=None) -> nn.Module:
     try:
         import timm
@@ -345,6 +460,7 @@ def _timm(arg: str, inp: ClassifierInput, source: bytes | None, model_config=Non
     TORCHSCRIPT,
     help="your own TorchScript model at a path or s3:// URI: (N, C, S, S) in [-1, 1] → (N, E) logits",
     takes_weights=False,
+    recipe=_torchscript_recipe,
 )
 def _torchscript(arg: str, inp: ClassifierInput, source: bytes | None, model_config=None) -> nn.Module:
     if source is None:

@@ -4,10 +4,15 @@
     ref = resolve(store, "demo", fold="final")      # the final model (every subject), or a UseError
     final = final_model(store, "demo")              # the final model when it finished, else None
     refs = resolve_folds(store, "demo", None)       # every cross-validation fold, for an ensemble
+    ref = resolve(store, "demo", 0, classifier="small-cnn", data="real")   # runs/demo/finetune-small-cnn-real/
 
 A fold "finished" a stage when its `evaluation.json` is there (each stage writes it last) and its
 newest complete checkpoint (checksum matching `meta.json`) holds the stage's last epoch. Anything
 else is a `UseError` that names what is missing and the command that makes it.
+
+`classifier` and `data` pick the fine-tuning folder as `fersnet finetune --classifier --data` named it
+(`FinetuneConfig.folder`). FERSNet falls back to its trained checkpoint; another classifier exists
+only as fine-tuned, so its folder must hold the finished fold.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from fersnet_ray.foldkey import FINAL, Fold, is_final
 from fersnet_ray.store import Store
 
 STAGES = ("auto", "finetune", "train")
+DATA = ("real+synthetic", "real")  # finetune.loop.FINETUNE_DATA: which fine-tuning of the classifier
 
 
 class UseError(RuntimeError):
@@ -36,14 +42,26 @@ class ModelRef:
     uri: str  # the same, as a URI for messages and cards
     sha256: str  # of state.pt, from meta.json
     epoch: int
+    classifier: str = "fersnet"  # as fine-tuned (finetune config.json): torchscript:URI with its absolute URI
+    data: str = "real+synthetic"  # the fine-tuning's --data (meaningless for stage "train")
 
     @property
     def id(self) -> str:
         """Short identity for outputs and logs, like the synthetic shards' `checkpoint` column."""
         return f"{self.uri}@sha256:{self.sha256[:16]}"
 
+    @property
+    def fersnet(self) -> bool:
+        return self.classifier == "fersnet"
+
     def describe(self) -> str:
-        what = "fine-tuned (FES-DA)" if self.stage == "finetune" else "trained (no fine-tuning)"
+        if self.stage == "train":
+            what = "trained (no fine-tuning)"
+        elif self.fersnet:
+            what = "fine-tuned (FES-DA)" if self.data == "real+synthetic" else "fine-tuned on real faces only"
+        else:
+            on = "real + synthetic faces" if self.data == "real+synthetic" else "real faces only"
+            what = f"{self.classifier} fine-tuned on {on}"
         if is_final(self.fold):
             return f"final model (every subject, no held-out accuracy): {what}, epoch {self.epoch}, {self.uri}"
         return f"fold {self.fold}: {what}, epoch {self.epoch}, {self.uri}"
@@ -82,32 +100,64 @@ def _check_fold(store: Store, run: str, config: dict, fold: Fold) -> None:
         )
 
 
-def resolve(store: Store, run: str, fold: Fold, stage: str = "auto") -> ModelRef:
-    """The checkpoint of `fold` ("final" included) to use: fine-tuned if finished (stage "auto" or
-    "finetune"), else trained."""
+def finetune_folder(classifier: str, data: str) -> str:
+    """The folder of runs/<run>/ that `fersnet finetune --classifier C --data D` writes (e.g. finetune-small-cnn-real)."""
+    from fersnet_ray.finetune.loop import FinetuneConfig
+
+    if data not in DATA:
+        raise UseError(f"--data {data!r}: use one of {', '.join(DATA)}")
+    return FinetuneConfig.for_classifier(classifier, data=data).folder  # an unknown classifier lists the choices
+
+
+def _finetune_command(run: str, classifier: str, data: str, fold: Fold | None = None) -> str:
+    folds = f" --folds {fold}" if fold is not None else ""
+    parts = [f"fersnet finetune --run {run}{folds}"]
+    parts += [f"--classifier {classifier}"] if classifier != "fersnet" else []
+    parts += ["--data real"] if data == "real" else []
+    return " ".join(parts)
+
+
+def resolve(
+    store: Store, run: str, fold: Fold, stage: str = "auto", classifier: str = "fersnet", data: str = "real+synthetic"
+) -> ModelRef:
+    """The checkpoint of `fold` ("final" included) to use: fine-tuned if finished (stage "auto" or "finetune"),
+    else trained.
+
+    classifier, data: which fine-tuning (`fersnet finetune --classifier --data`); only FERSNet has a
+    trained checkpoint to fall back to.
+    """
     from fersnet_ray.train.config import Experiment
 
     if stage not in STAGES:
         raise UseError(f"--checkpoint {stage!r}: use one of {', '.join(STAGES)}")
+    folder = finetune_folder(classifier, data)
+    ft_root = store.finetune_dir(run, folder)
+    if classifier != "fersnet" and stage == "train":
+        raise UseError(
+            f"--checkpoint train: classifier {classifier} has no training stage (only FERSNet is trained by "
+            "`fersnet train`); it exists as fine-tuned only: use --checkpoint auto"
+        )
     config = run_config(store, run)
     _check_fold(store, run, config, fold)
-    train_dir, ft_dir = store.fold_dir(run, fold), store.finetune_fold_dir(run, fold)
-    rel = lambda folder: store.uri_of_path(folder) + "/"
+    train_dir, ft_dir = store.fold_dir(run, fold), store.finetune_fold_dir(run, fold, folder)
+    rel = lambda path: store.uri_of_path(path) + "/"
     who = f"the final model of run {run!r}" if is_final(fold) else f"run {run!r} fold {fold}"
+    if classifier != "fersnet":
+        _require_folder(store, run, classifier, data, ft_root)
 
-    found, used = None, None
-    ft_config = f"{store.finetune_dir(run)}/config.json"
-    if stage in ("auto", "finetune") and store.exists(ft_config):
-        epochs = store.read_json(ft_config)["finetune"]["epochs"]
-        found, used = _finished(store, ft_dir, epochs), "finetune"
-    if found is None and stage == "finetune":
+    found, used, tuned = None, None, classifier
+    if stage in ("auto", "finetune") and store.exists(f"{ft_root}/config.json"):
+        ft_config = store.read_json(f"{ft_root}/config.json")["finetune"]
+        found, used, tuned = _finished(store, ft_dir, ft_config["epochs"]), "finetune", ft_config.get("classifier")
+    if found is None and (stage == "finetune" or classifier != "fersnet"):
+        which, alternative = ("", " or pass --checkpoint train") if classifier == "fersnet" else (f"{classifier} ", "")
         raise UseError(
-            f"{who} has no finished fine-tuned checkpoint (nothing complete in {rel(ft_dir)}); "
-            f"run `fersnet finetune --run {run} --folds {fold}` or pass --checkpoint train"
+            f"{who} has no finished fine-tuned {which}checkpoint (nothing complete in "
+            f"{rel(ft_dir)}); run `{_finetune_command(run, classifier, data, fold)}`{alternative}"
         )
     if found is None:
         epochs = Experiment.from_dict(config["experiment"]).train.epochs
-        found, used = _finished(store, train_dir, epochs), "train"
+        found, used, tuned = _finished(store, train_dir, epochs), "train", "fersnet"
     if found is None:
         from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint_in
 
@@ -120,17 +170,68 @@ def resolve(store: Store, run: str, fold: Fold, stage: str = "auto") -> ModelRef
             f"{done}/{epochs} epochs; run `fersnet train --run {run} --folds {fold}` first"
         )
     ckpt, meta = found
-    return ModelRef(run, fold, used, ckpt, store.uri_of_path(ckpt), meta["sha256"], int(meta["epoch"]))
+    ref = ModelRef(
+        run,
+        fold,
+        used,
+        ckpt,
+        store.uri_of_path(ckpt),
+        meta["sha256"],
+        int(meta["epoch"]),
+        tuned or classifier,
+        data,
+    )
+    _check_source(ref)
+    return ref
 
 
-def final_model(store: Store, run: str, stage: str = "auto") -> ModelRef | None:
+def _require_folder(store: Store, run: str, classifier: str, data: str, folder: str) -> None:
+    """A classifier never fine-tuned in this run (with this --data): one line naming the missing folder."""
+    if not store.exists(f"{folder}/config.json"):
+        on = "real + synthetic faces" if data == "real+synthetic" else "real faces only"
+        raise UseError(
+            f"run {run!r} has no {classifier} fine-tuned on {on}: {store.uri_of_path(folder)}/ "
+            f"is missing; run `{_finetune_command(run, classifier, data)}` first"
+        )
+
+
+def _check_source(ref: ModelRef) -> None:
+    """A TorchScript classifier is rebuilt from its file (checkpoints hold its weights only): it must still be there."""
+    from fersnet_ray.finetune.classifiers import TORCHSCRIPT
+    from fersnet_ray.store import open_location, redact
+
+    if not ref.classifier.startswith(TORCHSCRIPT):
+        return
+    uri = ref.classifier[len(TORCHSCRIPT) :]
+    fs, path = open_location(uri)
+    if not fs.exists(path):
+        raise UseError(
+            f"fold {ref.fold}'s classifier was fine-tuned from the TorchScript model {redact(uri)}, which is missing "
+            "(checkpoints hold its weights, not its code); put the file back there"
+        )
+
+
+def classifier_folds(store: Store, run: str, classifier: str = "fersnet", data: str = "real+synthetic") -> list[Fold]:
+    """Folds a classifier has: FERSNet's trained folds, another classifier's fine-tuned fold folders."""
+    if classifier == "fersnet":
+        return trained_folds(store, run)
+    run_config(store, run)
+    folder = store.finetune_dir(run, finetune_folder(classifier, data))
+    _require_folder(store, run, classifier, data, folder)
+    names = [p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False)]
+    return sorted(int(n[5:]) for n in names if n.startswith("fold-") and n[5:].isdigit())
+
+
+def final_model(
+    store: Store, run: str, stage: str = "auto", classifier: str = "fersnet", data: str = "real+synthetic"
+) -> ModelRef | None:
     """The run's final model when it has finished (fine-tuned or trained, as `stage` allows), else None."""
-    if not store.exists(store.fold_dir(run, FINAL)):
+    if classifier == "fersnet" and not store.exists(store.fold_dir(run, FINAL)):
         return None
     try:
-        return resolve(store, run, FINAL, stage)
+        return resolve(store, run, FINAL, stage, classifier, data)
     except UseError:
-        return None  # started, not finished: the caller falls back and says so
+        return None  # started, not finished (or not fine-tuned): the caller falls back and says so
 
 
 def trained_folds(store: Store, run: str) -> list[Fold]:
@@ -141,10 +242,21 @@ def trained_folds(store: Store, run: str) -> list[Fold]:
     return folds_of(store, run)
 
 
-def resolve_folds(store: Store, run: str, folds: tuple[Fold, ...] | None, stage: str = "auto") -> list[ModelRef]:
-    """Every requested fold's checkpoint (None: every cross-validation fold, not the final model), for an
-    ensemble; errors name the fold."""
-    folds = folds if folds is not None else tuple(f for f in trained_folds(store, run) if not is_final(f))
+def resolve_folds(
+    store: Store,
+    run: str,
+    folds: tuple[Fold, ...] | None,
+    stage: str = "auto",
+    classifier: str = "fersnet",
+    data: str = "real+synthetic",
+) -> list[ModelRef]:
+    """Every requested fold's checkpoint (None: every cross-validation fold the classifier has, not the final
+    model), for an ensemble; errors name the fold."""
+    if folds is None:
+        folds = tuple(f for f in classifier_folds(store, run, classifier, data) if not is_final(f))
     if not folds:
-        raise UseError(f"run {run!r} has no trained cross-validation fold; run `fersnet train --run {run}` first")
-    return [resolve(store, run, f, stage) for f in folds]
+        command = f"fersnet train --run {run}" if classifier == "fersnet" else _finetune_command(run, classifier, data)
+        raise UseError(
+            f"run {run!r} has no {'trained' if classifier == 'fersnet' else classifier} fold; run `{command}` first"
+        )
+    return [resolve(store, run, f, stage, classifier, data) for f in folds]

@@ -1,19 +1,25 @@
 """`fersnet export`: a run's classifier as files that run without fersnet-ray, each checked at export time.
 
     fersnet export --store URI --run NAME [--fold k|final] --format torchscript,safetensors,onnx --out DIR
+    fersnet export --store URI --run NAME --classifier small-cnn --data real --format onnx --out DIR
 
 Which model: `--fold k` or `--fold final`; by default the run's final model (every subject) when it
 has finished, else the run's only fold (a run with several folds and no final model needs --fold).
 
 What is written is the recognition path only (`use.recognizer.Recognizer`): input (N, C, S, S)
 float32 in [-1, 1], output logits (N, E), float32 on CPU (no bf16: a checkpoint trained under bf16
-autocast holds float32 weights; autocast is a run-time choice the user can make again).
+autocast holds float32 weights; autocast is a run-time choice the user can make again). It is
+FERSNet's (trained, or fine-tuned when that finished), or with `--classifier NAME` any classifier of
+`finetune.classifiers` fine-tuned by `fersnet finetune --classifier NAME [--data real]`.
 
     DIR/model.torchscript.pt   torch.jit.trace of the Recognizer; `torch.jit.load` needs only PyTorch
-    DIR/model.safetensors      the recognition path's weights by the FERSNet's names; the card in its metadata
-    DIR/model.onnx             torch.onnx (dynamo) export, batch dimension dynamic; needs the [onnx] extra
-    DIR/fersnet-card.json      classes, channels, input size, the preprocessing steps, source run and
-                               checkpoint digest, training config, and the check of every file
+    DIR/model.safetensors      the weights by the classifier's own names (FERSNet's for fersnet); the card
+                               in its metadata; the architecture must be rebuilt (card: backbone.rebuild)
+    DIR/model.onnx             torch.onnx export, batch dimension dynamic (dynamo; TorchScript classifiers:
+                               the TorchScript-based exporter, which torch.export cannot replace); [onnx] extra
+    DIR/fersnet-card.json      classes, channels, input size, the preprocessing steps, the backbone and how
+                               to rebuild it, source run and checkpoint digest, training config, and the
+                               check of every file
 
 The check: every file is loaded back (TorchScript by torch.jit.load, safetensors into a fresh
 Recognizer, ONNX by onnxruntime) and its logits on real faces of the face table (the fold's
@@ -30,14 +36,15 @@ import json
 import os
 import posixpath
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from fersnet_ray.store import Store, open_location, redact
 from fersnet_ray.foldkey import NO_HELD_OUT, Fold, held_out, is_final
-from fersnet_ray.use.checkpoints import ModelRef, UseError, final_model, resolve, run_config, trained_folds
-from fersnet_ray.use.recognizer import Preprocessing, Recognizer, load_recognizer
+from fersnet_ray.use.checkpoints import ModelRef, UseError, classifier_folds, final_model, resolve, run_config
+from fersnet_ray.use.recognizer import Preprocessing, Recognizer, build_recognizer, load_recognizer
 
 FORMATS = ("torchscript", "safetensors", "onnx")
 FILES = {"torchscript": "model.torchscript.pt", "safetensors": "model.safetensors", "onnx": "model.onnx"}
@@ -58,6 +65,8 @@ class ExportJob:
     checkpoint: str = "auto"  # auto (fine-tuned when finished, else trained) | finetune | train
     check_faces: int = 64  # face-table faces the exported files are checked on
     overwrite: bool = False
+    classifier: str = "fersnet"  # which fine-tuning: `fersnet finetune --classifier`
+    data: str = "real+synthetic"  # and its --data
 
 
 def parse_formats(spec: str) -> tuple[str, ...]:
@@ -101,6 +110,24 @@ def write_format(fmt: str, rec: Recognizer, example: torch.Tensor, path: str, ca
         from safetensors.torch import save_file
 
         save_file(rec.weights(), path, metadata={"fersnet_card": json.dumps(card)})
+    elif fmt == "onnx" and rec.scripted:
+        import warnings
+
+        # torch.export (under the dynamo exporter) cannot take a ScriptModule; the TorchScript-based
+        # exporter can. It is deprecated in favour of dynamo, and warns that a ScriptMethod has no Python
+        # signature: neither concerns the user, so neither is shown.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            torch.onnx.export(
+                torch.jit.trace(rec, example, check_trace=False),
+                (example,),
+                path,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
+            )
     elif fmt == "onnx":
         import logging
         import warnings
@@ -125,8 +152,11 @@ def write_format(fmt: str, rec: Recognizer, example: torch.Tensor, path: str, ca
         raise UseError(f"unknown export format {fmt!r}")
 
 
-def run_exported(fmt: str, path: str, x: torch.Tensor, cfg) -> torch.Tensor:
-    """Loads an exported file back, as a user would, and returns its logits (N, E) for `x` (N, C, S, S)."""
+def run_exported(fmt: str, path: str, x: torch.Tensor, fresh: Callable[[], Recognizer]) -> torch.Tensor:
+    """Loads an exported file back, as a user would, and returns its logits (N, E) for `x` (N, C, S, S).
+
+    fresh: builds an untrained Recognizer of the architecture, for safetensors (which holds weights only).
+    """
     if fmt == "torchscript":
         model = torch.jit.load(path, map_location="cpu").eval()
         with torch.no_grad():
@@ -134,8 +164,8 @@ def run_exported(fmt: str, path: str, x: torch.Tensor, cfg) -> torch.Tensor:
     if fmt == "safetensors":
         from safetensors.torch import load_file
 
-        rec = Recognizer(cfg)
-        rec.net.load_state_dict(load_file(path))
+        rec = fresh()
+        rec.net.load_state_dict(load_file(path))  # strict: exactly the exported names
         with torch.no_grad():
             return rec.eval()(x).float()
     if fmt == "onnx":
@@ -179,20 +209,56 @@ def check_faces(store: Store, dataset: str, fold: Fold, prep: Preprocessing, n: 
 
 
 def choose_fold(store: Store, job: ExportJob) -> ModelRef:
-    """--fold's model; without it the final model when it has finished, else the run's only fold."""
+    """--fold's model; without it the final model when it has finished, else the classifier's only fold."""
+    pick = {"stage": job.checkpoint, "classifier": job.classifier, "data": job.data}
     if job.fold is not None:
-        return resolve(store, job.run, job.fold, job.checkpoint)
-    final = final_model(store, job.run, job.checkpoint)
+        return resolve(store, job.run, job.fold, **pick)
+    final = final_model(store, job.run, **pick)
     if final is not None:
         return final
-    folds = [f for f in trained_folds(store, job.run) if not is_final(f)]
+    folds = [f for f in classifier_folds(store, job.run, job.classifier, job.data) if not is_final(f)]
     if len(folds) != 1:
         have = ", ".join(map(str, folds)) or "none"
+        which = "trained" if job.classifier == "fersnet" else f"{job.classifier}"
         raise UseError(
-            f"run {job.run!r} has trained folds {have} and no finished final model: pass --fold k to say which "
+            f"run {job.run!r} has {which} folds {have} and no finished final model: pass --fold k to say which "
             f"one to export, or train the final model (`fersnet train --run {job.run} --folds final`)"
         )
-    return resolve(store, job.run, folds[0], job.checkpoint)
+    return resolve(store, job.run, folds[0], **pick)
+
+
+def backbone(ref: ModelRef, exp, source: bytes | None) -> dict:
+    """The card's `backbone`: which classifier, fine-tuned how, and how to rebuild it for the safetensors file."""
+    import hashlib
+
+    from fersnet_ray.finetune.classifiers import CLASSIFIERS, ClassifierInput, parse_classifier, rebuild_recipe
+
+    key, _, arg = parse_classifier(ref.classifier)
+    inp = ClassifierInput(exp.model.in_channels, exp.model.num_classes, exp.train.crop_size)
+    card = {
+        "classifier": ref.classifier,  # the --classifier name as fine-tuned (torchscript: the URI it read)
+        "registry": key,  # the entry of fersnet_ray.finetune.classifiers.CLASSIFIERS
+        "model": arg or None,  # timm's model name or the TorchScript URI
+        "description": CLASSIFIERS[key].help,
+        "fersnet_variant": exp.model.variant if ref.fersnet else None,
+        "input": {"channels": inp.channels, "num_classes": inp.num_classes, "size": inp.size},
+        "fine_tuned_on": ref.data if ref.stage == "finetune" else None,
+        "rebuild": {
+            **rebuild_recipe(ref.classifier, inp),
+            "then": 'from safetensors.torch import load_file; model.load_state_dict(load_file("model.safetensors"))',
+        },
+    }
+    if source is not None:
+        card["source_sha256"] = hashlib.sha256(source).hexdigest()  # which TorchScript file this was
+    return card
+
+
+def finetune_config(store: Store, ref: ModelRef) -> dict | None:
+    """The fine-tuning config of a fine-tuned checkpoint (its folder's config.json, two levels up), else None."""
+    if ref.stage != "finetune":
+        return None
+    folder = posixpath.dirname(posixpath.dirname(ref.path))  # <folder>/fold-k/checkpoint-epoch-NNNN
+    return store.read_json(f"{folder}/config.json").get("finetune")
 
 
 def export(job: ExportJob) -> dict:
@@ -217,6 +283,12 @@ def export(job: ExportJob) -> dict:
     config = run_config(store, job.run)
     ref = choose_fold(store, job)
     rec, prep, exp = load_recognizer(store, ref)
+    source = None  # a TorchScript classifier's file: its architecture, which safetensors does not hold
+    if rec.scripted:
+        from fersnet_ray.finetune.classifiers import TORCHSCRIPT, read_uri
+
+        source = read_uri(ref.classifier[len(TORCHSCRIPT) :], "TorchScript model")
+    fresh = lambda: build_recognizer(ref.classifier, exp, source)  # the architecture, untrained: for safetensors
     x = check_faces(store, config["dataset"], ref.fold, prep, job.check_faces)  # (N, C, S, S) in [-1, 1]
     with torch.no_grad():
         reference = rec(x).float()  # (N, E) float32 on CPU: what every exported file must reproduce
@@ -244,8 +316,10 @@ def export(job: ExportJob) -> dict:
         "held_out_accuracy": NO_HELD_OUT
         if is_final(ref.fold)
         else f"fold {ref.fold}'s held-out subjects: {posixpath.dirname(ref.uri)}/evaluation.json",
-        "experiment": exp.to_dict(),
-        "variant": exp.model.variant,
+        "backbone": backbone(ref, exp, source),
+        "experiment": exp.to_dict(),  # the run's: sizes, precision, and FERSNet's `model` (used by fersnet only)
+        "finetune": finetune_config(store, ref),
+        "variant": exp.model.variant if ref.fersnet else None,
         "fersnet_version": __version__,
         "torch_version": torch.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -261,7 +335,7 @@ def export(job: ExportJob) -> dict:
             except Exception as e:  # noqa: BLE001 - an exporter failure names the format and the reason
                 msg = (str(e).strip().splitlines() or [""])[0]
                 raise UseError(f"--format {fmt}: export failed ({type(e).__name__}: {msg})") from None
-            check = compare(reference, run_exported(fmt, local, x, exp.model))
+            check = compare(reference, run_exported(fmt, local, x, fresh))
             if not check["within_tolerance"]:
                 raise UseError(
                     f"--format {fmt}: the exported model's logits differ from PyTorch's by up to "

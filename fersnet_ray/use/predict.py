@@ -1,6 +1,7 @@
 """`fersnet predict`: a run's classifier on new images, as Ray Data batch inference.
 
     fersnet predict --store URI --run NAME [--fold k|final | --ensemble] --source PATH|URI --out FILE.parquet|FILE.csv
+    fersnet predict ... --classifier small-cnn --data real      # a classifier `fersnet finetune --classifier` made
 
 Which model: `--fold k` or `--fold final`; `--ensemble` (every cross-validation fold, averaged); by
 default the run's final model (trained on every subject) when it has finished, else the ensemble,
@@ -9,7 +10,8 @@ with a note saying so.
 Pipeline (Ray Data, one block per batch so the stages overlap):
     list      (driver)        use.inputs: which files, true labels where the layout has them
     load      (CPU tasks; actors with FAN)  bytes -> decode, channels, align as `prepare` did -> uint8 at load_size
-    classify  (actor pool, GPU when there is one)  Recognizer(s) built once per actor from checkpoint *paths*;
+    classify  (actor pool, GPU when there is one)  Recognizer(s) (FERSNet or a fine-tuned registry classifier)
+              built once per actor from checkpoint *paths*;
               centre crop, [-1, 1], softmax; an ensemble averages the folds' probabilities
     write     (driver, streamed)  one Parquet or CSV file, rows in listing order; rejects in a side file
 
@@ -61,6 +63,8 @@ class PredictJob:
     gpus_per_actor: float | None = None  # None: 1 when the cluster has a GPU
     batch_size: int = 256
     overwrite: bool = False
+    classifier: str = "fersnet"  # which fine-tuning: `fersnet finetune --classifier` (fersnet: else the trained)
+    data: str = "real+synthetic"  # and its --data
 
 
 # --- plain functions: loading and classifying ------------------------------------------------------
@@ -135,7 +139,7 @@ def classify(
         with autocast(device, amp):
             probs = torch.stack([m(x).float().softmax(1) for m in models])  # (M, B, E)
         out.append(probs.mean(0).cpu())
-    return torch.cat(out) if out else torch.zeros(0, models[0].net.cfg.num_classes)
+    return torch.cat(out) if out else torch.zeros(0, models[0].num_classes)
 
 
 def prob_column(name: str) -> str:
@@ -279,14 +283,15 @@ def choose_models(store: Store, job: PredictJob) -> tuple[list[ModelRef], str, l
     """
     if job.fold is not None and job.ensemble:
         raise UseError("--fold and --ensemble exclude each other: one fold's model, or every fold's averaged")
+    pick = (job.checkpoint, job.classifier, job.data)
     if job.fold is not None:
-        refs = [resolve(store, job.run, job.fold, job.checkpoint)]
+        refs = [resolve(store, job.run, job.fold, *pick)]
         return refs, "the final model (every subject)" if is_final(job.fold) else f"fold {job.fold}", []
     if not job.ensemble:
-        final = final_model(store, job.run, job.checkpoint)
+        final = final_model(store, job.run, *pick)
         if final is not None:
             return [final], "the final model (every subject; the default when it has finished)", []
-    refs = resolve_folds(store, job.run, None, job.checkpoint)
+    refs = resolve_folds(store, job.run, None, *pick)
     how = "--ensemble" if job.ensemble else "no --fold given, no final model"
     notes = []
     if not job.ensemble:

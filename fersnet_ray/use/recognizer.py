@@ -1,11 +1,14 @@
-"""The recognition path of a trained FERSNet, and the preprocessing its input needs. Plain PyTorch, no Ray.
+"""The classifier a run trained, and the preprocessing its input needs. Plain PyTorch, no Ray.
 
     rec, prep, exp = load_recognizer(store, ref)         # ref from use.checkpoints.resolve
     logits = rec(prep.model_input(faces_u8))             # (N, C, L, L) uint8 -> (N, E) logits
 
 `Recognizer` is what `predict` runs and `export` writes: images (N, C, S, S) in [-1, 1] -> logits
-(N, E). The FES decoder (f_tra + f_dec) is dropped; the FES encoder stays where the variant has one,
-because the ConvFLUs feed its features into the FER branch at every block.
+(N, E). Its `net` is the recognition path of a trained FERSNet, or any classifier of
+`finetune.classifiers` fine-tuned by `fersnet finetune --classifier` (small-cnn, resnet18, timm:NAME,
+torchscript:URI), rebuilt by the same registry. For FERSNet the FES decoder (f_tra + f_dec) is
+dropped; the FES encoder stays where the variant has one, because the ConvFLUs feed its features
+into the FER branch at every block.
 
 `Preprocessing` is the chain from a raw image to that input, identical to what the face table and
 `evaluate` use: decode and convert channels as `prepare` does, align (method and size from the data
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from fersnet_ray.finetune.classifiers import ClassifierInput, create_classifier, logits_of
 from fersnet_ray.model import create_model
 from fersnet_ray.model.config import ModelConfig
 from fersnet_ray.train.config import Experiment
@@ -26,15 +30,23 @@ from fersnet_ray.train.data import center_crop, to_unit
 
 
 class Recognizer(nn.Module):
-    """(N, C, S, S) float in [-1, 1] -> expression logits (N, E), in float32 (no autocast inside)."""
+    """(N, C, S, S) float in [-1, 1] -> expression logits (N, E), in float32 (no autocast inside).
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    Recognizer(cfg): FERSNet's recognition path for a ModelConfig; Recognizer(net, E): any classifier
+    that returns (N, E) logits (or a ModelOutput), e.g. from `create_classifier`.
+    """
+
+    def __init__(self, net: ModelConfig | nn.Module, num_classes: int | None = None) -> None:
         super().__init__()
-        self.net = create_model(cfg)
-        self.net.fes_head = None  # the synthesis decoder: not on the recognition path
+        if isinstance(net, ModelConfig):
+            num_classes, net = net.num_classes, create_model(net)
+            net.fes_head = None  # the synthesis decoder: not on the recognition path
+        self.net = net
+        self.num_classes = int(num_classes) if num_classes is not None else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images).logits  # target_labels=None: the decoder would not run anyway
+        # FERSNet: target_labels=None, so the decoder would not run anyway; its logits are `.logits`.
+        return logits_of(self.net(images))
 
     @classmethod
     def from_checkpoint_state(cls, cfg: ModelConfig, model_state: dict) -> Recognizer:
@@ -43,10 +55,28 @@ class Recognizer(nn.Module):
         rec.net.load_state_dict({k: v for k, v in model_state.items() if not k.startswith("fes_head.")})
         return rec.eval()
 
+    @property
+    def scripted(self) -> bool:
+        """A TorchScript classifier (torchscript:URI): torch.export, and so ONNX's dynamo exporter, cannot take it."""
+        return isinstance(self.net, torch.jit.ScriptModule)
+
     def weights(self) -> dict[str, torch.Tensor]:
-        """Recognition-path weights by the FERSNet's own names, contiguous (safetensors needs that;
-        a GPU-trained model's may be channels_last)."""
+        """Recognition-path weights by the classifier's own names (FERSNet's for FERSNet), contiguous
+        (safetensors needs that; a GPU-trained model's may be channels_last)."""
         return {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+
+
+def build_recognizer(classifier: str, exp: Experiment, source: bytes | None = None) -> Recognizer:
+    """A fresh (untrained) Recognizer of `classifier` for the run's faces: what a checkpoint's weights load into.
+
+    classifier: "fersnet" (the run's FERSNet variant, without the decoder) or a name of
+        `finetune.classifiers`, as fine-tuned (torchscript:URI with the URI recorded by fine-tuning).
+    source: a TorchScript classifier's file bytes (None: read from its URI).
+    """
+    if classifier == "fersnet":
+        return Recognizer(exp.model)
+    inp = ClassifierInput(exp.model.in_channels, exp.model.num_classes, exp.train.crop_size)  # as fine-tuning fed it
+    return Recognizer(create_classifier(classifier, inp, source), inp.num_classes)
 
 
 @dataclass(frozen=True)
@@ -100,10 +130,16 @@ class Preprocessing:
 
 def load_recognizer(store, ref) -> tuple[Recognizer, Preprocessing, Experiment]:
     """A finished checkpoint (`use.checkpoints.ModelRef`) -> its Recognizer (eval, CPU), preprocessing, experiment."""
-    from fersnet_ray.table import read_card
     from fersnet_ray.checkpoint import read_checkpoint
+    from fersnet_ray.table import read_card
 
     state = read_checkpoint(store, ref.path)
     exp = Experiment.from_dict(state["experiment"])
     card = read_card(store, store.read_json(f"{store.run_dir(ref.run)}/config.json")["dataset"])
-    return Recognizer.from_checkpoint_state(exp.model, state["model"]), Preprocessing.of(card, exp), exp
+    classifier = state.get("classifier", "fersnet")  # training checkpoints name none: FERSNet
+    if classifier == "fersnet":
+        rec = Recognizer.from_checkpoint_state(exp.model, state["model"])
+    else:
+        rec = build_recognizer(classifier, exp)
+        rec.net.load_state_dict(state["model"])  # strict: the classifier's own names, as fine-tuning saved them
+    return rec.eval(), Preprocessing.of(card, exp), exp
