@@ -644,6 +644,9 @@ def synthesize(
         bool, typer.Option(help="Train each fold's recogniser: Table V accuracy, row scores, contact sheet.")
     ] = True,
     recognizer_epochs: Annotated[int, typer.Option(help="Epochs of that recogniser.")] = 30,
+    max_rows: Annotated[
+        Optional[int], typer.Option(help="Refuse, before any work, a fold whose synthetic output would exceed this.")
+    ] = None,
     address: AddressOpt = None,
 ) -> None:
     """Write every missing expression of every training face as balanced Parquet shards, exactly once."""
@@ -663,6 +666,7 @@ def synthesize(
         min_score=min_score,
         quality=quality,
         recognizer_epochs=recognizer_epochs,
+        max_rows=max_rows,
     )
     _run(init_ray, address)
     manifests = _run(run_synth, job)

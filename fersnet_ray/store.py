@@ -43,6 +43,11 @@ import pyarrow.fs as pafs
 from fersnet_ray.foldkey import FINAL, Fold, is_final
 
 DEFAULT_STORE = "./fersnet-store"
+# The pyarrow filesystem that reads and writes Parquet on S3: "fsspec" wraps s3fs (`PyFileSystem(FSSpecHandler)`),
+# "native" is pyarrow's C++ S3FileSystem. `python jobs/bench_scale.py --store s3` measures both side by side
+# on the same files (whole files, one row group per file, one column); the faster one is the default here.
+ARROW_S3_KINDS = ("fsspec", "native")
+ARROW_S3 = "fsspec"
 log = logging.getLogger(__name__)
 
 
@@ -141,6 +146,25 @@ def _s3fs(endpoint: str | None) -> fsspec.AbstractFileSystem:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _native_s3(endpoint: str | None, bucket: str) -> pafs.S3FileSystem:
+    # Same retry policy as s3fs above (standard mode, 10 attempts). Without an endpoint the bucket's
+    # region is looked up once (AWS answers 301 to a request in the wrong region); an S3-compatible
+    # server takes the configured region, or us-east-1.
+    kwargs: dict[str, Any] = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=10)}
+    if endpoint:
+        parts = urlsplit(endpoint)
+        kwargs["scheme"] = parts.scheme or "https"
+        kwargs["endpoint_override"] = parts.netloc or parts.path
+        kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    else:
+        try:
+            kwargs["region"] = pafs.resolve_s3_region(bucket)
+        except OSError:  # no permission to ask: the SDK's own default chain decides
+            pass
+    return pafs.S3FileSystem(**kwargs)
+
+
 @dataclass(frozen=True)
 class Store:
     """A resolved store location: `root` is a filesystem path (local absolute, or `bucket/prefix`)."""
@@ -182,9 +206,17 @@ class Store:
     @property
     def arrow_fs(self) -> pafs.FileSystem:
         """pyarrow filesystem, as Ray Data (`read_parquet`, `write_parquet`) and pyarrow accept it."""
-        if self.protocol == "s3":
+        return self.arrow_filesystem(ARROW_S3)
+
+    def arrow_filesystem(self, kind: str) -> pafs.FileSystem:
+        """The pyarrow filesystem of `kind` (ARROW_S3_KINDS) on S3; local stores have one kind."""
+        if self.protocol != "s3":
+            return pafs.LocalFileSystem()
+        if kind == "native":
+            return _native_s3(self.endpoint, self.root.split("/", 1)[0])
+        if kind == "fsspec":
             return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
-        return pafs.LocalFileSystem()
+        raise StoreError(f"unknown pyarrow S3 filesystem {kind!r}; use one of {', '.join(ARROW_S3_KINDS)}")
 
     # --- layout --------------------------------------------------------------------------------------
 

@@ -13,12 +13,20 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
 from fersnet_ray.store import Store, StoreError
 
 CARD_NAME = "_card.json"  # "_" prefix: pyarrow, pandas and Spark skip it when reading the folder
+
+# Row groups are the unit of a partial read (a synthesis shard reads only the groups holding its source
+# faces; pyarrow fetches whole column chunks). ~64 MB keeps one S3 GET per column chunk worth its latency;
+# at most a few thousand rows keeps a shard's read close to what it needs (a 110 px greyscale face is
+# ~3 KB as PNG, so the row bound decides there; large RGB faces hit the byte bound first).
+ROW_GROUP_BYTES = 64 << 20
+ROW_GROUP_ROWS = (256, 2048)  # (fewest, most) rows in a row group
 
 # Column order is the schema's order; documented in the README ("Face table").
 FACE_SCHEMA = pa.schema(
@@ -35,6 +43,12 @@ FACE_SCHEMA = pa.schema(
         ("fold", pa.int64()),  # 0..k-1, subject-disjoint, stratified by expression
     ]
 )
+
+
+def row_group_rows(bytes_per_row: float) -> int:
+    """Rows per Parquet row group for rows of about `bytes_per_row` (face table and synthetic shards alike)."""
+    lo, hi = ROW_GROUP_ROWS
+    return int(min(hi, max(lo, ROW_GROUP_BYTES // max(1, int(bytes_per_row)))))
 
 
 def face_id(dataset: str, source: str) -> str:
@@ -99,16 +113,27 @@ def open_table_file(store: Store, path: str) -> pq.ParquetFile:
     return pf
 
 
-def read_faces(store: Store, name: str, columns: list[str] | None = None) -> pa.Table:
-    """Reads the whole face table with pyarrow (small data sets, tests, reports).
+def read_faces(store: Store, name: str, columns: list[str] | None = None, fold: int | None = None) -> pa.Table:
+    """Reads the face table with pyarrow (small data sets, tests, reports), or only the faces of `fold`.
 
-    Stages that must scale read it with Ray Data instead (`ray.data.read_parquet(table_files(...),
-    filesystem=store.arrow_fs)`).
+    With `fold`, each row group's `fold` column is read first and the other columns only of the row
+    groups that hold the fold's faces, filtered as they come: memory is the fold's faces plus one row
+    group, not the whole table. Stages that must scale read it with Ray Data instead
+    (`ray.data.read_parquet(table_files(...), filesystem=store.arrow_fs)`).
     """
     read_card(store, name)
     tables = []
     for path in table_files(store, name):
-        tables.append(open_table_file(store, path).read(columns=columns))
+        pf = open_table_file(store, path)
+        if fold is None:
+            tables.append(pf.read(columns=columns))
+            continue
+        for g in range(pf.num_row_groups):
+            keep = pc.equal(pf.read_row_group(g, columns=["fold"])["fold"], fold)
+            if pc.any(keep).as_py():
+                tables.append(pf.read_row_group(g, columns=columns).filter(keep))
     if not tables:
+        if fold is not None and table_files(store, name):
+            return FACE_SCHEMA.empty_table().select(columns or FACE_SCHEMA.names)
         raise StoreError(f"data set {name!r} in {store.uri} has a card but no Parquet files")
     return pa.concat_tables(tables)

@@ -26,7 +26,7 @@ from fersnet_ray.prepare.folds import assign_folds
 from fersnet_ray.prepare.sources import Adapter, Reject, SourceFace, create_adapter
 from fersnet_ray.progress import Progress, report, start
 from fersnet_ray.store import Store, redact
-from fersnet_ray.table import CARD_NAME, FACE_SCHEMA, encode_png, face_id, table_files
+from fersnet_ray.table import CARD_NAME, FACE_SCHEMA, encode_png, face_id, row_group_rows, table_files
 
 log = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         start(bar, "faces loaded and aligned", len(rows))
         loaded = loaded.materialize()  # aligned once; folds need every face's fate before anything is written
 
-    meta = pa.concat_tables(  # streamed block by block on the driver: no extra Ray tasks
-        b.select(["source", "subject", "label", "reject"])
+    meta = pa.concat_tables(  # streamed block by block on the driver: no extra Ray tasks, no image bytes
+        b.select(["source", "subject", "label", "reject"]).append_column("png_bytes", pc.binary_length(b["image"]))
         for b in loaded.iter_batches(batch_format="pyarrow", batch_size=None)
     ).to_pandas()
     failed = meta[meta["reject"] != ""]
@@ -247,6 +247,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     except ValueError as e:
         raise PrepareError(str(e)) from None
     folds = [fold_of[s] for s in kept["subject"]]
+    group_rows = row_group_rows(kept["png_bytes"].mean())
 
     out_dir = store.dataset_dir(cfg.table_name)
     # The card is the commit marker (written last): remove it first, so an interrupted re-run never
@@ -267,6 +268,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         filesystem=store.arrow_fs,
         filename_provider=_Names(),
         min_rows_per_file=ROWS_PER_FILE,
+        # Ray 2.60 passes row_group_size through to pyarrow's write_dataset (min = max rows per group);
+        # without it min_rows_per_file made each file one row group, so every partial read read a whole file.
+        row_group_size=group_rows,
         mode=SaveMode.OVERWRITE,
     )
 
@@ -285,6 +289,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         "notes": listing.notes,
         "schema": {f.name: str(f.type) for f in FACE_SCHEMA},
         "files": [p.rsplit("/", 1)[-1] for p in table_files(store, cfg.table_name)],
+        "row_group_rows": group_rows,
         "fersnet_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -468,8 +468,15 @@ class Demo(Adapter):
         return out
 
     def read(self, face: SourceFace) -> bytes:
+        import io
+
         from fersnet_ray.prepare import demo
-        from fersnet_ray.table import encode_png
 
         subject = int(face.subject[1:])  # "D007" → 7, as demo.subject_name(7)
-        return encode_png(demo.render_face(self.seed, subject, face.label, face.frame, self.size))
+        buf = io.BytesIO()
+        # Uncompressed PNG (same pixels): these bytes are decoded once, right away, and never stored, so
+        # zlib's work would be wasted (about a fifth of a drawn face's preparation).
+        demo.render_face(self.seed, subject, face.label, face.frame, self.size).save(
+            buf, format="PNG", compress_level=0
+        )
+        return buf.getvalue()

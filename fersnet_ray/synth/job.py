@@ -34,13 +34,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fersnet_ray.foldkey import FINAL, Fold, is_final, label, shard_fold, training_mask
 from fersnet_ray.progress import Progress
 from fersnet_ray.synth import SynthError
 from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
-from fersnet_ray.table import check_schema, face_id, open_table_file, read_card, table_files
+from fersnet_ray.table import check_schema, face_id, open_table_file, read_card, row_group_rows, table_files
 
 MANIFEST = "_manifest.json"
 
@@ -74,6 +75,7 @@ class SynthJob:
     min_score: float | None = None  # keep only rows the recogniser gives at least this target probability
     quality: bool = True  # train the fold's recogniser: Table V accuracy, per-row scores, contact sheet
     recognizer_epochs: int = 30
+    max_rows: int | None = None  # refuse a fold whose synthetic output would hold more rows, before any work
 
 
 def synthetic_face_id(source_face_id: str, target: int) -> str:
@@ -288,7 +290,8 @@ def write_shard(
         schema=SYNTH_SCHEMA,
     )
     buf = pa.BufferOutputStream()
-    pq.write_table(table, buf)
+    image_bytes = pc.sum(pc.binary_length(table["image"])).as_py() or 0
+    pq.write_table(table, buf, row_group_size=row_group_rows(image_bytes / max(n, 1)))
     data = buf.getvalue().to_pybytes()
     part = f"{folder}/{shard_name(shard)}"
     tmp = f"{folder}/_tmp-{uuid.uuid4().hex}-{shard_name(shard)}"
@@ -524,6 +527,29 @@ def _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards: l
     return manifest
 
 
+def planned_rows(card: dict, fold: Fold) -> int:
+    """Synthetic rows a fold will hold, from the card alone: each training face × every other expression
+    (the final model's: every face)."""
+    training = sum(n for f, n in card["counts"]["per_fold"].items() if is_final(fold) or int(f) != fold)
+    return training * (len(card["classes"]) - 1)
+
+
+def check_max_rows(store: Store, job: SynthJob, folds: tuple[Fold, ...]) -> None:
+    """SynthError, one line, when a fold's synthetic output would exceed `job.max_rows` (nothing started yet)."""
+    if job.max_rows is None:
+        return
+    config = store.read_json(f"{store.run_dir(job.run)}/config.json")
+    card = read_card(store, config["dataset"])
+    for fold in folds:
+        rows = planned_rows(card, fold)
+        if rows > job.max_rows:
+            raise SynthError(
+                f"{label(fold)}: {rows:,} synthetic rows would exceed --max-rows {job.max_rows:,} "
+                f"({rows // (len(card['classes']) - 1):,} training faces × {len(card['classes']) - 1} "
+                "expressions); nothing was written"
+            )
+
+
 def synthesize(job: SynthJob) -> dict[Fold, dict]:
     """Runs every requested fold: all folds' Table V recognisers train side by side first (as many at once
     as the cluster's CPUs or GPUs allow), then each fold's shards are written in parallel, fold after fold."""
@@ -537,6 +563,7 @@ def synthesize(job: SynthJob) -> dict[Fold, dict]:
     folds = job.folds if job.folds is not None else tuple(trained_folds(store, job.run))
     if not folds:
         raise SynthError(f"run {job.run!r} has no trained fold")
+    check_max_rows(store, job, folds)
     refs = {}
     if job.quality or job.min_score is not None:
         for f in folds:

@@ -200,19 +200,16 @@ def missing_classes(faces: FaceSet, num_classes: int) -> list[int]:
 
 
 def load_test(store, dataset: str, fold: Fold, load_size: int) -> FaceSet | None:
-    """Only the fold's test faces (fold = k): what fine-tuning evaluates on, without decoding the rest.
+    """Only the fold's test faces (fold = k): what fine-tuning evaluates on, without decoding (or holding) the rest.
 
     None for the final model: it has no held-out faces.
     """
-    import pyarrow.compute as pc
-
     if is_final(fold):
         return None
 
     from fersnet_ray.table import read_faces
 
-    table = read_faces(store, dataset, columns=["face_id", "subject", "label", "image", "fold"])
-    test = table.filter(pc.equal(table["fold"], fold))
+    test = read_faces(store, dataset, columns=["face_id", "subject", "label", "image", "fold"], fold=fold)
     if test.num_rows == 0:
         raise ValueError(f"face table {dataset!r} has no face in fold {fold}")
     return face_set(test.to_pydict(), load_size)

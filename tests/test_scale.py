@@ -1,0 +1,195 @@
+"""Scale fixes and the scale benchmark's parts, on a real local Ray and moto (fersnet_ray/scale, table, synth).
+
+Row groups sized for partial reads (face table and shards), fold-only reads, the --max-rows refusal,
+verify's array accounting of pairs, the stage probe, and pyarrow's two S3 filesystems.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from fersnet_ray import table as face_table
+from fersnet_ray.cli import app
+from fersnet_ray.prepare.job import PrepareConfig, prepare
+from fersnet_ray.scale.bench import stand_in_run
+from fersnet_ray.scale.probe import StageProbe, parquet_layout
+from fersnet_ray.scale.s3 import compare_arrow_s3
+from fersnet_ray.store import ARROW_S3, ARROW_S3_KINDS, Store
+from fersnet_ray.synth.job import MANIFEST, SynthJob, planned_rows, synthesize, write_shard
+from fersnet_ray.synth.verify import verify_fold
+from fersnet_ray.table import read_card, read_faces, row_group_rows, table_files
+
+GROUP = 32  # rows per row group in the module's face table (the real bound, 2048, would give one group)
+
+
+@pytest.fixture(scope="module")
+def scaled(ray_local, tmp_path_factory):
+    """The demo set (6 subjects, 3 folds) written in row groups of 32 rows, a stand-in `tiny` run "r"
+    (untrained weights, as the benchmark uses) and fold 0 synthesised from it; the local store's URI."""
+    uri = str(tmp_path_factory.mktemp("scaled"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(face_table, "ROW_GROUP_ROWS", (16, GROUP))  # read on the driver, which sizes the write
+        prepare(PrepareConfig(dataset="demo", store=uri, folds=3, options={"subjects": 6}))
+    store = Store.from_uri(uri)
+    stand_in_run(store, "demo", "r")
+    synthesize(SynthJob(store=uri, run="r", folds=(0,), quality=False, rows_per_shard=60))
+    return uri
+
+
+def test_row_group_rows_are_bounded_by_rows_and_bytes():
+    assert row_group_rows(3_000) == 2048  # a 110 px greyscale PNG face: the row bound
+    assert row_group_rows(200_000) == (64 << 20) // 200_000  # large RGB faces: ~64 MB groups
+    assert row_group_rows(10 << 20) == 256 and row_group_rows(0) == 2048
+
+
+def test_face_table_row_groups_and_fold_reads(scaled):
+    store = Store.from_uri(scaled)
+    card = read_card(store, "demo")
+    assert card["row_group_rows"] == GROUP
+    groups = []
+    for path in table_files(store, "demo"):
+        meta = pq.ParquetFile(path).metadata
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        assert sizes[:-1] == [GROUP] * (len(sizes) - 1) and 0 < sizes[-1] <= GROUP
+        groups += sizes
+    assert len(groups) > 1 and sum(groups) == card["num_faces"] == 126
+    layout = parquet_layout(store, table_files(store, "demo"))
+    assert (layout["rows"], layout["row_groups"], layout["rows_per_group"][1]) == (126, len(groups), GROUP)
+
+    whole = read_faces(store, "demo", columns=["face_id", "fold"]).to_pylist()
+    for k in range(3):  # only the fold's rows, in table order
+        part = read_faces(store, "demo", columns=["face_id", "fold"], fold=k).to_pylist()
+        assert part == [r for r in whole if r["fold"] == k] and part
+    assert read_faces(store, "demo", columns=["face_id"], fold=7).num_rows == 0
+
+
+def test_synthesis_reads_sources_across_row_groups_and_verifies(scaled):
+    store = Store.from_uri(scaled)
+    manifest = store.read_json(f"{store.synthetic_dir('r', 0)}/{MANIFEST}")
+    card = read_card(store, "demo")
+    assert manifest["rows"] == planned_rows(card, 0) == 6 * (126 - card["counts"]["per_fold"]["0"])
+    assert manifest["balanced"] and len(manifest["shards"]) > 1
+    assert verify_fold(store, "r", 0) == []
+
+
+def test_max_rows_refuses_a_fold_before_any_work(scaled):
+    store = Store.from_uri(scaled)
+    rows = planned_rows(read_card(store, "demo"), 1)
+    args = ["synthesize", "--store", scaled, "--run", "r", "--folds", "1", "--no-quality", "--max-rows", str(rows - 1)]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 1
+    assert out.stderr.strip().splitlines() == [
+        f"error: fold 1: {rows:,} synthetic rows would exceed --max-rows {rows - 1:,} "
+        f"({rows // 6:,} training faces × 6 expressions); nothing was written"
+    ]
+    assert not store.exists(store.synthetic_dir("r", 1))  # fold 1 has no checkpoint: nothing got that far
+
+
+def _rewrite(store: Store, folder: str, name: str, change) -> None:
+    """Rewrites one shard with `change(table)` and records its new checksum in the manifest."""
+    path = f"{folder}/{name}"
+    table = change(pq.read_table(path))
+    pq.write_table(table, path)
+    manifest = store.read_json(f"{folder}/{MANIFEST}")
+    for s in manifest["shards"]:
+        if s["file"] == name:
+            data = open(path, "rb").read()
+            s.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), rows=table.num_rows)
+    store.write_json(f"{folder}/{MANIFEST}", manifest)
+
+
+@pytest.mark.parametrize("fault", ["missing", "duplicate", "foreign"])
+def test_verify_names_a_missing_pair_a_duplicate_and_a_foreign_source(scaled, fault):
+    store = Store.from_uri(scaled)
+    src = store.synthetic_dir("r", 0)
+    run = f"m-{fault}"
+    folder = store.synthetic_dir(run, 0)
+    shutil.copytree(src, folder)
+    first = pq.read_table(f"{src}/part-00000.parquet")
+    if fault == "missing":  # the fold's least (source face, target) pair goes missing
+        shards = [s["file"] for s in store.read_json(f"{src}/{MANIFEST}")["shards"]]
+        pairs = {
+            name: list(zip(*(pq.read_table(f"{src}/{name}")[c].to_pylist() for c in ("source_face_id", "label"))))
+            for name in shards
+        }
+        least = min(p for ps in pairs.values() for p in ps)
+        shard = next(name for name, ps in pairs.items() if least in ps)
+        _rewrite(store, folder, shard, lambda t: t.filter(pa.array([p != least for p in pairs[shard]])))
+        cls = read_card(store, "demo")["classes"][least[1]]
+        expected = [f"fold 0: 1 (source face, target) pair(s) missing, e.g. ({least[0]}, {cls})"]
+    elif fault == "duplicate":
+        _rewrite(store, folder, "part-00000.parquet", lambda t: pa.concat_tables([t, t.slice(0, 1)]))
+        expected = [f"fold 0: 1 duplicate face_id(s), e.g. {first['face_id'][0].as_py()}"]
+    else:
+        test_face = read_faces(store, "demo", columns=["face_id"], fold=0)["face_id"][0].as_py()
+
+        def foreign(t):
+            row = t.slice(0, 1).to_pylist()[0]
+            row.update(face_id="f" * 20, source_face_id=test_face)
+            return pa.concat_tables([t, pa.Table.from_pylist([row], schema=t.schema)])
+
+        _rewrite(store, folder, "part-00000.parquet", foreign)
+        expected = ["fold 0: 1 synthetic face(s) from faces outside the fold's training split"]
+    assert verify_fold(store, run, 0) == expected
+
+
+def test_shards_are_written_in_row_groups(tmp_path, monkeypatch):
+    """write_shard, plain Python: a shard of 50 rows in groups of 16 when the bound says so."""
+    monkeypatch.setattr(face_table, "ROW_GROUP_ROWS", (8, 16))
+    store = Store.from_uri(str(tmp_path))
+    n = 50
+    batch = {
+        "shard": np.zeros(n, dtype=np.int64),
+        "spec_id": np.array(["spec"] * n, dtype=object),
+        "source_face_id": np.array([f"s{i:03d}" for i in range(n)], dtype=object),
+        "subject": np.array(["D000"] * n, dtype=object),
+        "source_label": np.zeros(n, dtype=np.int64),
+        "label": np.ones(n, dtype=np.int64),
+        "image": np.random.default_rng(0).integers(0, 255, (n, 8, 8), dtype=np.uint8),
+        "score": np.full(n, np.nan, dtype=np.float32),
+    }
+    folder = f"{tmp_path}/out"
+    write_shard(batch, store, folder, 0, ["a", "b"], "ckpt@sha256:0")
+    meta = pq.ParquetFile(f"{folder}/part-00000.parquet").metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [16, 16, 16, 2]
+
+
+def test_stage_probe_sees_the_object_store_and_driver_memory(ray_local):
+    import ray
+
+    with StageProbe(interval=0.05) as probe:
+        ref = ray.put(np.zeros(24 << 20, dtype=np.uint8))  # 24 MB in the object store
+        ballast = np.ones(48 << 20, dtype=np.uint8)  # 48 MB of driver memory
+        ray.get(ref)
+    r = probe.result()
+    del ref, ballast
+    assert r["object_store_peak_mb"] >= 23 and r["driver_peak_rss_mb"] >= 48
+    assert r["wall_s"] > 0 and r["spilled_mb"] == 0
+
+
+def test_both_pyarrow_s3_filesystems_read_and_write_the_same_files(s3_bucket):
+    store = Store.from_uri(f"{s3_bucket}/fer")
+    assert ARROW_S3 in ARROW_S3_KINDS
+    table = pa.table({"label": np.arange(300) % 7, "image": [bytes(100)] * 300})
+    paths = []
+    for kind in ARROW_S3_KINDS:
+        path = store.path("datasets", "t", f"{kind}.parquet")
+        pq.write_table(table, path, filesystem=store.arrow_filesystem(kind), row_group_size=100)
+        paths.append(path)
+    for kind in ARROW_S3_KINDS:  # each reads what the other wrote
+        for path in paths:
+            assert pq.read_table(path, filesystem=store.arrow_filesystem(kind)).equals(table)
+    assert sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(store.path("datasets", "t"))) == [
+        "fsspec.parquet",
+        "native.parquet",
+    ]  # the native filesystem leaves no directory marker in listings
+    c = compare_arrow_s3(store, paths, repeats=1)
+    assert c["faster"] in ARROW_S3_KINDS and c["files"] == 2
+    assert all(c[k]["whole_s"] > 0 and c[k]["row_group_s"] > 0 and c[k]["column_s"] > 0 for k in ARROW_S3_KINDS)
