@@ -112,7 +112,7 @@ def test_predict_with_a_fine_tuned_small_cnn_gives_its_evaluation(small_cnn_run,
     pred = dict(zip(table["path"], table["label"]))
     assert all(pred[paths[fid]] == y for fid, y in evaluation["predictions"].items())  # face by face
     assert f"accuracy on {len(paths)} labelled images: {100 * evaluation['accuracy']:.2f}%" in res.output
-    assert "ensemble of 1 fold(s) (no --fold given)" in res.output  # the folds small-cnn was fine-tuned on
+    assert "ensemble of 1 fold(s) (no --fold given, no final model)" in res.output  # small-cnn's fine-tuned folds
     assert "fold 0: small-cnn fine-tuned on real faces only, epoch 1" in res.output
 
     missing = runner.invoke(app, base + ["--classifier", "resnet18", "--data", "real", "--overwrite"])
