@@ -6,12 +6,17 @@ synthesis, is submitted again and finishes the rest (skipping what is done) and 
 with its logs read through `fersnet jobs logs`; then a local re-run on the in-process Ray skips
 every stage and writes no new data. The stop lands during synthesis, so this is also synthesis's
 interrupt-and-resume test (exactly once).
+
+The run trains fold 0 and the final model (`--train-folds 0,final`) side by side, so the same pipeline
+shows the final model trained on every subject, synthesised into synthetic/final/ (verify passes),
+fine-tuned, reported without a held-out accuracy, and used by `predict` and `export` by default.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -21,9 +26,11 @@ from typer.testing import CliRunner
 from fersnet_ray import jobs
 from fersnet_ray.cli import app
 from fersnet_ray.finetune.job import FinetuneError, FinetuneJob, finetune
+from fersnet_ray.foldkey import FINAL, NO_HELD_OUT
 from fersnet_ray.report.job import report_is_current
 from fersnet_ray.store import Store
 from fersnet_ray.synth.verify import verify_run
+from fersnet_ray.table import read_faces
 
 runner = CliRunner()
 
@@ -41,10 +48,10 @@ def _shards_written(store: Store, run: str, fold: int) -> int:
     return sum(p.rsplit("/", 1)[-1].startswith("_part-") for p in store.fs.ls(folder, detail=False))
 
 
-def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_bucket, monkeypatch):
+def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_bucket, monkeypatch, tmp_path):
     uri = f"{s3_bucket}/fer"
     store = Store.from_uri(uri)
-    args = ["--store", uri, "--demo-subjects", "6", "--folds", "3", "--train-folds", "0", "--epochs", "1"]
+    args = ["--store", uri, "--demo-subjects", "6", "--folds", "3", "--train-folds", "0,final", "--epochs", "1"]
     args += ["--finetune-epochs", "1", "--recognizer-epochs", "1", "--rows-per-shard", "40"]
     submit = ["submit", "--address", head, "--header", HEADER, "--no-pip"]
 
@@ -87,11 +94,12 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
     log = logs.stdout
     assert "prepare: data set 'demo' is prepared" in log
     assert "fold 0: finished earlier (1/1 epochs), skipped" in log
-    assert "already written" in log and "0 already written" not in log
+    assert "final: finished earlier (1/1 epochs), skipped" in log
+    assert re.search(r"fold 0: \d+ shards, [1-9]\d* already written", log), log  # resumed, not restarted
     for stage in ("prepare", "train", "synthesize", "finetune", "report"):
         assert f"== {stage}: done" in log
     assert "mean ± std" in log and f"report: {uri}/runs/demo/report/report.md" in log
-    assert verify_run(store, "demo") == {0: []}  # no duplicate face_id, no missing pair, balanced
+    assert verify_run(store, "demo") == {0: [], FINAL: []}  # no duplicate face_id, no missing pair, balanced
     names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(store.synthetic_dir("demo", 0)) if p.endswith(".parquet"))
     assert names == [f"part-{i:05d}.parquet" for i in range(len(names))]  # the planned names, each once
 
@@ -120,19 +128,57 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
         assert f"]({png})" in md and store.read_bytes(f"{report_dir}/{png}")[:4] == b"\x89PNG"
     assert store.read_bytes(f"{report_dir}/contact-sheet-fold-0.png")[:4] == b"\x89PNG"
 
+    # The final model: every subject, no test faces, so no accuracy anywhere but the fold's; said plainly.
+    final_eval = store.read_json(f"{store.fold_dir('demo', FINAL)}/evaluation.json")
+    assert final_eval["accuracy"] is None and final_eval["held_out"] is False and final_eval["note"] == NO_HELD_OUT
+    assert (final_eval["training_subjects"], final_eval["training_faces"]) == (6, 126)
+    assert not any("accuracy" in h for h in store.read_json(f"{store.fold_dir('demo', FINAL)}/history.json"))
+    final_manifest = store.read_json(f"{store.synthetic_dir('demo', FINAL)}/_manifest.json")
+    assert final_manifest["balanced"] and final_manifest["rows"] == 126 * 6  # every face, every other expression
+    assert final_manifest["quality"]["synthetic_test_accuracy"] is None  # no Table V without held-out subjects
+    tuned_final = store.read_json(f"{store.finetune_fold_dir('demo', FINAL)}/evaluation.json")
+    assert tuned_final["accuracy"] is None and tuned_final["training_rows"] == 126 + final_manifest["rows"]
+    assert "**it has no held-out accuracy**" in md and "Table VI above (1 fold(s) of this run" in md
+    assert set(data["table_v"]) == {"0"} and [r["per_fold"].keys() for r in data["rows"]] == [{"0"}, {"0"}]
+    assert store.read_bytes(f"{report_dir}/contact-sheet-final.png")[:4] == b"\x89PNG"
+
     # 3. A finished pipeline re-run skips every stage and adds or changes no data.
     before = _listing(store)
     again = runner.invoke(app, ["run", *args])
     assert again.exit_code == 0, again.output
     assert "finetune fold 0: finished earlier, skipped" in again.stdout
+    assert "finetune final: finished earlier, skipped" in again.stdout
     assert "fold 0: synthetic shards complete, skipped" in again.stdout
+    assert "final: synthetic shards complete, skipped" in again.stdout
+    assert "final model (every subject): trained, synthesised, fine-tuned (fersnet+fes-da); no held-out" in again.stdout
     assert "report: drawn from the stages' current output already, skipped" in again.stdout
     assert "mean ± std" in again.stdout and f"report: {uri}/runs/demo/report/report.md" in again.stdout
     assert _listing(store) == before
 
+    # predict and export use the final model by default; the fold is still there with --fold 0.
+    faces = read_faces(store, "demo", columns=["face_id", "label_name", "image"]).slice(0, 8).to_pydict()
+    for fid, name, png in zip(faces["face_id"], faces["label_name"], faces["image"]):
+        (tmp_path / "src" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name / f"{fid}.png").write_bytes(png)
+    base = ["--store", uri, "--run", "demo", "--source", str(tmp_path / "src"), "--dataset-adapter", "folder"]
+    predicted = runner.invoke(app, ["predict", *base, "--out", str(tmp_path / "final.csv")])
+    assert predicted.exit_code == 0, predicted.output
+    assert "models: the final model (every subject; the default when it has finished)" in predicted.output
+    assert "final model (every subject, no held-out accuracy): fine-tuned (FES-DA), epoch 1" in predicted.output
+    assert "this accuracy is not a held-out one" in predicted.output and "8 images classified" in predicted.output
+    exported = runner.invoke(app, ["export", "--store", uri, "--run", "demo", "--out", str(tmp_path / "export")])
+    assert exported.exit_code == 0, exported.output
+    card = json.loads((tmp_path / "export" / "fersnet-card.json").read_text())
+    assert (card["source"]["fold"], card["source"]["stage"]) == (FINAL, "finetune")
+    assert card["held_out_accuracy"] == NO_HELD_OUT and card["checks"]["torchscript"]["within_tolerance"]
+    assert card["source"]["checkpoint"] == f"{uri}/runs/demo/finetune/final/checkpoint-epoch-0001"
+    assert _listing(store) == before  # using the models writes nothing into the store
+
     # The control: the same checkpoint fine-tuned on real faces only, for the same steps (the real faces
     # repeated to FES-DA's epoch length), reported beside FES-DA with the paired per-fold difference.
-    control = runner.invoke(app, ["finetune", "--store", uri, "--run", "demo", "--data", "real", "--epochs", "1"])
+    control = runner.invoke(
+        app, ["finetune", "--store", uri, "--run", "demo", "--folds", "0", "--data", "real", "--epochs", "1"]
+    )
     assert control.exit_code == 0, control.output
     ctrl = store.read_json(f"{store.run_dir('demo')}/finetune-real/fold-0/evaluation.json")
     repeats = round((real + manifest["rows"]) / real)
