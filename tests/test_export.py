@@ -32,6 +32,16 @@ def _held_out(store: Store, fold: int = 0):
     return t.filter(pc.equal(t["fold"], fold)).to_pydict()
 
 
+def _by_hand(store: Store, card: dict, evaluation: str):
+    """Fold 0's held-out faces prepared as the card says (face-table PNGs -> load_size -> crop -> [-1, 1]),
+    and the predictions `evaluation` (an evaluation.json path) recorded for them: (x (N, C, S, S), expected (N,))."""
+    prep = card["preprocessing"]
+    faces = _held_out(store)
+    x = center_crop(decode_faces(faces["image"], prep["load_size"]), prep["crop_size"]).float() / 127.5 - 1
+    predictions = store.read_json(evaluation)["predictions"]
+    return x, torch.tensor([predictions[f] for f in faces["face_id"]])
+
+
 def test_exported_files_reproduce_the_pytorch_logits(trained_run, s3_bucket, tmp_path):
     uri, _ = trained_run
     store = Store.from_uri(uri)
@@ -54,11 +64,7 @@ def test_exported_files_reproduce_the_pytorch_logits(trained_run, s3_bucket, tmp
         assert check["within_tolerance"] and check["faces"] == 42 and check["same_argmax"] == 1.0
 
     # The card's preprocessing, followed by hand: face-table PNGs (aligned_size) -> load_size -> crop -> [-1, 1].
-    prep = card["preprocessing"]
-    faces = _held_out(store)
-    x = center_crop(decode_faces(faces["image"], prep["load_size"]), prep["crop_size"]).float() / 127.5 - 1
-    evaluation = store.read_json(f"{store.fold_dir('r', 0)}/evaluation.json")
-    expected = torch.tensor([evaluation["predictions"][f] for f in faces["face_id"]])
+    x, expected = _by_hand(store, card, f"{store.fold_dir('r', 0)}/evaluation.json")
 
     ts = torch.jit.load(str(local / "model.torchscript.pt"))
     with torch.no_grad():
@@ -143,11 +149,7 @@ def test_a_fine_tuned_small_cnn_exports_with_its_backbone_named(small_cnn_run, t
         assert check["within_tolerance"] and check["faces"] == 42 and check["same_argmax"] == 1.0
 
     # The card's preprocessing by hand, then each file as a user loads it: the evaluated model's predictions.
-    prep = card["preprocessing"]
-    faces = _held_out(store)
-    x = center_crop(decode_faces(faces["image"], prep["load_size"]), prep["crop_size"]).float() / 127.5 - 1
-    evaluation = store.read_json(f"{folder}/evaluation.json")
-    expected = torch.tensor([evaluation["predictions"][f] for f in faces["face_id"]])
+    x, expected = _by_hand(store, card, f"{folder}/evaluation.json")
     with torch.no_grad():
         reference = torch.jit.load(str(out / "model.torchscript.pt"))(x)  # (42, 7)
     assert torch.equal(reference.argmax(1), expected)

@@ -386,10 +386,8 @@ def synthesize_fold(job: SynthJob, fold: Fold, quality_ref=None) -> dict:
 
     quality, recognizer = None, None
     if job.quality or job.min_score is not None:
-        from fersnet_ray.synth.quality import recognizer_path
-
         quality = ray.get(quality_ref if quality_ref is not None else _quality_task(job, fold, checkpoint))
-        recognizer = recognizer_path(store, job.run, fold)
+        recognizer = store.run(job.run).recognizer(fold)
         if is_final(fold):
             print(
                 "final: synthetic rows scored by a recogniser trained on every real face; no Table V number "

@@ -34,12 +34,7 @@ from fersnet_ray.train.config import Experiment
 from fersnet_ray.train.data import FaceSet, center_crop, load_fold, to_unit
 from fersnet_ray.train.loop import autocast
 
-RECOGNIZER_FILE = "recognizer.pt"
 SHEET_FILE = "_contact_sheet.png"
-
-
-def recognizer_path(store: Store, run: str, fold: Fold) -> str:
-    return f"{store.fold_dir(run, fold)}/{RECOGNIZER_FILE}"
 
 
 def load_fold_recognizer(store: Store, path: str) -> Recognizer:
@@ -90,7 +85,7 @@ def fold_quality(store_uri: str, run: str, fold: Fold, checkpoint: str, recogniz
     dataset = store.read_json(f"{store.run_dir(run)}/config.json")["dataset"]
     train_set, test_set, card = load_fold(store, dataset, fold, exp.train.load_size)  # final: test_set empty
 
-    path = recognizer_path(store, run, fold)
+    path = store.run(run).recognizer(fold)
     if store.exists(path):
         recognizer = load_fold_recognizer(store, path).to(device)
     else:

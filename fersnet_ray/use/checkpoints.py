@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 
 from fersnet_ray.foldkey import FINAL, Fold, is_final
-from fersnet_ray.store import Store
+from fersnet_ray.store import Store, StoreError
 
 STAGES = ("auto", "finetune", "train")
 DATA = ("real+synthetic", "real")  # finetune.loop.FINETUNE_DATA: which fine-tuning of the classifier
@@ -69,10 +69,10 @@ class ModelRef:
 
 def run_config(store: Store, run: str) -> dict:
     """runs/<run>/config.json (data set + experiment), or a UseError naming the missing file."""
-    path = f"{store.run_dir(run)}/config.json"
-    if not store.exists(path):
-        raise UseError(f"no run {run!r} in {store.uri} ({store.uri_of('runs', run, 'config.json')} is missing)")
-    return store.read_json(path)
+    try:
+        return store.run(run).read_config()
+    except StoreError as e:
+        raise UseError(str(e)) from None
 
 
 def _finished(store: Store, folder: str, epochs: int) -> tuple[str, dict] | None:
