@@ -324,7 +324,7 @@ def scale_table(result: dict) -> str:
                 low, high = lay["rows_per_group"]
                 files = f"{lay['files']} | {lay['mb']} | {lay['row_groups']} | {low}–{high}"
             lines.append(
-                f"| {r['store']} | {r['faces']:,} | {stage} | {s['wall_s']:.2f} | {s['items']:,} | {s['per_s']:.0f} | "
+                f"| {key.split('/')[0]} | {r['faces']:,} | {stage} | {s['wall_s']:.2f} | {s['items']:,} | {s['per_s']:.0f} | "
                 f"{s.get('driver_rss_start_mb', 0):.0f} → {s['driver_peak_rss_mb']:.0f} | "
                 f"{s['object_store_peak_mb']:.0f} | {s['spilled_mb']:.0f} | {files} |"
             )
