@@ -191,5 +191,6 @@ def test_both_pyarrow_s3_filesystems_read_and_write_the_same_files(s3_bucket):
         "native.parquet",
     ]  # the native filesystem leaves no directory marker in listings
     c = compare_arrow_s3(store, paths, repeats=1)
-    assert c["faster"] in ARROW_S3_KINDS and c["files"] == 2
+    assert c["files"] == 2
+    assert c["faster"] == min(ARROW_S3_KINDS, key=lambda k: c[k]["whole_s"] + c[k]["row_group_s"] + c[k]["column_s"])
     assert all(c[k]["whole_s"] > 0 and c[k]["row_group_s"] > 0 and c[k]["column_s"] > 0 for k in ARROW_S3_KINDS)

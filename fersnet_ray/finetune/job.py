@@ -486,7 +486,7 @@ def finetune(job: FinetuneJob) -> dict:
             run_config=RunConfig(
                 name=store.fold_name(fold),
                 storage_path=out_root,
-                storage_filesystem=store.arrow_fs,
+                storage_filesystem=store.arrow_write_fs,
                 failure_config=FailureConfig(max_failures=job.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 logging_config=LoggingConfig(log_level="WARNING"),

@@ -265,7 +265,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         batch_size=None,
     ).write_parquet(
         out_dir,
-        filesystem=store.arrow_fs,
+        filesystem=store.arrow_write_fs,
         filename_provider=_Names(),
         min_rows_per_file=ROWS_PER_FILE,
         # Ray 2.60 passes row_group_size through to pyarrow's write_dataset (min = max rows per group);

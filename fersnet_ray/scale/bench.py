@@ -18,8 +18,9 @@ generator's forward pass alone (`synth.bench.bare_rate`, the actor's thread coun
 fine-tuning loop over faces already decoded in memory. On S3 it also reads the same files with
 pyarrow's native S3 filesystem and with the fsspec wrapper, side by side (`s3.compare_arrow_s3`).
 
-Resumable at the level of one (store, size): results are written to `out` after each, and a re-run
-with the same settings skips the ones already there.
+Each (store, size) runs in a fresh Python process with its own local Ray (and, for s3, its own moto
+server), so every size's driver RSS starts from the same point. Results are written to `out` after
+each; a re-run with the same settings skips the ones already there.
 """
 
 from __future__ import annotations
@@ -241,14 +242,21 @@ def _save(path: str | None, result: dict) -> None:
         os.replace(tmp, path)  # a crash never leaves half a results file
 
 
-def bench_scale(cfg: ScaleConfig, s3_uri: str | None = None, out: str | None = None) -> dict:
-    """Every (store, size) not in `out` yet; returns (and writes) all results. `s3_uri`: a running S3 store."""
+def measure(cfg: ScaleConfig, key: str, out: str, s3_uri: str | None = None) -> dict:
+    """One (store, size), `key` = "local/10000", on the current Ray; added to the results in `out`."""
     import ray
 
     from fersnet_ray import __version__
 
+    kind, faces = key.split("/")
+    uri = s3_uri if kind == "s3" else os.path.abspath(cfg.local_store)
+    if uri is None:
+        raise ValueError("the s3 store needs a running server (see `moto_server`)")
+    load_before = os.getloadavg()[0]
+    run = run_size(uri, int(faces), cfg)
+    run["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]  # other work on the machine
     result = _load(out, cfg)
-    if "generator" not in result:
+    if "generator" not in result:  # measured once, after the stages, outside their probes
         result["generator"] = generator_rate()
     result.update(
         fersnet_version=__version__,
@@ -256,26 +264,38 @@ def bench_scale(cfg: ScaleConfig, s3_uri: str | None = None, out: str | None = N
         machine_cpus=cpu_count(),
         device="cuda" if torch.cuda.is_available() else "cpu",
     )
+    result["runs"][key] = run
+    _save(out, result)
+    return result
+
+
+def _measure_in_child(cfg: ScaleConfig, key: str, out: str) -> bool:
+    """`measure` in a fresh Python: each size's driver RSS starts from the same point (and a size that
+    dies, e.g. with its Ray, leaves the others' results)."""
+    import subprocess
+    import sys
+
+    config = json.dumps({**asdict(cfg), "stores": list(cfg.stores)})
+    return subprocess.run([sys.executable, "-m", "fersnet_ray.scale.bench", config, key, out]).returncode == 0
+
+
+def bench_scale(cfg: ScaleConfig, out: str) -> tuple[dict, list[str]]:
+    """Every (store, size) not yet in `out`, each in its own process with its own Ray (and moto for s3).
+
+    Returns the results and the keys whose process failed (their error is on stderr; the same call
+    measures them again).
+    """
+    failed = []
     for kind in cfg.stores:
-        uri = s3_uri if kind == "s3" else os.path.abspath(cfg.local_store)
-        if uri is None:
-            raise ValueError("the s3 store needs a running server (jobs/bench_scale.py starts moto)")
         for faces in cfg.sizes:
             key = f"{kind}/{faces}"
-            if key in result["runs"]:
+            if key in _load(out, cfg)["runs"]:
                 print(f"{key}: measured earlier, skipped", flush=True)
                 continue
             print(f"{key}: prepare, synthesize, verify, finetune ...", flush=True)
-            result["runs"][key] = run_size(uri, faces, cfg)
-            _save(out, result)
-            if kind == "s3":  # moto holds objects in memory: free them before the next size
-                store = Store.from_uri(uri)
-                store.remove(store.path("datasets"))
-                store.remove(store.path("runs"))
-    prep = [r["prepare"]["per_s"] for r in result["runs"].values()]
-    result["prepare_faces_per_s_best"] = max(prep, default=None)
-    _save(out, result)
-    return result
+            if not _measure_in_child(cfg, key, out):
+                failed.append(key)
+    return _load(out, cfg), failed
 
 
 def _growth(result: dict, kind: str, stage: str, field: str, cfg: ScaleConfig) -> str:
@@ -291,7 +311,7 @@ def scale_table(result: dict) -> str:
     """The results as one Markdown table (a row per store × size × stage), then the ratios."""
     cfg = ScaleConfig(**{**result["config"], "stores": tuple(result["config"]["stores"])})
     lines = [
-        "| store | faces | stage | wall s | items | items/s | driver peak RSS MB | object store peak MB "
+        "| store | faces | stage | wall s | items | items/s | driver RSS MB start → peak | object store peak MB "
         "| spilled MB | files | MB | row groups | rows/group |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -304,15 +324,19 @@ def scale_table(result: dict) -> str:
                 low, high = lay["rows_per_group"]
                 files = f"{lay['files']} | {lay['mb']} | {lay['row_groups']} | {low}–{high}"
             lines.append(
-                f"| {r['store']} | {r['faces']:,} | {stage} | {s['wall_s']:.1f} | {s['items']:,} | {s['per_s']:.0f} | "
-                f"{s['driver_peak_rss_mb']:.0f} | {s['object_store_peak_mb']:.0f} | {s['spilled_mb']:.0f} | {files} |"
+                f"| {key.split('/')[0]} | {r['faces']:,} | {stage} | {s['wall_s']:.2f} | {s['items']:,} | {s['per_s']:.0f} | "
+                f"{s.get('driver_rss_start_mb', 0):.0f} → {s['driver_peak_rss_mb']:.0f} | "
+                f"{s['object_store_peak_mb']:.0f} | {s['spilled_mb']:.0f} | {files} |"
             )
-    g = result["generator"]
+    g = result.get("generator", {"draw_faces_per_s": float("nan"), "prepare_faces_per_s": float("nan")})
     lines += [
         "",
         f"demo generator, one thread: {g['draw_faces_per_s']:.0f} faces/s drawn, "
-        f"{g['prepare_faces_per_s']:.0f} faces/s drawn + prepared; Ray CPUs {result['ray_cpus']:.0f}",
+        f"{g['prepare_faces_per_s']:.0f} faces/s drawn + prepared; Ray CPUs {result.get('ray_cpus', 0):.0f}",
     ]
+    for key, r in result["runs"].items():
+        if "load_average" in r:
+            lines.append(f"{key}: load average {r['load_average'][0]} before, {r['load_average'][1]} after")
     for key, r in result["runs"].items():
         syn, tune = r["synthesize"], r["finetune"]
         lines.append(
@@ -336,3 +360,19 @@ def scale_table(result: dict) -> str:
                 f"{c['native']['column_s']} vs {c['fsspec']['column_s']} → {c['faster']} faster"
             )
     return "\n".join(lines)
+
+
+if (
+    __name__ == "__main__"
+):  # python -m fersnet_ray.scale.bench CONFIG_JSON KEY OUT: one `measure`, as bench_scale runs it
+    import sys
+
+    from fersnet_ray.runtime import init_ray
+    from fersnet_ray.scale.s3 import moto_server
+
+    config, key, out = sys.argv[1:4]
+    cfg = ScaleConfig(**{**json.loads(config), "stores": tuple(json.loads(config)["stores"])})
+    with contextlib.ExitStack() as stack:
+        s3 = stack.enter_context(moto_server()) if key.startswith("s3/") else None  # before Ray: workers inherit it
+        init_ray()
+        measure(cfg, key, out, s3)

@@ -3,7 +3,7 @@ and the Parquet layout it wrote or read.
 
     with StageProbe() as probe:
         prepare(...)
-    probe.result()   # {"wall_s", "driver_peak_rss_mb", "object_store_peak_mb", "spilled_mb"}
+    probe.result()   # {"wall_s", "driver_rss_start_mb", "driver_peak_rss_mb", "object_store_peak_mb", "spilled_mb"}
     parquet_layout(store, table_files(store, name))   # files, bytes, row groups, rows per group
 
 Driver peak RSS is the kernel's high-water mark of this process (VmHWM), reset when the stage starts
@@ -83,6 +83,7 @@ class StageProbe:
             self._sample()
 
     def __enter__(self) -> "StageProbe":
+        self._start_kb = _status_kb("VmRSS") or 0
         self._hwm = _reset_peak_rss()
         stats = object_store_stats()
         self._spilled0 = self._spilled1 = stats[1] if stats else 0
@@ -105,6 +106,7 @@ class StageProbe:
     def result(self) -> dict:
         return {
             "wall_s": round(self.wall_s, 2),
+            "driver_rss_start_mb": round(self._start_kb / 1024, 1),  # what earlier stages left in this process
             "driver_peak_rss_mb": round(self._peak_kb / 1024, 1),
             "object_store_peak_mb": round(self._store_peak / MB, 1),
             "spilled_mb": round(max(0, self._spilled1 - self._spilled0) / MB, 1),

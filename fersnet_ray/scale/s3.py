@@ -116,5 +116,5 @@ def compare_arrow_s3(store: Store, paths: list[str], column: str = "label", repe
     for kind, t in times.items():
         best = {name: min(v) for name, v in t.items()}
         out[kind] = {**{f"{n}_s": round(s, 3) for n, s in best.items()}, "whole_mb_per_s": round(mb / best["whole"], 1)}
-    out["faster"] = min(ARROW_S3_KINDS, key=lambda k: sum(v for n, v in out[k].items() if n.endswith("_s")))
+    out["faster"] = min(ARROW_S3_KINDS, key=lambda k: sum(out[k][f"{n}_s"] for n in ("whole", "row_group", "column")))
     return out

@@ -207,7 +207,7 @@ def _trainer(job: TrainJob, fold: int):
         run_config=RunConfig(
             name=store.fold_name(fold),
             storage_path=store.run_dir(job.run),
-            storage_filesystem=store.arrow_fs,
+            storage_filesystem=store.arrow_write_fs,
             failure_config=FailureConfig(max_failures=job.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             logging_config=LoggingConfig(log_level="WARNING"),
