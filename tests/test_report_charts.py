@@ -14,10 +14,14 @@ from fersnet_ray.report.charts import (
     accuracy_chart,
     accuracy_figure,
     class_counts_chart,
+    class_counts_figure,
     confusion_chart,
+    confusion_figure,
     gate_arrays,
     gate_maps_chart,
+    gate_maps_figure,
     loss_curves_chart,
+    loss_curves_figure,
 )
 
 CLASSES = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
@@ -118,6 +122,22 @@ def test_confusion_chart_with_an_empty_class_row():
     decode(confusion_chart([[0, 0], [0, 0]], ["a", "b"], "empty"))
 
 
+def test_confusion_figure_draws_the_counts_rates_and_accuracy():
+    confusion = [[8, 2, 0], [1, 5, 4], [0, 0, 0]]  # the third class has no test faces
+    fig = confusion_figure(confusion, ["a", "b", "c"], "fold 3")
+    ax = fig.axes[0]
+    # Every cell's count, row by row, in the cell's place.
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(i, j): str(confusion[i][j]) for i in range(3) for j in range(3)}
+    # Colour is the row-normalised rate (recall per class); an empty row is 0, not NaN.
+    rate = np.asarray(ax.images[0].get_array())
+    np.testing.assert_allclose(rate, [[0.8, 0.2, 0], [0.1, 0.5, 0.4], [0, 0, 0]])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a (10)", "b (10)", "c (0)"]  # row totals
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted", "true")
+    assert ax.get_title() == "fold 3 — accuracy 65.0%"  # (8 + 5) / 20
+
+
 def test_confusion_chart_rejects_mismatched_classes():
     with pytest.raises(ValueError, match="confusion must be"):
         confusion_chart([[1, 2], [3, 4]], CLASSES, "bad")
@@ -132,6 +152,24 @@ def test_class_counts_chart():
     decode(class_counts_chart(real, synthetic, "CK+ fold 0"))
     decode(class_counts_chart(real, {}, "real only"))
     decode(class_counts_chart({}, {}, "nothing"))
+
+
+def test_class_counts_figure_draws_before_and_balanced_after():
+    real = {"anger": 45, "contempt": 18, "happy": 69}
+    synthetic = {"anger": 24, "contempt": 51, "fear": 69}
+    fig = class_counts_figure(real, synthetic, "fold 0")
+    ax = fig.axes[0]
+    classes = ["anger", "contempt", "happy", "fear"]  # real's order, then classes only synthesised
+    assert [t.get_text() for t in ax.get_xticklabels()] == classes
+    before, after_real, after_syn = ax.containers  # the three bar series, in drawing order
+    heights = lambda c: [round(b.get_height()) for b in c]  # noqa: E731
+    assert heights(before) == [45, 18, 69, 0]
+    assert heights(after_real) == [45, 18, 69, 0]
+    assert heights(after_syn) == [24, 51, 0, 69]
+    assert [b.get_y() for b in after_syn] == [45, 18, 69, 0]  # stacked on the real faces
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["45", "18", "69", "0", "69", "69", "69", "69"]  # before, then the stacks' totals: balanced
+    assert ax.get_ylabel() == "faces" and ax.get_title() == "fold 0"
 
 
 # ---- loss curves ----------------------------------------------------------------------------------------------
@@ -155,6 +193,24 @@ def test_loss_curves_chart_sparse_and_absent_keys():
     both = decode(png)
     one_key = decode(loss_curves_chart(histories, ["cls", "cyc"], "training"))
     assert both.width > one_key.width  # four subplots laid out in columns, one subplot alone
+
+
+def test_loss_curves_figure_draws_every_measured_point():
+    histories = {"fold 0": _history(8, 0), "fold 1": _history(6, 1)}
+    fig = loss_curves_figure(histories, ["cls", "cyc", "accuracy"], "training")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["cls", "accuracy"]  # cyc was never recorded
+    for ax, key in zip(visible, ["cls", "accuracy"]):
+        assert ax.get_xlabel() == "epoch"
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert set(lines) == {"fold 0", "fold 1"}
+        for series, history in histories.items():
+            measured = [(m["epoch"] + 1, m[key]) for m in history if key in m]  # 1-based epochs
+            x, y = lines[series].get_data()
+            assert list(x) == [e for e, _ in measured]
+            np.testing.assert_allclose(y, [v for _, v in measured])
+    assert fig.get_suptitle() == "training"
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["fold 0", "fold 1"]
 
 
 def test_loss_curves_chart_nothing_to_plot():
@@ -207,6 +263,23 @@ def test_gate_maps_chart_grey_and_rgb(model_gates):
     assert grey.width > rgb.width  # 1 + 8 columns against 1 + 2
     assert rgb.height > grey.height  # 3 rows against 2
     decode(gate_maps_chart(rgb_images, {}, "faces only"))
+
+
+def test_gate_maps_figure_draws_faces_and_channel_means(model_gates):
+    images, gates = model_gates
+    fer = gate_arrays(gates, directions=("fer",))
+    fig = gate_maps_figure(images.numpy(), fer, "gates")
+    grid = [ax for ax in fig.axes if ax.images]  # the colorbar's axes draw no image
+    assert len(grid) == 2 * (1 + len(fer))  # one row per face: the face, then every gate
+    titles = [ax.get_title() for ax in grid if ax.get_title()]
+    assert titles == ["face", *fer]
+    for i in range(2):
+        row = grid[i * (1 + len(fer)) : (i + 1) * (1 + len(fer))]
+        face = np.asarray(row[0].images[0].get_array())
+        np.testing.assert_allclose(face, (images[i, 0].numpy() + 1) / 2, atol=1e-6)  # [-1, 1] -> [0, 1]
+        for ax, (name, g) in zip(row[1:], fer.items()):
+            np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), g[i].mean(axis=0), rtol=1e-6)
+            assert ax.images[0].get_clim() == (0.0, 1.0)  # one shared scale
 
 
 def test_gate_maps_chart_rejects_bad_shapes():

@@ -1,5 +1,8 @@
 """Charts for the results report: plain numbers in, PNG bytes out.
 
+Each chart is a pair: `<name>_figure` builds the `Figure` (what tests inspect: the numbers drawn, the axes,
+the label extents) and `<name>_chart` renders it to PNG bytes (what the report writes).
+
 Every function builds a `matplotlib.figure.Figure` and renders it with the Agg canvas directly. No pyplot: its
 global figure registry is not thread-safe and may pick an interactive backend, while these run inside Ray
 workers and report jobs with no display. Inputs are plain Python data and numpy arrays, never the store or Ray,
@@ -114,6 +117,11 @@ def accuracy_figure(rows: list[dict]) -> Figure:
 
 
 def confusion_chart(confusion: list[list[int]], classes: list[str], title: str) -> bytes:
+    """`confusion_figure` as PNG bytes."""
+    return _png(confusion_figure(confusion, classes, title))
+
+
+def confusion_figure(confusion: list[list[int]], classes: list[str], title: str) -> Figure:
     """A confusion matrix with counts in the cells and colour by row-normalised rate (recall per class).
 
     Args:
@@ -122,7 +130,7 @@ def confusion_chart(confusion: list[list[int]], classes: list[str], title: str) 
         title: figure title.
 
     Returns:
-        PNG bytes.
+        The figure (not yet rendered).
     """
     counts = np.asarray(confusion, dtype=np.int64)  # (E, E)
     if counts.shape != (len(classes), len(classes)):
@@ -148,13 +156,18 @@ def confusion_chart(confusion: list[list[int]], classes: list[str], title: str) 
     acc = f" — accuracy {100 * np.trace(counts) / total:.1f}%" if total else ""
     ax.set_title(f"{title}{acc}", fontsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8, label="share of true class")
-    return _png(fig)
+    return fig
 
 
 # ---- class balance ------------------------------------------------------------------------------------------
 
 
 def class_counts_chart(real: dict[str, int], synthetic: dict[str, int], title: str) -> bytes:
+    """`class_counts_figure` as PNG bytes."""
+    return _png(class_counts_figure(real, synthetic, title))
+
+
+def class_counts_figure(real: dict[str, int], synthetic: dict[str, int], title: str) -> Figure:
     """Faces per class before and after balancing.
 
     Args:
@@ -163,14 +176,14 @@ def class_counts_chart(real: dict[str, int], synthetic: dict[str, int], title: s
         title: figure title.
 
     Returns:
-        PNG bytes: per class a grey "before" bar (real only) and an "after balancing" bar with real and
+        The figure (not yet rendered): per class a grey "before" bar (real only) and an "after balancing" bar with real and
         synthetic stacked, so a balanced set shows "after" bars of equal height.
     """
     classes = list(dict.fromkeys([*real, *synthetic]))  # real's order first, then classes only synthesised
     fig = Figure(figsize=(max(4.0, 1.5 + 0.9 * len(classes)), 3.6), layout="constrained")
     if not classes:
         _note(fig, "no faces")
-        return _png(fig)
+        return fig
     ax = fig.add_subplot()
     x = np.arange(len(classes))
     n_real = np.array([real.get(c, 0) for c in classes])  # (E,)
@@ -188,13 +201,18 @@ def class_counts_chart(real: dict[str, int], synthetic: dict[str, int], title: s
     fig.legend(fontsize=8, loc="outside lower center", ncols=3, frameon=False)  # outside: never covers a bar
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    return _png(fig)
+    return fig
 
 
 # ---- training curves ----------------------------------------------------------------------------------------
 
 
 def loss_curves_chart(histories: dict[str, list[dict]], keys: list[str], title: str) -> bytes:
+    """`loss_curves_figure` as PNG bytes."""
+    return _png(loss_curves_figure(histories, keys, title))
+
+
+def loss_curves_figure(histories: dict[str, list[dict]], keys: list[str], title: str) -> Figure:
     """Per-epoch training metrics, one subplot per metric and one line per series (e.g. per fold).
 
     Args:
@@ -204,7 +222,7 @@ def loss_curves_chart(histories: dict[str, list[dict]], keys: list[str], title: 
         title: figure title.
 
     Returns:
-        PNG bytes. x is the 1-based epoch. A metric measured only in some epochs (test accuracy every few
+        The figure (not yet rendered). x is the 1-based epoch. A metric measured only in some epochs (test accuracy every few
         epochs) is drawn through the epochs that have it, with markers so the measured points show.
     """
     present = [k for k in keys if any(m.get(k) is not None for h in histories.values() for m in h)]
@@ -214,7 +232,7 @@ def loss_curves_chart(histories: dict[str, list[dict]], keys: list[str], title: 
     fig.suptitle(title, fontsize=11)
     if not present:
         _note(fig, "no metrics recorded")
-        return _png(fig)
+        return fig
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, key in zip(axes, present):
         for i, (series, history) in enumerate(histories.items()):
@@ -243,7 +261,7 @@ def loss_curves_chart(histories: dict[str, list[dict]], keys: list[str], title: 
             fontsize=8,
             frameon=False,
         )
-    return _png(fig)
+    return fig
 
 
 # ---- ConvFLU gate maps (Fig. 3) -----------------------------------------------------------------------------
@@ -280,6 +298,11 @@ def _face_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def gate_maps_chart(images: np.ndarray, gates: dict[str, np.ndarray], title: str) -> bytes:
+    """`gate_maps_figure` as PNG bytes."""
+    return _png(gate_maps_figure(images, gates, title))
+
+
+def gate_maps_figure(images: np.ndarray, gates: dict[str, np.ndarray], title: str) -> Figure:
     """The paper's Fig. 3: each face beside the channel-mean of every gate map.
 
     Args:
@@ -288,7 +311,7 @@ def gate_maps_chart(images: np.ndarray, gates: dict[str, np.ndarray], title: str
         title: figure title.
 
     Returns:
-        PNG bytes: one row per face; gate columns share a fixed 0..1 colour scale (one colorbar), so blocks and
+        The figure (not yet rendered): one row per face; gate columns share a fixed 0..1 colour scale (one colorbar), so blocks and
         faces compare directly. Gate maps are stretched to the face's cell without smoothing, so a block's
         coarse resolution stays visible.
     """
@@ -316,4 +339,4 @@ def gate_maps_chart(images: np.ndarray, gates: dict[str, np.ndarray], title: str
         axes[0, j].set_title(name, fontsize=7)
     if mappable is not None:
         fig.colorbar(mappable, ax=axes[:, 1:].ravel().tolist(), shrink=0.9, label="gate (channel mean)")
-    return _png(fig)
+    return fig
