@@ -3,11 +3,18 @@
 Every stage reads and writes only through a `Store`, so a local directory and an S3 bucket
 (AWS, MinIO, Ceph: anything S3-compatible) behave the same. The layout is fixed here:
 
-    <store>/datasets/<name>/                 face table (Parquet) + _card.json
-    <store>/runs/<run>/                      run config
-    <store>/runs/<run>/fold-<k>/             training checkpoints and metrics
-    <store>/runs/<run>/synthetic/fold-<k>/   synthetic shards + manifest
-    <store>/runs/<run>/report/               the results report
+    <store>/datasets/<name>/                       face table (Parquet) + _card.json
+    <store>/runs/<run>/config.json                 data set + experiment of the run
+    <store>/runs/<run>/evaluation.json             all folds' test accuracy (per fold, mean ± std)
+    <store>/runs/<run>/fold-<k>/                   training checkpoints, history.json, evaluation.json,
+                                                   recognizer.pt (the Table V recogniser)
+    <store>/runs/<run>/synthetic/fold-<k>/         synthetic shards + manifest
+    <store>/runs/<run>/<finetune>/[fold-<k>/]      a fine-tuning stage ("finetune", "finetune-real", ...):
+                                                   the same files as training, one folder per stage
+    <store>/runs/<run>/report/                     the results report
+
+`Run` owns every path of that layout below `runs/<run>/`, and `DatasetLayout` those below `datasets/`:
+stages ask them for a path instead of joining strings.
 
 A `Store` is a small frozen value (URI + S3 endpoint), cheap to pickle into Ray tasks; each
 process builds its filesystem on first use. S3 credentials come from the standard AWS chain
@@ -193,20 +200,28 @@ class Store:
         p = self.path(*parts)
         return f"s3://{p}" if self.protocol == "s3" else p
 
+    def run(self, name: str) -> "Run":
+        """The layout of run `name` in this store."""
+        return Run(self, name)
+
+    def dataset(self, name: str) -> "DatasetLayout":
+        """The layout of data set `name` in this store."""
+        return DatasetLayout(self, name)
+
     def dataset_dir(self, name: str) -> str:
-        return self.path("datasets", name)
+        return self.dataset(name).dir
 
     def run_dir(self, run: str) -> str:
-        return self.path("runs", run)
+        return self.run(run).dir
 
     def fold_dir(self, run: str, fold: int) -> str:
-        return self.path("runs", run, f"fold-{fold}")
+        return self.run(run).fold(fold)
 
     def synthetic_dir(self, run: str, fold: int) -> str:
-        return self.path("runs", run, "synthetic", f"fold-{fold}")
+        return self.run(run).synthetic(fold)
 
     def report_dir(self, run: str) -> str:
-        return self.path("runs", run, "report")
+        return self.run(run).report
 
     # --- small-file helpers --------------------------------------------------------------------------
 
@@ -242,6 +257,128 @@ class Store:
             self.fs.rm(probe)
         except Exception as e:  # noqa: BLE001 - any backend error means "not writable"; the reason is kept
             raise StoreError(f"cannot write to store {self.uri}: {redact(_reason(e))}") from None
+
+
+# --- the layout ------------------------------------------------------------------------------------------
+
+CONFIG_FILE, EVALUATION_FILE, HISTORY_FILE = "config.json", "evaluation.json", "history.json"
+RECOGNIZER_FILE, ABLATION_FILE, CARD_FILE = "recognizer.pt", "ablation.json", "_card.json"
+TRAIN = None  # the stage key of training: its folds sit directly under runs/<run>/
+
+
+@dataclass(frozen=True)
+class Run:
+    """Every path of one run below `<store>/runs/<name>/`.
+
+    A *stage* is None for training (folds in `runs/<run>/fold-<k>/`) or the name of a fine-tuning folder
+    ("finetune", "finetune-real", "finetune-small-cnn-fes-da@0.5", ...; folds in `runs/<run>/<stage>/fold-<k>/`).
+    Each stage folder has the same files: config.json, evaluation.json (all folds), and per fold checkpoints,
+    history.json and evaluation.json (written last: the fold is done).
+
+        run = store.run("demo")
+        run.config()                      # .../runs/demo/config.json
+        run.evaluation(0, "finetune")     # .../runs/demo/finetune/fold-0/evaluation.json
+        run.synthetic(0)                  # .../runs/demo/synthetic/fold-0
+    """
+
+    store: Store
+    name: str
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise StoreError(f"run name {self.name!r}: must be one folder name (no '/')")
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri_of("runs", self.name)
+
+    @property
+    def dir(self) -> str:
+        return self.store.path("runs", self.name)
+
+    def stage(self, stage: str | None = TRAIN) -> str:
+        """The folder of a stage: the run's own for training, `runs/<run>/<stage>` for a fine-tuning one."""
+        return f"{self.dir}/{stage}" if stage else self.dir
+
+    def fold(self, k: int, stage: str | None = TRAIN) -> str:
+        """Fold k's folder of a stage: checkpoints, history.json, evaluation.json."""
+        return f"{self.stage(stage)}/fold-{k}"
+
+    def config(self, stage: str | None = TRAIN) -> str:
+        return f"{self.stage(stage)}/{CONFIG_FILE}"
+
+    def evaluation(self, k: int | None = None, stage: str | None = TRAIN) -> str:
+        """Fold k's evaluation.json, or with k None the stage's summary of all folds."""
+        return f"{self.stage(stage) if k is None else self.fold(k, stage)}/{EVALUATION_FILE}"
+
+    def history(self, k: int, stage: str | None = TRAIN) -> str:
+        return f"{self.fold(k, stage)}/{HISTORY_FILE}"
+
+    def recognizer(self, k: int) -> str:
+        """Fold k's Table V recogniser (trained on the fold's real training faces)."""
+        return f"{self.fold(k)}/{RECOGNIZER_FILE}"
+
+    @property
+    def synthetic_root(self) -> str:
+        return f"{self.dir}/synthetic"
+
+    def synthetic(self, k: int) -> str:
+        """Fold k's synthetic shards and manifest."""
+        return f"{self.synthetic_root}/fold-{k}"
+
+    @property
+    def report(self) -> str:
+        return f"{self.dir}/report"
+
+    @property
+    def ablation(self) -> str:
+        """The variant runs `fersnet ablation` made for this run."""
+        return f"{self.dir}/{ABLATION_FILE}"
+
+    def exists(self) -> bool:
+        """Whether the run was started (its config.json is there)."""
+        return self.store.exists(self.config())
+
+    def read_config(self, stage: str | None = TRAIN) -> dict:
+        """The stage's config.json; a StoreError naming the missing file."""
+        path = self.config(stage)
+        if not self.store.exists(path):
+            what = f"run {self.name!r}" if stage is None else f"stage {stage!r} of run {self.name!r}"
+            raise StoreError(f"no {what} in {self.store.uri} ({_uri(self.store, path)} is missing)")
+        return self.store.read_json(path)
+
+    def folds(self, stage: str | None = TRAIN, under: str | None = None) -> list[int]:
+        """The fold numbers with a folder in the stage (or in `under`, e.g. `synthetic_root`), sorted."""
+        folder = under or self.stage(stage)
+        if not self.store.exists(folder):
+            return []
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in self.store.fs.ls(folder, detail=False))
+        return sorted(int(n[5:]) for n in names if n.startswith("fold-") and n[5:].isdigit())
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """The paths of one prepared data set below `<store>/datasets/<name>/`: Parquet files + _card.json."""
+
+    store: Store
+    name: str
+
+    @property
+    def dir(self) -> str:
+        return self.store.path("datasets", self.name)
+
+    @property
+    def card(self) -> str:
+        return f"{self.dir}/{CARD_FILE}"
+
+    @property
+    def uri(self) -> str:
+        return self.store.uri_of("datasets", self.name)
+
+
+def _uri(store: Store, path: str) -> str:
+    """The URI of a filesystem path of `store` (for messages)."""
+    return f"s3://{path}" if store.protocol == "s3" else path
 
 
 def _reason(e: BaseException) -> str:
