@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fersnet_ray.train.config import ROTATIONS
-from fersnet_ray.train.data import FaceSet, augment, center_crop, to_unit
+from fersnet_ray.train.data import FaceSet, center_crop, to_unit
 from fersnet_ray.train.loop import autocast
+from fersnet_ray.train.supervised import fit_supervised
 
 
 @dataclass(frozen=True)
@@ -97,30 +97,22 @@ def train_recognizer(
     device = torch.device(device)
     torch.manual_seed(seed)
     model = Recognizer(RecognizerConfig(faces.images.shape[1], num_classes, tuple(widths))).to(device)
-    images, labels = faces.images.to(device), faces.labels.to(device)
-    weights = class_weights(faces.labels, num_classes).to(device)  # data sets are unbalanced (CK+ contempt: 5%)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=1e-5)
-    gen = torch.Generator().manual_seed(seed)
-    n = len(faces)
     # Small sets (the demo's 168 faces) get smaller batches, so an epoch still takes ≥ 8 steps;
     # sets of 8 × batch_size faces or more (CK+: 885) train exactly as before.
-    batch_size = min(batch_size, max(8, n // 8))
-    steps = max(1, n // batch_size)  # a set smaller than one batch trains on all of it at once
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen)
-        for step in range(steps):
-            idx = order[step * batch_size : (step + 1) * batch_size].to(device)
-            (x,) = augment([to_unit(images[idx])], crop, ROTATIONS, gen)  # (B, C, crop, crop)
-            with autocast(device, amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels[idx], weight=weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    return model.eval()
+    batch_size = min(batch_size, max(8, len(faces) // 8))
+    return fit_supervised(
+        model,
+        faces.images.to(device),
+        faces.labels.to(device),
+        crop=crop,
+        rotations=ROTATIONS,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        lr_min=1e-5,
+        weight=class_weights(faces.labels, num_classes).to(device),  # data sets are unbalanced (CK+ contempt: 5%)
+        amp=amp,
+    )
 
 
 @torch.no_grad()

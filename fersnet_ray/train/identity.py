@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fersnet_ray.model import LightCNN9, frozen_lightcnn, to_lightcnn_input
 from fersnet_ray.store import open_location, redact
-from fersnet_ray.train.data import FaceSet, augment, to_unit
+from fersnet_ray.train.data import FaceSet, to_unit
+from fersnet_ray.train.supervised import fit_supervised
 
 
 def load_identity_weights(uri: str) -> LightCNN9:
@@ -50,24 +50,18 @@ def train_identity_net(
     """
     torch.manual_seed(seed)
     subjects, index = np.unique(faces.subjects, return_inverse=True)
-    targets = torch.as_tensor(index, device=device)  # (N,) subject class per face
     net = LightCNN9(num_classes=len(subjects)).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-    gen = torch.Generator().manual_seed(seed)
-    crop = crop or faces.images.shape[-1] * 7 // 8
-    for _ in range(epochs):
-        net.train()
-        order = torch.randperm(len(faces), generator=gen)
-        for i in range(0, len(faces) - batch_size + 1 if len(faces) >= batch_size else 1, batch_size):
-            idx = order[i : i + batch_size].to(device)
-            (x,) = augment([to_unit(faces.images[idx])], crop, (-10.0, -5.0, 0.0, 5.0, 10.0), gen)
-            logits, _ = net(to_lightcnn_input(x))
-            loss = F.cross_entropy(logits, targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
+    fit_supervised(
+        net,
+        faces.images,
+        torch.as_tensor(index, device=device),  # (N,) subject class per face
+        crop=crop or faces.images.shape[-1] * 7 // 8,
+        rotations=(-10.0, -5.0, 0.0, 5.0, 10.0),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        forward=lambda net, x: net(to_lightcnn_input(x))[0],  # 128×128 input; (logits, features) out
+    )
     return net.eval().requires_grad_(False)
 
 
