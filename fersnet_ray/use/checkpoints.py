@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from fersnet_ray.store import Store
+from fersnet_ray.store import EVALUATION_FILE, Store, StoreError
 
 STAGES = ("auto", "finetune", "train")
 
@@ -46,17 +46,17 @@ class ModelRef:
 
 def run_config(store: Store, run: str) -> dict:
     """runs/<run>/config.json (data set + experiment), or a UseError naming the missing file."""
-    path = f"{store.run_dir(run)}/config.json"
-    if not store.exists(path):
-        raise UseError(f"no run {run!r} in {store.uri} ({store.uri_of('runs', run, 'config.json')} is missing)")
-    return store.read_json(path)
+    try:
+        return store.run(run).read_config()
+    except StoreError as e:
+        raise UseError(str(e)) from None
 
 
 def _finished(store: Store, folder: str, epochs: int) -> tuple[str, dict] | None:
     """(checkpoint folder, its meta) when `folder` holds a finished stage: evaluation.json + last epoch."""
     from fersnet_ray.checkpoint import META_FILE, latest_checkpoint_in
 
-    if not store.exists(f"{folder}/evaluation.json"):
+    if not store.exists(f"{folder}/{EVALUATION_FILE}"):
         return None
     ckpt = latest_checkpoint_in(store, folder)
     if ckpt is None:
@@ -77,19 +77,19 @@ def _check_fold(store: Store, run: str, config: dict, fold: int) -> None:
 
 def resolve(store: Store, run: str, fold: int, stage: str = "auto") -> ModelRef:
     """The checkpoint of `fold` to use: fine-tuned if finished (stage "auto" or "finetune"), else trained."""
-    from fersnet_ray.finetune.job import finetune_dir
     from fersnet_ray.train.config import Experiment
 
     if stage not in STAGES:
         raise UseError(f"--checkpoint {stage!r}: use one of {', '.join(STAGES)}")
     config = run_config(store, run)
     _check_fold(store, run, config, fold)
-    train_dir, ft_dir = store.fold_dir(run, fold), f"{finetune_dir(store, run)}/fold-{fold}"
+    layout = store.run(run)
+    train_dir, ft_dir = layout.fold(fold), layout.fold(fold, "finetune")
     rel = lambda folder: store.uri_of(folder[len(store.root) :]) + "/"
 
     found, used = None, None
-    if stage in ("auto", "finetune") and store.exists(f"{finetune_dir(store, run)}/config.json"):
-        epochs = store.read_json(f"{finetune_dir(store, run)}/config.json")["finetune"]["epochs"]
+    if stage in ("auto", "finetune") and store.exists(layout.config("finetune")):
+        epochs = store.read_json(layout.config("finetune"))["finetune"]["epochs"]
         found, used = _finished(store, ft_dir, epochs), "finetune"
     if found is None and stage == "finetune":
         raise UseError(
