@@ -378,10 +378,8 @@ def synthesize_fold(job: SynthJob, fold: int, quality_ref=None) -> dict:
 
     quality, recognizer = None, None
     if job.quality or job.min_score is not None:
-        from fersnet_ray.synth.quality import recognizer_path
-
         quality = ray.get(quality_ref if quality_ref is not None else _quality_task(job, fold, checkpoint))
-        recognizer = recognizer_path(store, job.run, fold)
+        recognizer = store.run(job.run).recognizer(fold)
         print(
             f"fold {fold}: Table V accuracy of synthesised test-subject faces "
             f"{100 * quality['synthetic_test_accuracy']:.2f}% (recogniser on real test faces "

@@ -30,12 +30,7 @@ from fersnet_ray.train.config import Experiment
 from fersnet_ray.train.data import FaceSet, center_crop, load_fold, to_unit
 from fersnet_ray.train.loop import autocast
 
-RECOGNIZER_FILE = "recognizer.pt"
 SHEET_FILE = "_contact_sheet.png"
-
-
-def recognizer_path(store: Store, run: str, fold: int) -> str:
-    return f"{store.fold_dir(run, fold)}/{RECOGNIZER_FILE}"
 
 
 def load_fold_recognizer(store: Store, path: str) -> Recognizer:
@@ -78,10 +73,10 @@ def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognize
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = read_checkpoint(store, checkpoint)
     exp = Experiment.from_dict(state["experiment"])
-    dataset = store.read_json(f"{store.run_dir(run)}/config.json")["dataset"]
+    dataset = store.run(run).read_config()["dataset"]
     train_set, test_set, card = load_fold(store, dataset, fold, exp.train.load_size)
 
-    path = recognizer_path(store, run, fold)
+    path = store.run(run).recognizer(fold)
     if store.exists(path):
         recognizer = load_fold_recognizer(store, path).to(device)
     else:
@@ -120,7 +115,7 @@ def fold_quality(store_uri: str, run: str, fold: int, checkpoint: str, recognize
         rows.append({"source_label": c, "images": cells})
     buf = io.BytesIO()
     contact_sheet(rows, classes).save(buf, format="PNG")
-    store.write_bytes(f"{store.synthetic_dir(run, fold)}/{SHEET_FILE}", buf.getvalue())
+    store.write_bytes(f"{store.run(run).synthetic(fold)}/{SHEET_FILE}", buf.getvalue())
 
     return {
         "fold": fold,
