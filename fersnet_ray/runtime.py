@@ -30,6 +30,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         # line a user should read before the one that matters.
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None and address == _OWN_ADDRESS.get("local"):
+        address = None  # the local Ray this process started before (and shut down): start a new one
     if address and address.startswith(("http://", "https://")):
         # One meaning per address: http(s):// is a dashboard's Jobs API, which `fersnet submit` and
         # `fersnet jobs` use; a stage run here needs a Ray address (Ray's would say "Invalid Ray address").
@@ -53,6 +55,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         # address="local": a new local Ray, never a cluster some earlier `ray start` left on this machine
         # (Ray's default would join that one); include_dashboard=False: no web UI, seconds faster.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        # Ray's own helpers that look the cluster up without an address (Ray Train's placement-group cleaner
+        # asks the state API) fail with "Found multiple active Ray instances" when another Ray runs on this
+        # machine (a second fersnet command, a benchmark); the one this process started is the one they mean.
+        if "RAY_ADDRESS" not in os.environ:
+            _OWN_ADDRESS["local"] = os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+_OWN_ADDRESS: dict[str, str] = {}  # the address of the local Ray this process started, when it set RAY_ADDRESS
 
 
 def root_cause(e: BaseException) -> str:

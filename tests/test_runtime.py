@@ -21,3 +21,19 @@ def test_a_dashboard_address_is_refused_by_stages_with_the_submit_command_named(
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert out.output.startswith("error: https://head:8265 is a Ray dashboard (Jobs API) address")
     assert len(out.output.strip().splitlines()) == 1 and not (tmp_path / "store").exists()
+
+
+def test_a_local_ray_is_the_one_rays_own_lookups_find(ray_local):
+    """Ray's helpers that find "the" cluster without an address (Ray Train's placement-group cleaner) raise
+    "Found multiple active Ray instances" when another Ray runs on the machine; the local Ray this process
+    started is named in RAY_ADDRESS for them."""
+    import os
+
+    import ray
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+
+    own = ray.get_runtime_context().gcs_address
+    assert os.environ["RAY_ADDRESS"] == own
+    assert canonicalize_bootstrap_address_or_die(None) == own
+    init_ray()  # joins nothing else: Ray is up, a second call is a no-op
+    assert ray.get_runtime_context().gcs_address == own
