@@ -331,6 +331,7 @@ class Store:
 
 CONFIG_FILE, EVALUATION_FILE, HISTORY_FILE = "config.json", "evaluation.json", "history.json"
 RECOGNIZER_FILE, ABLATION_FILE, CARD_FILE = "recognizer.pt", "ablation.json", "_card.json"
+MANIFEST_FILE = "_manifest.json"  # a fold's synthetic set: written last, it marks the set complete
 TRAIN = None  # the stage key of training: its folds sit directly under runs/<run>/
 
 
@@ -347,6 +348,7 @@ class Run:
         run.config()                      # .../runs/demo/config.json
         run.evaluation(0, "finetune")     # .../runs/demo/finetune/fold-0/evaluation.json
         run.synthetic(0)                  # .../runs/demo/synthetic/fold-0
+        run.manifest("final")             # .../runs/demo/synthetic/final/_manifest.json
     """
 
     store: Store
@@ -393,6 +395,10 @@ class Run:
     def synthetic(self, k: Fold) -> str:
         """Fold k's synthetic shards and manifest (the final model's: the whole table's)."""
         return f"{self.synthetic_root}/{Store.fold_name(k)}"
+
+    def manifest(self, k: Fold) -> str:
+        """Fold k's synthetic manifest (`synth.job`): the shards, their rows and checksums, Table V."""
+        return f"{self.synthetic(k)}/{MANIFEST_FILE}"
 
     @property
     def report(self) -> str:

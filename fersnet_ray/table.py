@@ -17,9 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from fersnet_ray.store import Store, StoreError
+from fersnet_ray.store import CARD_FILE, Store, StoreError
 
-CARD_NAME = "_card.json"  # "_" prefix: pyarrow, pandas and Spark skip it when reading the folder
+CARD_NAME = CARD_FILE  # "_" prefix: pyarrow, pandas and Spark skip it when reading the folder
 
 # Row groups are the unit of a partial read (a synthesis shard reads only the groups holding its source
 # faces; pyarrow fetches whole column chunks). ~64 MB keeps one S3 GET per column chunk worth its latency;
@@ -83,15 +83,15 @@ def check_schema(schema: pa.Schema, where: str, expected: pa.Schema = FACE_SCHEM
 
 
 def table_dir(store: Store, name: str) -> str:
-    return store.dataset_dir(name)
+    return store.dataset(name).dir
 
 
 def read_card(store: Store, name: str) -> dict:
     """The data set's card; a clear error when the data set was never (fully) prepared."""
-    path = store.path("datasets", name, CARD_NAME)
+    path = store.dataset(name).card
     if not store.exists(path):
         raise StoreError(
-            f"no prepared data set {name!r} in {store.uri} ({store.uri_of('datasets', name, CARD_NAME)} missing);"
+            f"no prepared data set {name!r} in {store.uri} ({store.dataset(name).uri}/{CARD_NAME} missing);"
             " run `fersnet prepare` first"
         )
     return store.read_json(path)
@@ -99,7 +99,7 @@ def read_card(store: Store, name: str) -> dict:
 
 def table_files(store: Store, name: str) -> list[str]:
     """The face table's Parquet files, in name order (the order rows were written in)."""
-    return sorted(p for p in store.fs.ls(store.dataset_dir(name), detail=False) if p.endswith(".parquet"))
+    return sorted(p for p in store.fs.ls(store.dataset(name).dir, detail=False) if p.endswith(".parquet"))
 
 
 def open_table_file(store: Store, path: str) -> pq.ParquetFile:

@@ -241,7 +241,6 @@ def test_without_a_final_model_the_default_is_the_ensemble_and_says_so(trained_r
 
 def test_fine_tuned_checkpoint_is_preferred_when_finished(trained_run, tmp_path):
     """resolve(): the fold's fine-tuned model when it finished, else the trained one; said, never guessed."""
-    from fersnet_ray.finetune.job import finetune_dir
     from fersnet_ray.checkpoint import read_checkpoint, write_checkpoint_dir
 
     uri, _ = trained_run
@@ -250,8 +249,8 @@ def test_fine_tuned_checkpoint_is_preferred_when_finished(trained_run, tmp_path)
     for part in ("datasets/demo", "runs/r/config.json", "runs/r/fold-0"):
         s3.fs.get(s3.path(part), local.path(part), recursive=True)
     state = read_checkpoint(s3, resolve(s3, "r", 0).path)
-    ft = f"{finetune_dir(local, 'r')}/fold-0"
-    local.write_json(f"{finetune_dir(local, 'r')}/config.json", {"finetune": {"epochs": 1}})
+    ft = local.run("r").fold(0, "finetune")
+    local.write_json(local.run("r").config("finetune"), {"finetune": {"epochs": 1}})
     Path(ft, "checkpoint-epoch-0001").mkdir(parents=True)
     write_checkpoint_dir({**state, "epoch": 1}, f"{ft}/checkpoint-epoch-0001")
 

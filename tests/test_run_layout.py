@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fersnet_ray.store import Store, StoreError
+from fersnet_ray.store import MANIFEST_FILE, Run, Store, StoreError
 
 
 def test_every_path_of_a_run(tmp_path):
@@ -19,6 +19,7 @@ def test_every_path_of_a_run(tmp_path):
     assert run.history(3) == f"{root}/fold-3/history.json"
     assert run.recognizer(3) == f"{root}/fold-3/recognizer.pt"
     assert run.synthetic(3) == f"{root}/synthetic/fold-3"
+    assert run.manifest(3) == f"{root}/synthetic/fold-3/_manifest.json"
     assert run.report == f"{root}/report"
     assert run.ablation == f"{root}/ablation.json"
     # A fine-tuning stage has the same files one folder down.
@@ -72,6 +73,14 @@ def test_the_final_model_has_its_own_folders(tmp_path):
     run = Store.from_uri(str(tmp_path)).run("r")
     assert run.fold("final") == f"{tmp_path}/runs/r/final"
     assert run.synthetic("final") == f"{tmp_path}/runs/r/synthetic/final"
+    assert run.manifest("final") == f"{tmp_path}/runs/r/synthetic/final/_manifest.json"
     assert run.evaluation("final", "finetune") == f"{tmp_path}/runs/r/finetune/final/evaluation.json"
     with pytest.raises(StoreError, match="use a fold number"):
         run.fold(-1)
+
+
+def test_the_synthetic_manifest_is_where_synthesis_writes_it():
+    """`Run.manifest` names the file `synth.job` writes last and `fersnet verify` and fine-tuning read."""
+    from fersnet_ray.synth.job import MANIFEST
+
+    assert Run.manifest.__doc__ and MANIFEST == MANIFEST_FILE == "_manifest.json"

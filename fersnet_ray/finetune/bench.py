@@ -43,8 +43,8 @@ def bench_finetune(store_uri: str, run: str, fold: int, batch_size: int = 64, ep
     store = Store.from_uri(store_uri)
     state_dict = read_checkpoint(store, latest_checkpoint(store, run, fold))
     exp = Experiment.from_dict(state_dict["experiment"])
-    dataset = store.read_json(f"{store.run_dir(run)}/config.json")["dataset"]
-    manifest = store.read_json(f"{store.synthetic_dir(run, fold)}/{MANIFEST}")
+    dataset = store.run(run).read_config()["dataset"]
+    manifest = store.read_json(f"{store.run(run).synthetic(fold)}/{MANIFEST}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = FinetuneConfig(epochs=100, batch_size=batch_size)
     args = (store, dataset, run, fold, exp.train.load_size, exp.model.in_channels, manifest)
@@ -99,7 +99,7 @@ def bench_classifier(
         start = time.perf_counter()
         finetune(FinetuneJob(store=store_uri, run=run, folds=folds, config=asdict(cfg)))
         walls[data] = time.perf_counter() - start
-        variant = store.read_json(f"{store.run_dir(run)}/config.json")["experiment"]["model"]["variant"]
+        variant = store.run(run).read_config()["experiment"]["model"]["variant"]
         keys[data] = cfg.report_key(variant)
     rows = {r["key"]: r for r in collect(store, run)["rows"] if r["key"] in keys.values()}
     pair = next(p for p in paired(list(rows.values())) if p["row"] == keys["real+synthetic"])

@@ -31,18 +31,27 @@ import contextlib
 import json
 import logging
 import os
-import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from fersnet_ray import foldkey, progress
+from fersnet_ray import foldkey
 from fersnet_ray.finetune.loop import FinetuneConfig
 from fersnet_ray.foldkey import Fold, training_mask
 from fersnet_ray.model import has_synthesis
-from fersnet_ray.runtime import root_cause
+from fersnet_ray.scaffold import (
+    Scaling,
+    finish_fold,
+    fit,
+    fit_folds,
+    fold_trainer,
+    folds_that_fit,
+    run_epochs,
+    start_worker,
+    summarize_folds,
+)
 from fersnet_ray.store import Store, StoreError
 from fersnet_ray.train.config import Experiment, config_diff
 
@@ -65,11 +74,6 @@ class FinetuneJob:
     max_failures: int = 2
     overwrite: bool = False
     parallel_folds: int | None = None  # None: as many as fit beside Ray Data's tasks
-
-
-def finetune_dir(store: Store, run: str, folder: str = "finetune") -> str:
-    """runs/<run>/<folder>: `FinetuneConfig.folder`, one folder per row (FES-DA, real-only control, ...)."""
-    return store.finetune_dir(run, folder)
 
 
 # --- Ray marked place 1 of 3: the data pipeline ----------------------------------------------------
@@ -158,7 +162,7 @@ def fold_dataset(
             repeats = real_repeats(manifest)
             both = real.union(*[real] * (repeats - 1)) if repeats > 1 else real
         else:
-            shards = [f"{store.synthetic_dir(run, fold)}/{s['file']}" for s in manifest["shards"]]
+            shards = [f"{store.run(run).synthetic(fold)}/{s['file']}" for s in manifest["shards"]]
             synthetic = ray.data.read_parquet(shards, filesystem=store.arrow_fs, columns=["image", "label", "score"])
             synthetic = synthetic.map_batches(
                 _scored_rows, fn_kwargs={"min_score": cfg.min_score}, batch_format="pyarrow", batch_size=None
@@ -176,15 +180,13 @@ def fold_dataset(
 def finetune_fold(config: dict) -> None:
     """Ray Train worker function for one fold (every worker of the fold runs it)."""
     import ray.train
-    import ray.train.torch
 
-    from fersnet_ray.checkpoint import report_epoch, resume_state
+    from fersnet_ray.checkpoint import resume_state
     from fersnet_ray.finetune.classifiers import TORCHSCRIPT, read_uri
     from fersnet_ray.finetune.loop import FinetuneState, finetune_epoch
     from fersnet_ray.train.data import load_test
     from fersnet_ray.train.loop import evaluate
 
-    logging.getLogger().setLevel(logging.WARNING)
     # Ray hands read-only Arrow buffers to torch; the batches are never written in place.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     job = FinetuneJob(**config["job"])
@@ -194,18 +196,16 @@ def finetune_fold(config: dict) -> None:
     cfg = replace(cfg, seed=cfg.seed + foldkey.seed_offset(fold))
     name = foldkey.label(fold)  # "fold 3" or "final"
     store = Store.from_uri(job.store)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(job.cpus_per_worker)))
+    run = store.run(job.run)
+    worker = start_worker(job.cpus_per_worker)
+    rank, world, device = worker.rank, worker.world, worker.device
     test_set = load_test(store, dataset, fold, exp.train.load_size)  # None for the final model: no test faces
     test_set = test_set.to(device) if test_set is not None else None
     classes = len(config["classes"])
 
     # Resume from a fine-tuning checkpoint if there is one, else start from the trained FERSNet
     # (fersnet), the --weights state dict, or the classifier as built (seeded).
-    out_dir = store.finetune_fold_dir(job.run, fold, cfg.folder)
-    resume = resume_state(store, out_dir)
+    resume = resume_state(store, run.fold(fold, cfg.folder))
     init = None if resume else _initial_weights(store, cfg, config["init_from"])
     source = read_uri(cfg.classifier[len(TORCHSCRIPT) :], "TorchScript model") if _is_script(cfg) else None
     torch.manual_seed(cfg.seed)
@@ -214,34 +214,40 @@ def finetune_fold(config: dict) -> None:
         state.load_state_dict(resume)
         if rank == 0:
             print(f"finetune ({cfg.label}) {name}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
-    model = ray.train.torch.prepare_model(state.model, move_to_device=False) if world > 1 else None
+    model = worker.wrap(state.model)
 
     shard = ray.train.get_dataset_shard("train")
     per_worker = max(1, cfg.batch_size // world)
-    while state.epoch < cfg.epochs:
+
+    def one_epoch() -> dict:
         batches = shard.iter_torch_batches(
             batch_size=per_worker,
             local_shuffle_buffer_size=cfg.shuffle_buffer,
             drop_last=config["rows"] // world >= 2 * per_worker,  # BN dislikes a ragged 1-row batch
         )
-        metrics = finetune_epoch(state, batches, model)
-        last = state.epoch == cfg.epochs
-        if test_set is not None and (last or state.epoch % cfg.checkpoint_every == 0):
-            test = evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)
-            metrics["accuracy"] = test["accuracy"]
-        metrics["wall"] = time.time()
-        state.history.append(metrics)
-        if rank == 0:
-            acc = f" test_acc {metrics['accuracy']:.3f}" if "accuracy" in metrics else ""
-            print(
-                f"finetune ({cfg.label}) {name} epoch {state.epoch}/{cfg.epochs} cls {metrics['cls']:.3f} "
-                f"train_acc {metrics['train_accuracy']:.3f}{acc} ({metrics['images']} faces, "
-                f"{metrics['images_per_s']:.0f} img/s)",
-                flush=True,
-            )
-            note = f"train_acc {metrics['train_accuracy']:.3f}{acc}"
-            progress.report(name, state.epoch, cfg.epochs, note)  # the driver's bar, on a terminal
-        report_epoch(metrics, state, last or state.epoch % cfg.checkpoint_every == 0, rank)
+        return finetune_epoch(state, batches, model)
+
+    def test_accuracy() -> float:
+        return evaluate(state.model, test_set, exp.train.crop_size, exp.train.amp, classes)["accuracy"]
+
+    def test_note(m: dict) -> str:
+        return f" test_acc {m['accuracy']:.3f}" if "accuracy" in m else ""
+
+    run_epochs(
+        state,
+        cfg.epochs,
+        fold=fold,
+        worker=worker,
+        one_epoch=one_epoch,
+        test_accuracy=test_accuracy if test_set is not None else None,  # the final model: nothing held out
+        eval_every=cfg.checkpoint_every,
+        checkpoint_every=cfg.checkpoint_every,
+        line=lambda m: (
+            f"finetune ({cfg.label}) {name} epoch {state.epoch}/{cfg.epochs} cls {m['cls']:.3f} "
+            f"train_acc {m['train_accuracy']:.3f}{test_note(m)} ({m['images']} faces, {m['images_per_s']:.0f} img/s)"
+        ),
+        note=lambda m: f"train_acc {m['train_accuracy']:.3f}{test_note(m)}",
+    )
 
     if rank == 0:
         if test_set is not None:
@@ -259,8 +265,7 @@ def finetune_fold(config: dict) -> None:
             training_rows=config["rows"],
             synthetic_rows=config["synthetic_rows"],
         )
-        store.write_json(f"{out_dir}/history.json", state.history)
-        store.write_json(f"{out_dir}/evaluation.json", result)  # written last: the fold is done
+        finish_fold(run, fold, cfg.folder, state.history, result)
 
 
 def _is_script(cfg: FinetuneConfig) -> bool:
@@ -328,7 +333,6 @@ def fold_inputs(
     A classifier that does not start from the fold's FERSNet (`needs_checkpoint` False) needs no checkpoint.
     """
     from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint
-    from fersnet_ray.synth.job import MANIFEST
     from fersnet_ray.synth.verify import verify_fold
 
     ckpt = latest_checkpoint(store, run, fold) if needs_checkpoint else None
@@ -338,12 +342,13 @@ def fold_inputs(
             f"{foldkey.label(fold)}: training has not finished ({done}/{train_epochs} epochs); "
             f"run `fersnet train --run {run} --folds {fold}` first"
         )
-    folder = store.synthetic_dir(run, fold)
+    layout = store.run(run)
+    manifest = layout.manifest(fold)
     if data == "real":
-        return ckpt, store.read_json(f"{folder}/{MANIFEST}") if store.exists(f"{folder}/{MANIFEST}") else None
-    if not store.exists(f"{folder}/{MANIFEST}"):
+        return ckpt, store.read_json(manifest) if store.exists(manifest) else None
+    if not store.exists(manifest):
         raise FinetuneError(
-            f"{foldkey.label(fold)} has no synthetic shards in {store.uri_of_path(folder)}; "
+            f"{foldkey.label(fold)} has no synthetic shards in {store.uri_of_path(layout.synthetic(fold))}; "
             f"run `fersnet synthesize --run {run} --folds {fold}` first"
         )
     problems = verify_fold(store, run, fold)
@@ -353,15 +358,16 @@ def fold_inputs(
             f"{foldkey.label(fold)}: synthetic shards fail verify: {problems[0]}{more}; "
             "re-run `fersnet synthesize` to repair"
         )
-    return ckpt, store.read_json(f"{folder}/{MANIFEST}")
+    return ckpt, store.read_json(manifest)
 
 
 def _save_config(store: Store, job: FinetuneJob, run_config: dict, folder: str) -> None:
     """runs/<run>/<folder>/config.json; a re-run with another fine-tuning config needs --overwrite."""
-    path = f"{finetune_dir(store, job.run, folder)}/config.json"
+    run = store.run(job.run)
+    path = run.config(folder)
     wanted = {**run_config, "finetune": job.config}
     if job.overwrite:
-        store.remove(finetune_dir(store, job.run, folder))
+        store.remove(run.stage(folder))
     elif store.exists(path):
         stored = store.read_json(path)
         # Configs written before a field existed (classifier, weights) hold its default.
@@ -396,21 +402,18 @@ def use_cache(cfg: FinetuneConfig, rows: int, channels: int, load_size: int, fol
 
 def finetune(job: FinetuneJob) -> dict:
     """Fine-tunes every requested fold on the current Ray cluster; returns the evaluation summary."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from fersnet_ray.synth.job import trained_folds
     from fersnet_ray.table import read_card
-    from fersnet_ray.train.job import folds_that_fit, run_folds, summarize_folds
 
     store = Store.from_uri(job.store)
     store.check_writable()
     job = replace(job, store=store.uri)  # absolute: Ray Train workers run in their own directories
     cfg = _absolute_uris(FinetuneConfig(**job.config))  # validates (an unknown classifier lists the choices)
     job = replace(job, config=asdict(cfg))  # every field stored, so configs compare whole
-    if not store.exists(f"{store.run_dir(job.run)}/config.json"):
+    run = store.run(job.run)
+    if not run.exists():
         raise StoreError(f"no run {job.run!r} in {store.uri} (train it first)")
-    run_config = store.read_json(f"{store.run_dir(job.run)}/config.json")
+    run_config = store.read_json(run.config())
     exp = Experiment.from_dict(run_config["experiment"])
     if not has_synthesis(exp.model.variant) and cfg.data != "real":
         raise FinetuneError(
@@ -418,13 +421,12 @@ def finetune(job: FinetuneJob) -> dict:
         )
     card = read_card(store, run_config["dataset"])
     folds = job.folds if job.folds is not None else tuple(trained_folds(store, job.run))
-    out_root = finetune_dir(store, job.run, cfg.folder)
     if not folds:
         raise FinetuneError(f"run {job.run!r} has no trained fold")
     foldkey.check_folds(folds, card["folds"], run_config["dataset"], FinetuneError)
     inputs = {}
     for fold in folds:  # check every fold before anything runs: a bad fold fails the job at once
-        if not job.overwrite and store.exists(f"{store.finetune_fold_dir(job.run, fold, cfg.folder)}/evaluation.json"):
+        if not job.overwrite and store.exists(run.evaluation(fold, cfg.folder)):
             continue
         inputs[fold] = fold_inputs(store, job.run, fold, exp.train.epochs, cfg.data, cfg.from_fold_checkpoint)
     if inputs:
@@ -455,7 +457,7 @@ def finetune(job: FinetuneJob) -> dict:
     # Cached: every fold's faces are read and decoded before any trainer starts, so no fold's Ray Data
     # read waits for CPUs that other folds' training workers hold.
     with ThreadPoolExecutor(max_workers=max(1, len(inputs))) as pool:
-        datasets = dict(zip(inputs, pool.map(dataset, inputs))) if cache else {}
+        cached = dict(zip(inputs, pool.map(dataset, inputs))) if cache else {}
 
     def run_fold(fold: Fold) -> None:
         if fold not in inputs:
@@ -464,42 +466,22 @@ def finetune(job: FinetuneJob) -> dict:
             return
         init_from, manifest = inputs[fold]
         rows, synthetic_rows = _rows(manifest, cfg)
-        per_worker = {"CPU": job.cpus_per_worker}
-        if job.gpus_per_fold > 0:
-            per_worker["GPU"] = job.gpus_per_fold / job.workers_per_fold
-        trainer = TorchTrainer(
-            finetune_fold,
-            train_loop_config={
-                "job": asdict(job),
-                "fold": fold,
-                "dataset": run_config["dataset"],
-                "experiment": run_config["experiment"],
-                "classes": card["classes"],
-                "init_from": init_from,
-                "rows": rows,
-                "synthetic_rows": synthetic_rows,
-            },
-            datasets={"train": datasets[fold] if cache else dataset(fold)},
-            scaling_config=ScalingConfig(
-                num_workers=job.workers_per_fold, use_gpu=job.gpus_per_fold > 0, resources_per_worker=per_worker
-            ),
-            run_config=RunConfig(
-                name=store.fold_name(fold),
-                storage_path=out_root,
-                storage_filesystem=store.arrow_write_fs,
-                failure_config=FailureConfig(max_failures=job.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-                logging_config=LoggingConfig(log_level="WARNING"),
-            ),
-        )
-        try:
-            trainer.fit()
-        except Exception as e:  # noqa: BLE001 - Ray wraps the worker's error; keep its own message
-            raise FinetuneError(f"finetune {foldkey.label(fold)} failed: {root_cause(e)}") from None
+        config = {
+            "job": asdict(job),
+            "fold": fold,
+            "dataset": run_config["dataset"],
+            "experiment": run_config["experiment"],
+            "classes": card["classes"],
+            "init_from": init_from,
+            "rows": rows,
+            "synthetic_rows": synthetic_rows,
+        }
+        datasets = {"train": cached[fold] if cache else dataset(fold)}
+        trainer = fold_trainer(finetune_fold, config, Scaling.of(job), store, run.stage(cfg.folder), fold, datasets)
+        fit(trainer, FinetuneError, f"finetune {foldkey.label(fold)}")
 
-    with progress.Progress("finetune", board=True):  # bars of epochs per fold on a terminal
-        run_folds(folds, run_fold, FinetuneError, parallel)
-    summary = summarize_folds(store, out_root, job.run)
+    fit_folds("finetune", folds, run_fold, FinetuneError, parallel)
+    summary = summarize_folds(run, cfg.folder)
     if summary is None:
         raise FinetuneError(f"run {job.run!r}: no fine-tuned fold")
     return summary

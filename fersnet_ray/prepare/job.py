@@ -26,7 +26,7 @@ from fersnet_ray.prepare.folds import assign_folds
 from fersnet_ray.prepare.sources import Adapter, Reject, SourceFace, create_adapter
 from fersnet_ray.progress import Progress, report, start
 from fersnet_ray.store import Store, redact
-from fersnet_ray.table import CARD_NAME, FACE_SCHEMA, encode_png, face_id, row_group_rows, table_files
+from fersnet_ray.table import FACE_SCHEMA, encode_png, face_id, row_group_rows, table_files
 
 log = logging.getLogger(__name__)
 
@@ -249,10 +249,10 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     folds = [fold_of[s] for s in kept["subject"]]
     group_rows = row_group_rows(kept["png_bytes"].mean())
 
-    out_dir = store.dataset_dir(cfg.table_name)
+    out_dir = store.dataset(cfg.table_name).dir
     # The card is the commit marker (written last): remove it first, so an interrupted re-run never
     # leaves a card beside a half-written table. SaveMode.OVERWRITE then clears the old files.
-    store.remove(store.path("datasets", cfg.table_name, CARD_NAME))
+    store.remove(store.dataset(cfg.table_name).card)
 
     class _Names(FilenameProvider):  # deterministic names, unlike Ray's per-write uuid
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
@@ -293,5 +293,5 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         "fersnet_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    store.write_json(store.path("datasets", cfg.table_name, CARD_NAME), card)
+    store.write_json(store.dataset(cfg.table_name).card, card)
     return PrepareResult(store.uri, cfg.table_name, card)

@@ -105,7 +105,7 @@ def stand_in_run(store: Store, dataset: str, run: str) -> None:
     card = read_card(store, dataset)
     exp = make_experiment("tiny", num_classes=len(card["classes"]), in_channels=card["alignment"]["channels"], epochs=1)
     store.remove(store.run_dir(run))
-    store.write_json(f"{store.run_dir(run)}/config.json", {"dataset": dataset, "experiment": exp.to_dict()})
+    store.write_json(store.run(run).config(), {"dataset": dataset, "experiment": exp.to_dict()})
     state = FoldState.create(exp)
     state.epoch = 1
     folder = f"{store.fold_dir(run, 0)}/{checkpoint_name(1)}"
@@ -149,7 +149,7 @@ def plain_finetune_rate(store: Store, run: str, fold: int, batch_size: int, rows
 
 def run_size(uri: str, faces: int, cfg: ScaleConfig) -> dict:
     """The four stages on one store and size; a dict of per-stage figures."""
-    from fersnet_ray.finetune.job import FinetuneJob, finetune, finetune_dir
+    from fersnet_ray.finetune.job import FinetuneJob, finetune
     from fersnet_ray.finetune.loop import FinetuneConfig
     from fersnet_ray.prepare.job import PrepareConfig, prepare
     from fersnet_ray.synth.bench import bare_rate
@@ -203,7 +203,7 @@ def run_size(uri: str, faces: int, cfg: ScaleConfig) -> dict:
     ft = FinetuneConfig(epochs=1, batch_size=cfg.finetune_batch, cache=False)
     with StageProbe() as probe:
         finetune(FinetuneJob(store=uri, run=run, folds=(cfg.fold,), config=asdict(ft), overwrite=True))
-    history = store.read_json(f"{finetune_dir(store, run, ft.folder)}/fold-{cfg.fold}/history.json")
+    history = store.read_json(store.run(run).history(cfg.fold, ft.folder))
     tune = {**probe.result(), "items": int(history[-1]["images"])}
     tune["streamed_images_per_s"] = round(history[-1]["images_per_s"], 1)
     tune["plain_images_per_s"] = round(plain_finetune_rate(store, run, cfg.fold, cfg.finetune_batch, cfg.plain_rows), 1)

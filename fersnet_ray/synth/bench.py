@@ -67,7 +67,7 @@ def _tenfold_copy(store: Store, dataset: str, fold: int, name: str, times: int) 
     for i in range(times):
         ids = pa.array([f"{f}-x{i}" for f in train["face_id"].to_pylist()])
         parts.append(train.set_column(0, "face_id", ids))
-    out = store.dataset_dir(name)
+    out = store.dataset(name).dir
     store.remove(out)
     buf = pa.BufferOutputStream()
     pq.write_table(pa.concat_tables(parts), buf, row_group_size=512)
@@ -86,19 +86,19 @@ def bench_synth(
 ) -> dict:
     store = Store.from_uri(store_uri)
     bare = bare_rate(store, run, fold, batch_size)
-    config = store.read_json(f"{store.run_dir(run)}/config.json")
+    config = store.run(run).read_config()
     results = {}
     for label, factor in (("1x", 1), (f"{times}x", times)):
         # A scratch run sharing the trained checkpoint: its config points at the scratch data set.
         scratch = f"{run}-bench-{label}"
         name = f"{config['dataset']}-bench-{label}"
         _tenfold_copy(store, config["dataset"], fold, name, factor)
-        store.remove(store.run_dir(scratch))
-        store.write_json(f"{store.run_dir(scratch)}/config.json", {**config, "dataset": name})
-        src = store.fold_dir(run, fold)
+        store.remove(store.run(scratch).dir)
+        store.write_json(store.run(scratch).config(), {**config, "dataset": name})
+        src = store.run(run).fold(fold)
         for path in store.fs.find(src):
             if "/checkpoint-epoch-" in path:
-                store.write_bytes(store.fold_dir(scratch, fold) + path[len(src) :], store.read_bytes(path))
+                store.write_bytes(store.run(scratch).fold(fold) + path[len(src) :], store.read_bytes(path))
         before = _peak_rss_mb()
         start = time.perf_counter()
         manifest = synthesize(
@@ -119,8 +119,8 @@ def bench_synth(
             "images_per_s": manifest["rows"] / seconds,
             "driver_peak_rss_growth_mb": _peak_rss_mb() - before,
         }
-        store.remove(store.run_dir(scratch))
-        store.remove(store.dataset_dir(name))
+        store.remove(store.run(scratch).dir)
+        store.remove(store.dataset(name).dir)
     big = results[f"{times}x"]
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -40,10 +40,10 @@ import pyarrow.parquet as pq
 from fersnet_ray.foldkey import FINAL, Fold, is_final, label, shard_fold, training_mask
 from fersnet_ray.progress import Progress
 from fersnet_ray.synth import SynthError
-from fersnet_ray.store import S3_RETRIES, Store, StoreError, report_retries
+from fersnet_ray.store import MANIFEST_FILE, S3_RETRIES, Store, StoreError, report_retries
 from fersnet_ray.table import check_schema, face_id, open_table_file, read_card, row_group_rows, table_files
 
-MANIFEST = "_manifest.json"
+MANIFEST = MANIFEST_FILE  # `Run.manifest(k)` is its path
 
 # Documented in the README ("Synthetic shards"); same conventions as the face table.
 SYNTH_SCHEMA = pa.schema(
@@ -320,12 +320,10 @@ def write_shard(
 
 def trained_folds(store: Store, run: str) -> list[Fold]:
     """Every fold with a training folder (finished or not), in order, and "final" last when the run has one."""
-    run_dir = store.run_dir(run)
-    if not store.exists(f"{run_dir}/config.json"):
+    layout = store.run(run)
+    if not layout.exists():
         raise StoreError(f"no run {run!r} in {store.uri}")
-    names = [p.rsplit("/", 1)[-1] for p in store.fs.ls(run_dir, detail=False)]
-    folds = sorted(int(n[5:]) for n in names if n.startswith("fold-") and n[5:].isdigit())
-    return folds + ([FINAL] if store.fold_name(FINAL) in names else [])
+    return layout.folds() + ([FINAL] if store.exists(layout.fold(FINAL)) else [])
 
 
 def _fold_checkpoint(store: Store, job: SynthJob, fold: Fold) -> tuple[str, str, dict | None]:
@@ -334,11 +332,11 @@ def _fold_checkpoint(store: Store, job: SynthJob, fold: Fold) -> tuple[str, str,
 
     checkpoint = latest_checkpoint(store, job.run, fold)
     if checkpoint is None:
-        where = store.uri_of_path(store.fold_dir(job.run, fold))
+        where = store.uri_of_path(store.run(job.run).fold(fold))
         raise SynthError(f"{label(fold)} of run {job.run!r} has no complete checkpoint in {where}")
     meta = json.loads(store.read_bytes(f"{checkpoint}/{META_FILE}"))
     checkpoint_id = f"{posixpath.relpath(checkpoint, store.root)}@sha256:{meta['sha256'][:16]}"
-    manifest_path = f"{store.synthetic_dir(job.run, fold)}/{MANIFEST}"
+    manifest_path = store.run(job.run).manifest(fold)
     if store.exists(manifest_path) and not job.overwrite:
         manifest = store.read_json(manifest_path)
         if manifest.get("checkpoint") == checkpoint_id and manifest.get("min_score") == job.min_score:
@@ -367,12 +365,12 @@ def synthesize_fold(job: SynthJob, fold: Fold, quality_ref=None) -> dict:
     from ray.data import ActorPoolStrategy
 
     store = Store.from_uri(job.store)
-    config = store.read_json(f"{store.run_dir(job.run)}/config.json")
+    layout = store.run(job.run)
+    config = store.read_json(layout.config())
     dataset = config["dataset"]
     card = read_card(store, dataset)
     classes = card["classes"]
-    folder = store.synthetic_dir(job.run, fold)
-    manifest_path = f"{folder}/{MANIFEST}"
+    folder, manifest_path = layout.synthetic(fold), layout.manifest(fold)
     if not job.overwrite:
         _check_foreign_files(store, folder)
     checkpoint, checkpoint_id, complete = _fold_checkpoint(store, job, fold)
@@ -457,7 +455,7 @@ def synthesize_fold(job: SynthJob, fold: Fold, quality_ref=None) -> dict:
                 bar.update(label(fold), written, len(specs), "shards written")
         report_retries(f"while synthesising {label(fold)}", more=retries)
     shards = [done[s["shard"]] for s in specs]
-    return _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards, job.min_score, quality)
+    return _write_manifest(store, manifest_path, fold, card, checkpoint_id, dataset, shards, job.min_score, quality)
 
 
 def _remove_unplanned(store: Store, folder: str, n_shards: int) -> None:
@@ -493,7 +491,7 @@ def _check_foreign_files(store: Store, folder: str) -> None:
             store.remove(path)  # leftover of an interrupted write
 
 
-def _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards: list[dict], min_score, quality) -> dict:
+def _write_manifest(store, path, fold, card, checkpoint_id, dataset, shards: list[dict], min_score, quality) -> dict:
     classes = card["classes"]
     real = card["counts"]["per_fold_class"]
     real_train = Counter()
@@ -521,7 +519,7 @@ def _write_manifest(store, folder, fold, card, checkpoint_id, dataset, shards: l
         "quality": quality,
         "schema": {f.name: str(f.type) for f in SYNTH_SCHEMA},
     }
-    store.write_json(f"{folder}/{MANIFEST}", manifest)
+    store.write_json(path, manifest)
     return manifest
 
 
@@ -536,7 +534,7 @@ def check_max_rows(store: Store, job: SynthJob, folds: tuple[Fold, ...]) -> None
     """SynthError, one line, when a fold's synthetic output would exceed `job.max_rows` (nothing started yet)."""
     if job.max_rows is None:
         return
-    config = store.read_json(f"{store.run_dir(job.run)}/config.json")
+    config = store.read_json(store.run(job.run).config())
     card = read_card(store, config["dataset"])
     for fold in folds:
         rows = planned_rows(card, fold)

@@ -82,7 +82,7 @@ def fold_quality(store_uri: str, run: str, fold: Fold, checkpoint: str, recogniz
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     state = read_checkpoint(store, checkpoint)
     exp = Experiment.from_dict(state["experiment"])
-    dataset = store.read_json(f"{store.run_dir(run)}/config.json")["dataset"]
+    dataset = store.run(run).read_config()["dataset"]
     train_set, test_set, card = load_fold(store, dataset, fold, exp.train.load_size)  # final: test_set empty
 
     path = store.run(run).recognizer(fold)
@@ -160,4 +160,4 @@ def _write_sheet(store: Store, run: str, fold: Fold, faces: FaceSet, images, src
         rows.append({"source_label": c, "images": cells})
     buf = io.BytesIO()
     contact_sheet(rows, classes).save(buf, format="PNG")
-    store.write_bytes(f"{store.synthetic_dir(run, fold)}/{SHEET_FILE}", buf.getvalue())
+    store.write_bytes(f"{store.run(run).synthetic(fold)}/{SHEET_FILE}", buf.getvalue())

@@ -61,7 +61,7 @@ def ray_rates(store: Store, dataset: str, exp: Experiment, gpu: bool, k: int, cp
     start, end = max(r[1] for r in rates), min(r[2] for r in rates)
     shared = sum(r[0] for r in rates) if end <= start else sum(r[0] * (end - start) for r in rates) / (end - start)
     for suffix in ("one", "shared"):
-        store.remove(store.run_dir(f"{run}-{suffix}"))
+        store.remove(store.run(f"{run}-{suffix}").dir)
     return one, shared
 
 

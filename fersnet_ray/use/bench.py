@@ -61,7 +61,7 @@ def bench_predict(
     gpus_per_actor: float | None = None,
 ) -> dict:
     store = Store.from_uri(store_uri)
-    config = store.read_json(f"{store.run_dir(run)}/config.json")
+    config = store.run(run).read_config()
     table = read_faces(store, config["dataset"], columns=["image"])["image"].to_pylist()
     pngs = [table[i % len(table)] for i in range(images)]
     scratch = tempfile.mkdtemp(prefix="fersnet-bench-predict-")

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 
 from fersnet_ray.foldkey import FINAL, Fold, is_final
-from fersnet_ray.store import Store, StoreError
+from fersnet_ray.store import CONFIG_FILE, EVALUATION_FILE, Store, StoreError
 
 STAGES = ("auto", "finetune", "train")
 DATA = ("real+synthetic", "real")  # finetune.loop.FINETUNE_DATA: which fine-tuning of the classifier
@@ -79,7 +79,7 @@ def _finished(store: Store, folder: str, epochs: int) -> tuple[str, dict] | None
     """(checkpoint folder, its meta) when `folder` holds a finished stage: evaluation.json + last epoch."""
     from fersnet_ray.checkpoint import META_FILE, latest_checkpoint_in
 
-    if not store.exists(f"{folder}/evaluation.json"):
+    if not store.exists(f"{folder}/{EVALUATION_FILE}"):
         return None
     ckpt = latest_checkpoint_in(store, folder)
     if ckpt is None:
@@ -146,8 +146,8 @@ def resolve(
         _require_folder(store, run, classifier, data, ft_root)
 
     found, used, tuned = None, None, classifier
-    if stage in ("auto", "finetune") and store.exists(f"{ft_root}/config.json"):
-        ft_config = store.read_json(f"{ft_root}/config.json")["finetune"]
+    if stage in ("auto", "finetune") and store.exists(store.run(run).config(folder)):
+        ft_config = store.read_json(store.run(run).config(folder))["finetune"]
         found, used, tuned = _finished(store, ft_dir, ft_config["epochs"]), "finetune", ft_config.get("classifier")
     if found is None and (stage == "finetune" or classifier != "fersnet"):
         which, alternative = ("", " or pass --checkpoint train") if classifier == "fersnet" else (f"{classifier} ", "")
@@ -187,7 +187,7 @@ def resolve(
 
 def _require_folder(store: Store, run: str, classifier: str, data: str, folder: str) -> None:
     """A classifier never fine-tuned in this run (with this --data): one line naming the missing folder."""
-    if not store.exists(f"{folder}/config.json"):
+    if not store.exists(f"{folder}/{CONFIG_FILE}"):
         on = "real + synthetic faces" if data == "real+synthetic" else "real faces only"
         raise UseError(
             f"run {run!r} has no {classifier} fine-tuned on {on}: {store.uri_of_path(folder)}/ "
@@ -216,10 +216,9 @@ def classifier_folds(store: Store, run: str, classifier: str = "fersnet", data: 
     if classifier == "fersnet":
         return trained_folds(store, run)
     run_config(store, run)
-    folder = store.finetune_dir(run, finetune_folder(classifier, data))
-    _require_folder(store, run, classifier, data, folder)
-    names = [p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False)]
-    return sorted(int(n[5:]) for n in names if n.startswith("fold-") and n[5:].isdigit())
+    folder = finetune_folder(classifier, data)
+    _require_folder(store, run, classifier, data, store.finetune_dir(run, folder))
+    return store.run(run).folds(folder)
 
 
 def final_model(

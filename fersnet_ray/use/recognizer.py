@@ -135,7 +135,7 @@ def load_recognizer(store, ref) -> tuple[Recognizer, Preprocessing, Experiment]:
 
     state = read_checkpoint(store, ref.path)
     exp = Experiment.from_dict(state["experiment"])
-    card = read_card(store, store.read_json(f"{store.run_dir(ref.run)}/config.json")["dataset"])
+    card = read_card(store, store.run(ref.run).read_config()["dataset"])
     classifier = state.get("classifier", "fersnet")  # training checkpoints name none: FERSNet
     if classifier == "fersnet":
         rec = Recognizer.from_checkpoint_state(exp.model, state["model"])
