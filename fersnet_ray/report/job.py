@@ -22,13 +22,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from fersnet_ray.foldkey import FINAL, NO_HELD_OUT
 from fersnet_ray.report import charts
-from fersnet_ray.store import Store, StoreError
+from fersnet_ray.store import Run, Store, StoreError
 
 REPORT = "report.md"
 # The paper's Table VI on CK+ (10-fold), shown beside the measured rows for reference.
@@ -56,21 +57,18 @@ def _read_json(store: Store, path: str):
     return store.read_json(path) if store.exists(path) else None
 
 
-def _fold_files(store: Store, folder: str, name: str) -> dict[int, dict]:
-    """{fold: contents of folder/fold-k/<name>} for every fold that has the file."""
-    out = {}
-    if not store.exists(folder):
-        return out
-    for path in sorted(store.fs.ls(folder, detail=False)):
-        base = path.rsplit("/", 1)[-1]
-        if base.startswith("fold-") and base[5:].isdigit() and store.exists(f"{path}/{name}"):
-            out[int(base[5:])] = store.read_json(f"{path}/{name}")
-    return out
+def _fold_files(run: Run, stage: str | None, path_of: Callable[[int, str | None], str]) -> dict[int, dict]:
+    """{fold: the JSON at path_of(fold, stage)} for every cross-validation fold of the stage that has it.
+
+    path_of: `run.evaluation` or `run.history`; stage None for training, a fine-tuning folder otherwise.
+    """
+    paths = {k: path_of(k, stage) for k in run.folds(stage)}
+    return {k: run.store.read_json(path) for k, path in paths.items() if run.store.exists(path)}
 
 
-def _row(store: Store, run: str, folder: str, key: str) -> dict | None:
-    """One Table VI row from a folder of fold evaluations (training or fine-tuning)."""
-    evals = _fold_files(store, folder, "evaluation.json")
+def _row(run: Run, stage: str | None, key: str) -> dict | None:
+    """One Table VI row from a stage's fold evaluations (training, stage None, or a fine-tuning folder)."""
+    evals = _fold_files(run, stage, run.evaluation)
     if not evals:
         return None
     accs = np.array([e["accuracy"] for e in evals.values()])
@@ -78,7 +76,7 @@ def _row(store: Store, run: str, folder: str, key: str) -> dict | None:
     return {
         "key": key,
         "name": ROW_TITLES.get(key, key),
-        "run": run,
+        "run": run.name,
         "per_fold": {k: e["accuracy"] for k, e in sorted(evals.items())},
         "mean": float(accs.mean()),
         "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
@@ -91,31 +89,31 @@ def _row(store: Store, run: str, folder: str, key: str) -> dict | None:
 
 def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
     """Every number the report shows, read from the store."""
-    run_dir = store.run_dir(run)
-    config = _read_json(store, f"{run_dir}/config.json")
+    layout = store.run(run)
+    config = _read_json(store, layout.config())
     if config is None:
         raise StoreError(f"no run {run!r} in {store.uri}")
-    card = store.read_json(store.path("datasets", config["dataset"], "_card.json"))
-    ablation = _read_json(store, f"{run_dir}/ablation.json") or {}
+    card = store.read_json(store.dataset(config["dataset"]).card)
+    ablation = _read_json(store, layout.ablation) or {}
     runs = {**{v: r for v, r in ablation.get("runs", {}).items()}}
     runs.setdefault(config["experiment"]["model"]["variant"], run)
     rows, configs = [], {}
     for other in compare:
-        cfg = _read_json(store, f"{store.run_dir(other)}/config.json")
+        cfg = _read_json(store, store.run(other).config())
         if cfg is None:
             raise StoreError(f"--compare: no run {other!r} in {store.uri}")
         runs.setdefault(f"{cfg['experiment']['model']['variant']} ({other})", other)
     for key, name in runs.items():
-        variant_row = _row(store, name, store.run_dir(name), key)
+        variant_row = _row(store.run(name), None, key)
         if variant_row:
             rows.append(variant_row)
-        configs[name] = _read_json(store, f"{store.run_dir(name)}/config.json")
-    for folder, key in _finetune_folders(store, run_dir):
-        ft_row = _row(store, run, f"{run_dir}/{folder}", key)
+        configs[name] = _read_json(store, store.run(name).config())
+    for folder, key in _finetune_folders(layout):
+        ft_row = _row(layout, folder, key)
         if ft_row:
             ft_row["name"] = _row_title(key)
             rows.append(ft_row)
-            configs[f"{run} ({folder})"] = _read_json(store, f"{run_dir}/{folder}/config.json")
+            configs[f"{run} ({folder})"] = _read_json(store, layout.config(folder))
 
     manifests = _synthetic_manifests(store, run)
     return {
@@ -129,8 +127,8 @@ def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
             k: m["quality"]["synthetic_test_accuracy"] for k, m in manifests.items() if m.get("quality") is not None
         },
         "histories": {
-            "train": {k: v for k, v in _fold_files(store, run_dir, "history.json").items()},
-            "finetune": {k: v for k, v in _fold_files(store, f"{run_dir}/finetune", "history.json").items()},
+            "train": _fold_files(layout, None, layout.history),
+            "finetune": _fold_files(layout, "finetune", layout.history),
         },
         "configs": configs,
         "final": _final(store, run),
@@ -142,13 +140,12 @@ def _final(store: Store, run: str) -> dict | None:
 
     No accuracy is collected: the final model has no held-out faces. The facts say what it saw.
     """
-    from fersnet_ray.synth.job import MANIFEST
-
-    trained = _read_json(store, f"{store.fold_dir(run, FINAL)}/evaluation.json")
-    manifest = _read_json(store, f"{store.synthetic_dir(run, FINAL)}/{MANIFEST}")
+    layout = store.run(run)
+    trained = _read_json(store, layout.evaluation(FINAL))
+    manifest = _read_json(store, layout.manifest(FINAL))
     finetuned = {}
-    for folder, key in _finetune_folders(store, store.run_dir(run)):
-        e = _read_json(store, f"{store.finetune_fold_dir(run, FINAL, folder)}/evaluation.json")
+    for folder, key in _finetune_folders(layout):
+        e = _read_json(store, layout.evaluation(FINAL, folder))
         if e is not None:
             finetuned[key] = {k: e.get(k) for k in ("epochs", "training_rows", "synthetic_rows", "classifier", "data")}
             finetuned[key]["folder"] = folder
@@ -208,11 +205,11 @@ def _final_section(store: Store, data: dict, files: dict[str, bytes]) -> list[st
         ]
     if m:
         md += [
-            f"Its synthetic faces (`{store.uri_of_path(store.synthetic_dir(run, FINAL))}/`) were scored by a "
+            f"Its synthetic faces (`{store.uri_of_path(store.run(run).synthetic(FINAL))}/`) were scored by a "
             "recogniser trained on every real face; with no held-out subjects there is no Table V number for them.",
             "",
         ]
-        sheet = f"{store.synthetic_dir(run, FINAL)}/{m['contact_sheet']}" if m.get("contact_sheet") else None
+        sheet = f"{store.run(run).synthetic(FINAL)}/{m['contact_sheet']}" if m.get("contact_sheet") else None
         if sheet and store.exists(sheet):
             files["contact-sheet-final.png"] = store.read_bytes(sheet)
             md += ["Rows: a training face of each class; columns: every expression (the real one is marked).", ""]
@@ -220,15 +217,16 @@ def _final_section(store: Store, data: dict, files: dict[str, bytes]) -> list[st
     return md
 
 
-def _finetune_folders(store: Store, run_dir: str) -> list[tuple[str, str]]:
+def _finetune_folders(run: Run) -> list[tuple[str, str]]:
     """(folder, row key) of every fine-tuning of the run: FES-DA first, then min-score variants, the control last."""
     from fersnet_ray.finetune.loop import FinetuneConfig
 
+    store = run.store
     found = []
-    if store.exists(run_dir):
-        for path in sorted(store.fs.ls(run_dir, detail=False)):
+    if store.exists(run.dir):
+        for path in sorted(store.fs.ls(run.dir, detail=False)):
             base = path.rsplit("/", 1)[-1]
-            cfg = _read_json(store, f"{run_dir}/{base}/config.json") if base.startswith("finetune") else None
+            cfg = _read_json(store, run.config(base)) if base.startswith("finetune") else None
             if cfg and "finetune" in cfg:
                 ft = FinetuneConfig(**cfg["finetune"])
                 if ft.folder == base:
@@ -302,16 +300,9 @@ def paired(rows: list[dict]) -> list[dict]:
 
 
 def _synthetic_manifests(store: Store, run: str) -> dict[int, dict]:
-    from fersnet_ray.synth.job import MANIFEST
-
-    folder = f"{store.run_dir(run)}/synthetic"
-    out = {}
-    if store.exists(folder):
-        for path in sorted(store.fs.ls(folder, detail=False)):
-            base = path.rsplit("/", 1)[-1]
-            if base.startswith("fold-") and store.exists(f"{path}/{MANIFEST}"):
-                out[int(base[5:])] = store.read_json(f"{path}/{MANIFEST}")
-    return out
+    layout = store.run(run)
+    paths = {k: layout.manifest(k) for k in layout.folds(under=layout.synthetic_root)}
+    return {k: store.read_json(path) for k, path in paths.items() if store.exists(path)}
 
 
 def _gate_figure(store: Store, run: str, fold: int, faces: int = 4) -> bytes | None:
@@ -330,7 +321,7 @@ def _gate_figure(store: Store, run: str, fold: int, faces: int = 4) -> bytes | N
         return None
     model = create_model(exp.model).eval()
     model.load_state_dict(state["model"])
-    dataset = store.read_json(f"{store.run_dir(run)}/config.json")["dataset"]
+    dataset = store.read_json(store.run(run).config())["dataset"]
     test = load_test(store, dataset, fold, exp.train.load_size)
     # One face per class while there are classes left, so the rows show different expressions.
     labels = test.labels.numpy()
@@ -478,7 +469,7 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
         vals = np.array(list(data["table_v"].values()))
         md += ["", f"Mean: {100 * vals.mean():.2f}% over {len(vals)} fold(s).", "", "### Contact sheets", ""]
         for k, m in synth.items():
-            sheet = f"{store.synthetic_dir(run, k)}/{(m.get('quality') or {}).get('contact_sheet', '')}"
+            sheet = f"{store.run(run).synthetic(k)}/{(m.get('quality') or {}).get('contact_sheet', '')}"
             if m.get("quality") and store.exists(sheet):
                 files[f"contact-sheet-fold-{k}.png"] = store.read_bytes(sheet)
                 md += [f"Fold {k} (rows: held-out faces; columns: every expression; the real one is marked):", ""]
@@ -494,9 +485,8 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
             files[name] = charts.loss_curves_chart({f"fold {k}": h for k, h in hist.items()}, keys, f"{stage}: {run}")
             md += [f"![{stage} curves]({name})", ""]
 
-    folds_trained = sorted(data["histories"]["train"]) or sorted(
-        _fold_files(store, store.run_dir(run), "evaluation.json")
-    )
+    layout = store.run(run)
+    folds_trained = sorted(data["histories"]["train"]) or sorted(_fold_files(layout, None, layout.evaluation))
     if folds_trained:
         gates = _gate_figure(store, run, folds_trained[0])
         if gates is not None:
