@@ -26,10 +26,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-# The quick start (`fersnet run` with no options): 16 drawn subjects in 2 subject-disjoint folds, so each
-# fold trains on 8 subjects and is tested on 8 others, and both folds train side by side on 2 cores.
-DEMO_SUBJECTS, DEMO_FOLDS = 16, 2
-
 StoreOpt = Annotated[
     str,
     typer.Option(help="Store: a local folder, file:// or s3://bucket/prefix.", envvar="FERSNET_STORE"),
@@ -93,6 +89,129 @@ def _complete(known):
 def _choice_option(option: str, known, help: str) -> typer.models.OptionInfo:
     """`typer.Option` for a name from a registry: checked at parse time, completed by the shell."""
     return typer.Option(option, help=help, callback=_choice(option, known), autocompletion=_complete(known))
+
+
+# --- options: each declared once, here. A stage command and `run`/`ablation` share the alias, so the help
+# of an option reads the same in both. An alias without a name takes its parameter's: `batch_size:
+# SynthBatchSizeOpt` is synthesize's --batch-size, `synth_batch_size: SynthBatchSizeOpt` run's
+# --synth-batch-size (tests/test_cli.py checks that run covers the stages it chains).
+
+# prepare
+DatasetOpt = Annotated[str, _choice_option("--dataset", _adapters, "Adapter: see `fersnet datasets`.")]
+SourceOpt = Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")]
+NameOpt = Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")]
+FoldCountOpt = Annotated[
+    Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 2).")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")]
+AlignOpt = Annotated[
+    Optional[str],
+    _choice_option("--align", _align_methods, "fan | none (default: none for ckplus48/demo, fan otherwise)."),
+]
+AlignedSizeOpt = Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")]
+RgbOpt = Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")]
+AlignWeightsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Face-alignment weights for --align fan, staged for a cluster without internet: a folder (path or "
+        "s3://) with 2DFAN4-11f355bf06.pth.tar and s3fd-619a316812.pth."
+    ),
+]
+LoaderActorsOpt = Annotated[Optional[int], typer.Option(help="Max face-loader actors of prepare (default: autoscale).")]
+LoaderGpusOpt = Annotated[Optional[float], typer.Option(help="GPUs per face-loader actor of prepare (default: auto).")]
+SubjectRegexOpt = Annotated[
+    Optional[str], typer.Option(help="folder: regex whose first group is the subject in a file name.")
+]
+ClassesOpt = Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order, a,b,c.")]
+ManifestOpt = Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")]
+DemoSubjectsOpt = Annotated[Optional[int], typer.Option(help="demo: number of generated subjects (default: 16).")]
+
+# train (the resources and --max-failures are fine-tuning's too)
+TrainFoldsOpt = Annotated[
+    str,
+    typer.Option(
+        help="Folds to train (run: and to synthesise and fine-tune): 'all', a list like 0,3,7, or final (one "
+        "model on every subject, no held-out test split; 'all,final' adds it to the folds)."
+    ),
+]
+VariantOpt = Annotated[
+    str,
+    _choice_option(
+        "--variant", _variants, "fersnet | fersnet_hard | fer_only (run: one that synthesises, not fer_only)."
+    ),
+]
+PresetOpt = Annotated[
+    Optional[str],
+    _choice_option("--preset", _presets, "paper | ck48 | cpu48 | tiny (run: tiny for the demo set, else paper)."),
+]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Override the preset's training epochs.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(help="Override the preset's training batch size.")]
+MatchCapacityOpt = Annotated[
+    Optional[bool],
+    typer.Option(help="Enlarge ablations to the original's parameter count (ablation: yes by default)."),
+]
+GanModeOpt = Annotated[Optional[str], _choice_option("--gan-mode", _gan_modes, "vanilla (eq. 6) | lsgan.")]
+IdentityOpt = Annotated[
+    Optional[str], typer.Option(help="Identity net for L_idt: train | none | URI of Light CNN-9 weights.")
+]
+WorkersPerFoldOpt = Annotated[int, typer.Option(help="Ray Train workers per fold (DDP when > 1).")]
+GpusPerFoldOpt = Annotated[
+    float, typer.Option(help="GPUs per fold (training and fine-tuning); fractions let folds share a GPU.")
+]
+CpusPerWorkerOpt = Annotated[float, typer.Option(help="CPUs per training worker.")]
+ParallelFoldsOpt = Annotated[
+    Optional[int], typer.Option(help="Folds at once (default: as many as the cluster holds now).")
+]
+MaxFailuresOpt = Annotated[int, typer.Option(help="Worker-group restarts per fold before giving up.")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue an existing run with its stored config.")]
+OverwriteRunOpt = Annotated[
+    bool, typer.Option(help="Delete an existing run (every stage's output) and start again.")
+]
+
+# synthesize
+SynthActorsOpt = Annotated[int, typer.Option(help="Generator actors (each loads the fold's FES branch once).")]
+SynthGpusOpt = Annotated[float, typer.Option(help="GPUs per generator actor (0 on CPU).")]
+SynthBatchSizeOpt = Annotated[int, typer.Option(help="Faces per generator forward pass.")]
+RowsPerShardOpt = Annotated[int, typer.Option(help="Synthetic faces per Parquet shard (about).")]
+MinScoreOpt = Annotated[
+    Optional[float],
+    typer.Option(help="Keep synthetic rows whose recogniser probability of the target is ≥ this."),
+]
+QualityOpt = Annotated[
+    bool, typer.Option(help="Train each fold's recogniser: Table V accuracy, row scores, contact sheet.")
+]
+RecognizerEpochsOpt = Annotated[int, typer.Option(help="Epochs of each fold's Table V recogniser.")]
+MaxRowsOpt = Annotated[
+    Optional[int], typer.Option(help="Refuse, before any work, a fold whose synthetic output would exceed this.")
+]
+
+# finetune
+FinetuneEpochsOpt = Annotated[
+    Optional[int], typer.Option(help="Fine-tuning epochs over real + synthetic faces (run: 3 on the demo set).")
+]
+FinetuneLrOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Fine-tuning's Adam learning rate, cosine-annealed to the final one (default: fersnet 1e-4, others 1e-3)."
+    ),
+]
+FinetuneLrMinOpt = Annotated[
+    Optional[float], typer.Option(help="Fine-tuning's final learning rate (default: fersnet 1e-6, others 1e-5).")
+]
+FinetuneBatchSizeOpt = Annotated[int, typer.Option(help="Fine-tuning batch size per fold.")]
+ShuffleBufferOpt = Annotated[int, typer.Option(help="Rows in Ray Data's local shuffle buffer per worker.")]
+CacheOpt = Annotated[
+    Optional[bool],
+    typer.Option("--cache/--stream", help="Fine-tuning keeps decoded faces in Ray's object store (default: auto)."),
+]
+
+# report
+CompareOpt = Annotated[str, typer.Option(help="Other runs to add as Table VI rows, e.g. r1,r2.")]
+
+
+def _options(ctx: typer.Context) -> dict:
+    """The command's options by name, as the library function it calls takes them (less --address)."""
+    return {k: v for k, v in ctx.params.items() if k != "address"}
 
 
 def _version(value: bool) -> None:
@@ -179,69 +298,34 @@ def datasets() -> None:
 
 @app.command()
 def prepare(
-    dataset: Annotated[str, _choice_option("--dataset", _adapters, "Adapter: see `fersnet datasets`.")] = "demo",
-    source: Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")] = None,
+    ctx: typer.Context,
+    dataset: DatasetOpt = "demo",
+    source: SourceOpt = None,
     store: StoreOpt = "./fersnet-store",
-    name: Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")] = None,
-    folds: Annotated[
-        Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 2).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
-    align: Annotated[
-        Optional[str],
-        _choice_option("--align", _align_methods, "fan | none (default: none for ckplus48/demo, fan otherwise)."),
-    ] = None,
-    aligned_size: Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")] = 110,
-    rgb: Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")] = False,
-    weights: Annotated[
-        Optional[str],
-        typer.Option(help="Folder (path or s3://) with 2DFAN4-11f355bf06.pth.tar and s3fd-619a316812.pth."),
-    ] = None,
-    actors: Annotated[Optional[int], typer.Option(help="Max loader actors (default: autoscale).")] = None,
-    gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per loader actor (default: auto).")] = None,
-    subject_regex: Annotated[
-        Optional[str], typer.Option(help="folder: regex whose first group is the subject in a file name.")
-    ] = None,
-    classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order, a,b,c.")] = None,
-    manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
-    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = DEMO_SUBJECTS,
+    name: NameOpt = None,
+    folds: FoldCountOpt = None,
+    seed: SeedOpt = 0,
+    align: AlignOpt = None,
+    aligned_size: AlignedSizeOpt = 110,
+    rgb: RgbOpt = False,
+    weights: AlignWeightsOpt = None,
+    actors: LoaderActorsOpt = None,
+    gpus_per_actor: LoaderGpusOpt = None,
+    subject_regex: SubjectRegexOpt = None,
+    classes: ClassesOpt = None,
+    manifest: ManifestOpt = None,
+    demo_subjects: DemoSubjectsOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Read a face data set, align the faces and write the face table with folds to the store."""
-    from fersnet_ray.prepare.job import PrepareConfig, prepare as run_prepare
+    from fersnet_ray.pipeline import prepare_config
+    from fersnet_ray.prepare.job import prepare as run_prepare
     from fersnet_ray.runtime import init_ray
 
-    options = {
-        "folder": {"subject_regex": subject_regex, "classes": classes},
-        "manifest": {"classes": classes},
-        "mmi": {"manifest": manifest},
-        "demo": {"subjects": demo_subjects, "seed": seed},
-    }.get(dataset, {})
-    cfg = PrepareConfig(
-        dataset=dataset,
-        source=source,
-        store=store,
-        name=name,
-        folds=folds or (DEMO_FOLDS if dataset == "demo" else 10),
-        seed=seed,
-        align=align,
-        aligned_size=aligned_size,
-        channels=3 if rgb else 1,
-        weights=weights,
-        actors=actors,
-        gpus_per_actor=gpus_per_actor,
-        options={k: v for k, v in options.items() if v is not None},
-    )
+    cfg = _run(prepare_config, **_options(ctx))
     _run(init_ray, address)
     result = _run(run_prepare, cfg)
     print_card(result.card, f"{result.store_uri}/datasets/{result.name}")
-
-
-def _parse_folds(spec: str, k: int | None):
-    """--folds: 'all' (folds 0..k-1; None when k is None: every trained fold), '0,3', 'final', 'all,final'."""
-    from fersnet_ray.foldkey import parse_folds
-
-    return _run(parse_folds, spec, k)
 
 
 def _fold_key(value: str | None):
@@ -260,68 +344,39 @@ FoldOpt = Annotated[
         callback=_fold_key,
     ),
 ]
-FOLDS_HELP = (
-    "'all', a list like 0,3,7, or final (one model on every subject, no held-out test split; "
-    "'all,final' adds it to the folds)."
-)
 
 
 @app.command()
 def train(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="Prepared data set name in the store.")] = "demo",
     run: Annotated[str, typer.Option(help="Run name: runs/<run>/ in the store.")] = "demo",
     store: StoreOpt = "./fersnet-store",
-    folds: Annotated[str, typer.Option(help=FOLDS_HELP)] = "all",
-    variant: Annotated[str, _choice_option("--variant", _variants, "fersnet | fersnet_hard | fer_only.")] = "fersnet",
-    preset: Annotated[str, _choice_option("--preset", _presets, "paper | ck48 | cpu48 | tiny.")] = "paper",
-    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
-    match_capacity: Annotated[bool, typer.Option(help="Enlarge ablations to the original's parameter count.")] = False,
-    gan_mode: Annotated[Optional[str], _choice_option("--gan-mode", _gan_modes, "vanilla (eq. 6) | lsgan.")] = None,
-    identity: Annotated[
-        Optional[str], typer.Option(help="Identity net for L_idt: train | none | URI of Light CNN-9 weights.")
-    ] = None,
-    workers_per_fold: Annotated[int, typer.Option(help="Ray Train workers per fold (DDP when > 1).")] = 1,
-    gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold; fractions let folds share a GPU.")] = 0.0,
-    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per training worker.")] = 1.0,
-    parallel_folds: Annotated[
-        Optional[int], typer.Option(help="Folds at once (default: as many as the cluster holds now).")
-    ] = None,
-    max_failures: Annotated[int, typer.Option(help="Worker-group restarts per fold before giving up.")] = 2,
-    resume: Annotated[bool, typer.Option(help="Continue an existing run with its stored config.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete an existing run and start again.")] = False,
+    folds: TrainFoldsOpt = "all",
+    variant: VariantOpt = "fersnet",
+    preset: PresetOpt = "paper",
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    match_capacity: MatchCapacityOpt = False,
+    gan_mode: GanModeOpt = None,
+    identity: IdentityOpt = None,
+    workers_per_fold: WorkersPerFoldOpt = 1,
+    gpus_per_fold: GpusPerFoldOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    parallel_folds: ParallelFoldsOpt = None,
+    max_failures: MaxFailuresOpt = 2,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteRunOpt = False,
     address: AddressOpt = None,
 ) -> None:
     """Train FERSNet on every requested fold at once (Ray Train), checkpointing into the store."""
+    from fersnet_ray.pipeline import train_job
     from fersnet_ray.runtime import init_ray
-    from fersnet_ray.store import Store
-    from fersnet_ray.table import read_card
-    from fersnet_ray.train.config import make_experiment
-    from fersnet_ray.train.job import TrainJob, train as run_train
+    from fersnet_ray.train.job import train as run_train
 
-    card = _run(read_card, Store.from_uri(store), dataset)
-    exp = _run(
-        make_experiment,
-        preset,
-        variant,
-        len(card["classes"]),
-        card["alignment"]["channels"],
-        match_capacity,
-        gan_mode,
-        **{"epochs": epochs, "batch_size": batch_size, "identity": identity},
-    )
-    job = TrainJob(
-        store=store,
-        dataset=dataset,
-        run=run,
-        experiment=exp.to_dict(),
-        folds=_parse_folds(folds, card["folds"]),
-        workers_per_fold=workers_per_fold,
-        gpus_per_fold=gpus_per_fold,
-        cpus_per_worker=cpus_per_worker,
-        max_failures=max_failures,
-        parallel_folds=parallel_folds,
-    )
+    options = _options(ctx)
+    del options["resume"], options["overwrite"]
+    job = _run(train_job, **options)  # reads the data set's card: its classes and channels
     _run(init_ray, address)
     print_evaluation(_run(run_train, job, resume, overwrite))
 
@@ -340,32 +395,23 @@ def evaluate(
 
 @app.command()
 def finetune(
+    ctx: typer.Context,
     run: Annotated[str, typer.Option(help="Trained and synthesised run to fine-tune (FES-DA).")] = "demo",
     store: StoreOpt = "./fersnet-store",
     folds: Annotated[
         str, typer.Option(help="'all' (every synthesised fold, final included) or a list, e.g. 0,3 or final.")
     ] = "all",
-    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs over real + synthetic faces.")] = 30,
-    lr: Annotated[
-        Optional[float],
-        typer.Option(help="Adam learning rate, cosine-annealed to --lr-min (default: fersnet 1e-4, others 1e-3)."),
-    ] = None,
-    lr_min: Annotated[
-        Optional[float], typer.Option(help="Final learning rate (default: fersnet 1e-6, others 1e-5).")
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size per fold.")] = 64,
-    shuffle_buffer: Annotated[int, typer.Option(help="Rows in Ray Data's local shuffle buffer per worker.")] = 2048,
-    cache: Annotated[
-        Optional[bool],
-        typer.Option("--cache/--stream", help="Keep decoded faces in Ray's object store (default: auto)."),
-    ] = None,
-    workers_per_fold: Annotated[int, typer.Option(help="Ray Train workers per fold (DDP when > 1).")] = 1,
-    gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold; fractions let folds share a GPU.")] = 0.0,
-    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per training worker.")] = 1.0,
-    parallel_folds: Annotated[
-        Optional[int], typer.Option(help="Folds at once (default: as many as the cluster holds now).")
-    ] = None,
-    max_failures: Annotated[int, typer.Option(help="Worker-group restarts per fold before giving up.")] = 2,
+    epochs: FinetuneEpochsOpt = 30,
+    lr: FinetuneLrOpt = None,
+    lr_min: FinetuneLrMinOpt = None,
+    batch_size: FinetuneBatchSizeOpt = 64,
+    shuffle_buffer: ShuffleBufferOpt = 2048,
+    cache: CacheOpt = None,
+    workers_per_fold: WorkersPerFoldOpt = 1,
+    gpus_per_fold: GpusPerFoldOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    parallel_folds: ParallelFoldsOpt = None,
+    max_failures: MaxFailuresOpt = 2,
     data: Annotated[
         str,
         typer.Option(
@@ -392,37 +438,11 @@ def finetune(
     address: AddressOpt = None,
 ) -> None:
     """Fine-tune a classifier per fold on its real + synthetic faces, streamed by Ray Data (FES-DA), or the control."""
-    from dataclasses import asdict
-
-    from fersnet_ray.finetune.job import FinetuneJob, finetune as run_finetune
-    from fersnet_ray.finetune.loop import FinetuneConfig
+    from fersnet_ray.finetune.job import finetune as run_finetune
+    from fersnet_ray.pipeline import finetune_job
     from fersnet_ray.runtime import init_ray
 
-    cfg = _run(
-        FinetuneConfig.for_classifier,
-        classifier,
-        weights=weights,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        lr_min=lr_min,
-        shuffle_buffer=shuffle_buffer,
-        cache=cache,
-        data=data,
-        min_score=min_score,
-    )
-    job = FinetuneJob(
-        store=store,
-        run=run,
-        folds=_parse_folds(folds, None),
-        config=asdict(cfg),
-        workers_per_fold=workers_per_fold,
-        gpus_per_fold=gpus_per_fold,
-        cpus_per_worker=cpus_per_worker,
-        max_failures=max_failures,
-        overwrite=overwrite,
-        parallel_folds=parallel_folds,
-    )
+    job = _run(finetune_job, **_options(ctx))
     _run(init_ray, address)
     print_evaluation(_run(run_finetune, job))
 
@@ -431,7 +451,7 @@ def finetune(
 def report(
     run: Annotated[str, typer.Option(help="Run to report on.")] = "demo",
     store: StoreOpt = "./fersnet-store",
-    compare: Annotated[str, typer.Option(help="Other runs to add as Table VI rows, e.g. r1,r2.")] = "",
+    compare: CompareOpt = "",
 ) -> None:
     """Write the Markdown results report with PNG charts into the store (runs/<run>/report/)."""
     from fersnet_ray.report.job import write_report
@@ -443,55 +463,58 @@ def report(
 
 def _pipeline(
     ctx: typer.Context,
+    # prepare
     store: StoreOpt = "./fersnet-store",
-    dataset: Annotated[str, _choice_option("--dataset", _adapters, "Adapter: see `fersnet datasets`.")] = "demo",
-    source: Annotated[Optional[str], typer.Option(help="Source root (path or s3://); not needed for demo.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Data set name in the store (default: the adapter).")] = None,
+    dataset: DatasetOpt = "demo",
+    source: SourceOpt = None,
+    name: NameOpt = None,
+    folds: FoldCountOpt = None,
+    seed: SeedOpt = 0,
+    align: AlignOpt = None,
+    aligned_size: AlignedSizeOpt = 110,
+    rgb: RgbOpt = False,
+    weights: AlignWeightsOpt = None,
+    prepare_actors: LoaderActorsOpt = None,
+    prepare_gpus_per_actor: LoaderGpusOpt = None,
+    demo_subjects: DemoSubjectsOpt = None,
+    classes: ClassesOpt = None,
+    subject_regex: SubjectRegexOpt = None,
+    manifest: ManifestOpt = None,
+    # train
     run: Annotated[Optional[str], typer.Option(help="Run name (default: the data set name).")] = None,
-    folds: Annotated[
-        Optional[int], typer.Option(help="Number of subject-disjoint, stratified folds (default: 10; demo: 2).")
-    ] = None,
-    train_folds: Annotated[
-        str,
-        typer.Option(
-            help="Folds to train, synthesise and fine-tune: 'all', 0,3, final (one model on every subject, "
-            "no held-out test split) or all,final."
-        ),
-    ] = "all",
-    seed: Annotated[int, typer.Option(help="Seed for the folds (and the demo faces).")] = 0,
-    align: Annotated[
-        Optional[str], _choice_option("--align", _align_methods, "fan | none (default: by data set).")
-    ] = None,
-    aligned_size: Annotated[int, typer.Option(help="Side of the aligned square face, pixels.")] = 110,
-    rgb: Annotated[bool, typer.Option("--rgb", help="Keep colour (default: greyscale, as the paper).")] = False,
-    demo_subjects: Annotated[int, typer.Option(help="demo: number of generated subjects.")] = DEMO_SUBJECTS,
-    classes: Annotated[Optional[str], typer.Option(help="folder/manifest: class names in label order.")] = None,
-    subject_regex: Annotated[Optional[str], typer.Option(help="folder: regex for the subject.")] = None,
-    manifest: Annotated[Optional[str], typer.Option(help="mmi: manifest CSV relative to --source.")] = None,
-    preset: Annotated[
-        Optional[str], _choice_option("--preset", _presets, "paper | ck48 | cpu48 | tiny (default: tiny for demo).")
-    ] = None,
-    variant: Annotated[str, _choice_option("--variant", _variants, "run: fersnet | fersnet_hard.")] = "fersnet",
-    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's training epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Override the preset's batch size.")] = None,
-    gan_mode: Annotated[Optional[str], _choice_option("--gan-mode", _gan_modes, "vanilla (eq. 6) | lsgan.")] = None,
-    identity: Annotated[Optional[str], typer.Option(help="Identity net: train | none | weights URI.")] = None,
-    match_capacity: Annotated[
-        Optional[bool], typer.Option(help="Enlarge ablations to the original's size (ablation default: yes).")
-    ] = None,
-    workers_per_fold: Annotated[int, typer.Option(help="Ray Train workers per fold.")] = 1,
-    gpus_per_fold: Annotated[float, typer.Option(help="GPUs per fold (train and finetune).")] = 0.0,
-    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per training worker.")] = 1.0,
-    parallel_folds: Annotated[
-        Optional[int], typer.Option(help="Folds at once (default: as many as the cluster holds now).")
-    ] = None,
-    actors: Annotated[int, typer.Option(help="Synthesis generator actors.")] = 1,
-    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per synthesis actor.")] = 0.0,
-    rows_per_shard: Annotated[int, typer.Option(help="Synthetic faces per Parquet shard (about).")] = 1200,
-    min_score: Annotated[Optional[float], typer.Option(help="Keep synthetic rows scored ≥ this.")] = None,
-    recognizer_epochs: Annotated[Optional[int], typer.Option(help="Table V recogniser epochs.")] = None,
-    finetune_epochs: Annotated[Optional[int], typer.Option(help="Fine-tuning epochs.")] = None,
-    finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 1e-4,
+    train_folds: TrainFoldsOpt = "all",
+    preset: PresetOpt = None,
+    variant: VariantOpt = "fersnet",
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    gan_mode: GanModeOpt = None,
+    identity: IdentityOpt = None,
+    match_capacity: MatchCapacityOpt = None,
+    workers_per_fold: WorkersPerFoldOpt = 1,
+    gpus_per_fold: GpusPerFoldOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
+    parallel_folds: ParallelFoldsOpt = None,
+    max_failures: MaxFailuresOpt = 2,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteRunOpt = False,
+    # synthesize
+    actors: SynthActorsOpt = 1,
+    gpus_per_actor: SynthGpusOpt = 0.0,
+    synth_batch_size: SynthBatchSizeOpt = 256,
+    rows_per_shard: RowsPerShardOpt = 1200,
+    min_score: MinScoreOpt = None,
+    quality: QualityOpt = True,
+    recognizer_epochs: RecognizerEpochsOpt = 30,
+    max_rows: MaxRowsOpt = None,
+    # finetune
+    finetune_epochs: FinetuneEpochsOpt = None,
+    finetune_lr: FinetuneLrOpt = None,
+    finetune_lr_min: FinetuneLrMinOpt = None,
+    finetune_batch_size: FinetuneBatchSizeOpt = 64,
+    shuffle_buffer: ShuffleBufferOpt = 2048,
+    cache: CacheOpt = None,
+    # report, ablation
+    compare: CompareOpt = "",
     finetune_min_score: Annotated[
         Optional[float], typer.Option(help="ablation: add an FES-DA row on synthetic rows scored ≥ this.")
     ] = None,
@@ -504,76 +527,15 @@ def _pipeline(
     ] = "",
     address: AddressOpt = None,
 ) -> None:
-    from dataclasses import asdict
-
-    from fersnet_ray.finetune.loop import FinetuneConfig
     from fersnet_ray.pipeline import PipelineConfig, run_ablation, run_pipeline
     from fersnet_ray.runtime import init_ray
 
     ablation = ctx.info_name == "ablation"
-    demo = dataset == "demo"
-    options = {
-        "folder": {"subject_regex": subject_regex, "classes": classes},
-        "manifest": {"classes": classes},
-        "mmi": {"manifest": manifest},
-        "demo": {"subjects": demo_subjects, "seed": seed},
-    }.get(dataset, {})
-    # CPU-sized defaults for the demo (the whole pipeline in minutes on 2 cores), the paper's otherwise.
-    ft = _run(
-        FinetuneConfig,
-        epochs=finetune_epochs or (3 if demo else 30),
-        lr=finetune_lr,
-        lr_min=min(1e-6, finetune_lr),
-        checkpoint_every=3 if demo else 5,
-    )
-    cfg_folds = folds or (DEMO_FOLDS if demo else 10)
-    cfg = PipelineConfig(
-        store=store,
-        dataset=dataset,
-        source=source,
-        name=name,
-        run=run,
-        folds=cfg_folds,
-        train_folds=None if train_folds == "all" else _parse_folds(train_folds, cfg_folds),
-        seed=seed,
-        align=align,
-        aligned_size=aligned_size,
-        channels=3 if rgb else 1,
-        prepare_options={k: v for k, v in options.items() if v is not None},
-        preset=preset,
-        variant=variant,
-        epochs=epochs,
-        batch_size=batch_size,
-        gan_mode=gan_mode,
-        identity=identity,
-        match_capacity=ablation if match_capacity is None else match_capacity,
-        workers_per_fold=workers_per_fold,
-        gpus_per_fold=gpus_per_fold,
-        cpus_per_worker=cpus_per_worker,
-        parallel_folds=parallel_folds,
-        actors=actors,
-        gpus_per_actor=gpus_per_actor,
-        rows_per_shard=rows_per_shard,
-        min_score=min_score,
-        recognizer_epochs=recognizer_epochs or 30,
-        finetune=asdict(ft),
-        finetune_min_score=finetune_min_score,
-        classifiers=_run(_classifier_list, classifiers),
-    )
+    cfg = _run(PipelineConfig.from_options, ablation, **_options(ctx))  # every stage's config, before Ray
     _run(init_ray, address)
     result = _run(run_ablation if ablation else run_pipeline, cfg)
     print_results(store, cfg.run_name)
     console.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
-
-
-def _classifier_list(names: str) -> tuple[str, ...]:
-    """ "small-cnn,resnet18" → a tuple of checked names (an unknown one: ValueError listing the choices)."""
-    from fersnet_ray.finetune.classifiers import parse_classifier
-
-    out = tuple(n.strip() for n in names.split(",") if n.strip())
-    for name in out:
-        parse_classifier(name)
-    return out
 
 
 app.command(
@@ -627,47 +589,29 @@ def print_results(store: str, run: str) -> None:
 
 @app.command()
 def synthesize(
+    ctx: typer.Context,
     run: Annotated[str, typer.Option(help="Trained run whose FES branches synthesise.")] = "demo",
     store: StoreOpt = "./fersnet-store",
     folds: Annotated[
         str, typer.Option(help="'all' (every trained fold, final included) or a list, e.g. 0,3 or final.")
     ] = "all",
-    actors: Annotated[int, typer.Option(help="Generator actors (each loads the fold's FES branch once).")] = 1,
-    gpus_per_actor: Annotated[float, typer.Option(help="GPUs per generator actor (0 on CPU).")] = 0.0,
-    batch_size: Annotated[int, typer.Option(help="Faces per generator forward pass.")] = 256,
-    rows_per_shard: Annotated[int, typer.Option(help="Synthetic faces per Parquet shard (about).")] = 1200,
+    actors: SynthActorsOpt = 1,
+    gpus_per_actor: SynthGpusOpt = 0.0,
+    batch_size: SynthBatchSizeOpt = 256,
+    rows_per_shard: RowsPerShardOpt = 1200,
     overwrite: Annotated[bool, typer.Option(help="Redo folds whose output is complete.")] = False,
-    min_score: Annotated[
-        Optional[float], typer.Option(help="Keep rows whose recogniser probability of the target is ≥ this.")
-    ] = None,
-    quality: Annotated[
-        bool, typer.Option(help="Train each fold's recogniser: Table V accuracy, row scores, contact sheet.")
-    ] = True,
-    recognizer_epochs: Annotated[int, typer.Option(help="Epochs of that recogniser.")] = 30,
-    max_rows: Annotated[
-        Optional[int], typer.Option(help="Refuse, before any work, a fold whose synthetic output would exceed this.")
-    ] = None,
+    min_score: MinScoreOpt = None,
+    quality: QualityOpt = True,
+    recognizer_epochs: RecognizerEpochsOpt = 30,
+    max_rows: MaxRowsOpt = None,
     address: AddressOpt = None,
 ) -> None:
     """Write every missing expression of every training face as balanced Parquet shards, exactly once."""
+    from fersnet_ray.pipeline import synth_job
     from fersnet_ray.runtime import init_ray
-    from fersnet_ray.synth.job import SynthJob, synthesize as run_synth
+    from fersnet_ray.synth.job import synthesize as run_synth
 
-    fold_list = _parse_folds(folds, None)
-    job = SynthJob(
-        store=store,
-        run=run,
-        folds=fold_list,
-        actors=actors,
-        gpus_per_actor=gpus_per_actor,
-        batch_size=batch_size,
-        rows_per_shard=rows_per_shard,
-        overwrite=overwrite,
-        min_score=min_score,
-        quality=quality,
-        recognizer_epochs=recognizer_epochs,
-        max_rows=max_rows,
-    )
+    job = _run(synth_job, **_options(ctx))
     _run(init_ray, address)
     manifests = _run(run_synth, job)
     table = Table(

@@ -10,11 +10,11 @@ See fersnet_ray/train/bench.py for what is measured.
 import argparse
 import json
 
+from fersnet_ray.pipeline import ExperimentSpec
 from fersnet_ray.runtime import init_ray
 from fersnet_ray.store import Store
 from fersnet_ray.table import read_card
 from fersnet_ray.train.bench import bench_train
-from fersnet_ray.train.config import make_experiment
 
 
 def main() -> None:
@@ -36,15 +36,11 @@ def main() -> None:
 
         prepare(PrepareConfig(dataset="demo", store=args.store))
     card = read_card(store, args.dataset)
-    exp = make_experiment(
-        args.preset,
-        args.variant,
-        len(card["classes"]),
-        card["alignment"]["channels"],
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        identity="none",
+    # The experiment as `fersnet train` builds it from the data set's card (its classes and channels).
+    spec = ExperimentSpec(
+        preset=args.preset, variant=args.variant, epochs=args.epochs, batch_size=args.batch_size, identity="none"
     )
+    exp = spec.build(card)
     result = bench_train(args.store, args.dataset, exp, k=args.folds_sharing, cpus=args.cpus_per_worker)
     print(json.dumps(result, indent=2))
     print(
