@@ -49,6 +49,11 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="probe-results.jsonl")
+    ap.add_argument(
+        "--table-v",
+        action="store_true",
+        help="also score the synthesis of the test subjects (Table V) with a recogniser trained on the fold's real faces",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     store = Store.from_uri(args.store)
@@ -78,12 +83,16 @@ def main() -> None:
                     f"({m['images_per_s']:.0f} img/s)",
                     flush=True,
                 )
+        table_v = _table_v(state.model, train_set, test_set, fold_exp) if args.table_v else None
+        if table_v is not None:
+            print(f"[{args.tag}] fold {fold} Table V {table_v:.3f}", flush=True)
         row = {
             "tag": args.tag,
             "variant": args.variant,
             "fold": fold,
             "final": curve[fold_exp.train.epochs],
             "curve": curve,
+            "table_v": table_v,
             "img_per_s": sum(ips) / len(ips),
             "seconds": time.perf_counter() - start,
             "experiment": fold_exp.to_dict(),
@@ -91,6 +100,17 @@ def main() -> None:
         }
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _table_v(model, train_set, test_set, exp: Experiment) -> float:
+    """Table V of the fold: the Table V recogniser (real training faces only) on the test subjects' synthesis."""
+    from fersnet_ray.synth.quality import synthesize_all_targets
+    from fersnet_ray.synth.recognizer import accuracy_against, train_recognizer
+
+    t = exp.train
+    recognizer = train_recognizer(train_set, exp.model.num_classes, t.crop_size, seed=t.seed)
+    images, _, tgt = synthesize_all_targets(model.eval(), test_set, exp, torch.device("cpu"))
+    return accuracy_against(recognizer, images, torch.as_tensor(tgt), t.crop_size)
 
 
 if __name__ == "__main__":
