@@ -1,13 +1,21 @@
 """Scale fixes and the scale benchmark's parts, on a real local Ray and moto (fersnet_ray/scale, table, synth).
 
 Row groups sized for partial reads (face table and shards), fold-only reads, the --max-rows refusal,
-verify's array accounting of pairs, the stage probe, and pyarrow's two S3 filesystems.
+verify's array accounting of pairs, the stage probe, and pyarrow's two S3 filesystems; the same output
+on a head + 3 worker nodes as on one node.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +27,7 @@ from fersnet_ray import table as face_table
 from fersnet_ray.cli import app
 from fersnet_ray.prepare.job import PrepareConfig, prepare
 from fersnet_ray.scale.bench import stand_in_run
+from fersnet_ray.scale.cluster import output_checksums, same_output
 from fersnet_ray.scale.probe import StageProbe, parquet_layout
 from fersnet_ray.scale.s3 import compare_arrow_s3
 from fersnet_ray.store import ARROW_S3, ARROW_S3_KINDS, Store
@@ -194,3 +203,50 @@ def test_both_pyarrow_s3_filesystems_read_and_write_the_same_files(s3_bucket):
     assert c["files"] == 2
     assert c["faster"] == min(ARROW_S3_KINDS, key=lambda k: c[k]["whole_s"] + c[k]["row_group_s"] + c[k]["column_s"])
     assert all(c[k]["whole_s"] > 0 and c[k]["row_group_s"] > 0 and c[k]["column_s"] > 0 for k in ARROW_S3_KINDS)
+
+
+# --- a simulated cluster (in its own process, see the scenario's doc) ------------------------------------
+
+
+def _scenario(script: str, args: list[str], workdir, timeout: int, prefix: tuple[str, ...] = ()) -> dict:
+    """Runs tests/<script> in a fresh process (no RAY_ADDRESS: it starts its own Ray); its result.json."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = workdir / "scenario.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            [*prefix, sys.executable, str(Path(__file__).with_name(script)), *args],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    assert proc.returncode == 0, log.read_text()[-6000:]
+    result = json.loads((workdir / "result.json").read_text())
+    assert "exception" not in result, result["exception"] + log.read_text()[-4000:]
+    return result
+
+
+def test_a_head_and_three_worker_nodes_write_what_one_node_writes(scaled, tmp_path):
+    """Fold 0 of `scaled` (synthesised on the session's one-node Ray) again on a head with no CPUs and 3
+    worker nodes of 1 CPU: the same rows with the same pixels (and the same file bytes), spread over nodes."""
+    store = Store.from_uri(scaled)
+    one = output_checksums(store, "r", 0)
+    copy = tmp_path / "store"
+    shutil.copytree(scaled, copy, ignore=shutil.ignore_patterns("synthetic"))
+    result = _scenario(
+        "multinode_scenario.py", [str(copy), "r", "0", "60", "3", str(tmp_path / "result.json")], tmp_path, 240
+    )
+    print("multi-node scenario:", json.dumps({k: v for k, v in result.items() if k != "checksums"}))
+
+    assert result["verify"] == []
+    assert same_output(one, result["checksums"]) == {"fold": True, "shards": True, "files": True, "differ": []}
+    placed = result["placement"]
+    assert "head" not in placed["tasks"] and placed["nodes_used"] >= 2  # the head has no CPUs
+    generators = sum(a.get("Generator", 0) for a in placed["actors"].values())
+    tasks = Counter()
+    for per_node in placed["tasks"].values():
+        tasks.update(per_node)
+    shards = len(one["shards"])
+    assert generators == 1 and tasks["read_sources"] == tasks["write_shard"] == tasks["Generator"] == shards
+    assert sum(1 for per_node in placed["tasks"].values() if per_node.get("write_shard")) >= 1
