@@ -2,7 +2,7 @@
 
 Row groups sized for partial reads (face table and shards), fold-only reads, the --max-rows refusal,
 verify's array accounting of pairs, the stage probe, and pyarrow's two S3 filesystems; the same output
-on a head + 3 worker nodes as on one node.
+on a head + 3 worker nodes as on one node, and a store that fills up during synthesis.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def test_both_pyarrow_s3_filesystems_read_and_write_the_same_files(s3_bucket):
     assert all(c[k]["whole_s"] > 0 and c[k]["row_group_s"] > 0 and c[k]["column_s"] > 0 for k in ARROW_S3_KINDS)
 
 
-# --- a simulated cluster (in its own process, see the scenario's doc) ------------------------------------
+# --- a simulated cluster, and a store that fills up (each in its own process, see the scenario's doc) --------
 
 
 def _scenario(script: str, args: list[str], workdir, timeout: int, prefix: tuple[str, ...] = ()) -> dict:
@@ -250,3 +250,51 @@ def test_a_head_and_three_worker_nodes_write_what_one_node_writes(scaled, tmp_pa
     shards = len(one["shards"])
     assert generators == 1 and tasks["read_sources"] == tasks["write_shard"] == tasks["Generator"] == shards
     assert sum(1 for per_node in placed["tasks"].values() if per_node.get("write_shard")) >= 1
+
+
+def _can_mount_tmpfs() -> str | None:
+    """None when this machine lets a process mount a tmpfs in its own mount namespace, else why not."""
+    if shutil.which("unshare") is None:
+        return "no unshare(1)"
+    probe = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return None if probe.returncode == 0 else f"cannot mount a tmpfs in a user namespace: {probe.stderr.strip()}"
+
+
+def test_a_store_that_fills_up_fails_in_one_line_and_the_rerun_completes(scaled, tmp_path):
+    """A real full disk (a tmpfs with room for about 40% of fold 0's shards): synthesize stops with one
+    line naming the file and "no space left on device", leaves no partial file, and the same command
+    then completes the fold with exactly the rows one uninterrupted run writes."""
+    why = _can_mount_tmpfs()
+    if why:
+        pytest.skip(why)
+    store = Store.from_uri(scaled)
+    manifest = store.read_json(f"{store.synthetic_dir('r', 0)}/{MANIFEST}")
+    room = int(0.4 * sum(s["bytes"] for s in manifest["shards"]))
+    prefix = ("unshare", "--map-root-user", "--mount")
+    result = _scenario("disk_full_scenario.py", [scaled, str(tmp_path), str(room)], tmp_path, 240, prefix)
+    print("disk-full scenario:", json.dumps({k: v for k, v in result.items() if k != "checksums"}))
+
+    first = result["first"]
+    assert first["exit_code"] == 1
+    assert "Traceback" not in first["stderr"], first["stderr"]
+    (line,) = [ln for ln in first["stderr"].splitlines() if ln.startswith("error:")]  # after Ray's own log lines
+    assert first["stderr"].strip().splitlines()[-1] == line
+    disk = f"{tmp_path}/disk/store/runs/r/synthetic/fold-0/"
+    assert re.fullmatch(
+        rf"error: fold 0: {re.escape(disk)}(_part|part)-\d{{5}}\.(parquet|json): no space left on device "
+        rf"\(writing [\d,]+ bytes\); \d+ of {len(manifest['shards'])} shards were written and are kept: "
+        "free space and run the same command again",
+        line,
+    ), line
+    # Nothing half-written: every file is a complete shard or its sidecar, and there is no manifest yet.
+    assert all(re.fullmatch(r"_?part-\d{5}\.(parquet|json)", n) for n in first["files"]), first["files"]
+    assert MANIFEST not in first["files"] and any(n.endswith(".parquet") for n in first["files"])
+
+    assert result["second"]["exit_code"] == 0, result["second"]["stderr"]
+    assert result["verify"] == {"0": []}
+    assert same_output(output_checksums(store, "r", 0), result["checksums"])["fold"]
