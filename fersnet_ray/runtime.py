@@ -10,25 +10,30 @@ import logging
 import os
 
 
+def quiet_environment() -> None:
+    """The environment that keeps Ray's logs to what a user should read; set before Ray (or a node) starts."""
+    # Set before Ray starts, so local workers inherit them (Ray Train forwards its own):
+    # Ray Data logs its plan and, off a terminal, its progress at INFO (read when `ray.data` is
+    # first imported); Ray Train would print each worker line twice, log a preemption-watcher
+    # error per fold, and Ray would fold our per-epoch lines into "[repeated Nx]". Ray Data's
+    # progress bars, drawn by the actor that feeds fine-tuning workers, would flood the log.
+    for name, value in (
+        ("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
+        ("RAY_DATA_LOG_LEVEL", "WARNING"),
+        ("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"),
+        ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
+        ("RAY_DEDUP_LOGS", "0"),
+    ):
+        os.environ.setdefault(name, value)
+    # Ray Data warns once per process that its bars are off (ours draw progress instead): not an error
+    # line a user should read before the one that matters.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:
     """Starts or joins Ray once per process; a second call is a no-op."""
     if quiet:
-        # Set before Ray starts, so local workers inherit them (Ray Train forwards its own):
-        # Ray Data logs its plan and, off a terminal, its progress at INFO (read when `ray.data` is
-        # first imported); Ray Train would print each worker line twice, log a preemption-watcher
-        # error per fold, and Ray would fold our per-epoch lines into "[repeated Nx]". Ray Data's
-        # progress bars, drawn by the actor that feeds fine-tuning workers, would flood the log.
-        for name, value in (
-            ("RAY_DATA_DISABLE_PROGRESS_BARS", "1"),
-            ("RAY_DATA_LOG_LEVEL", "WARNING"),
-            ("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"),
-            ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
-            ("RAY_DEDUP_LOGS", "0"),
-        ):
-            os.environ.setdefault(name, value)
-        # Ray Data warns once per process that its bars are off (ours draw progress instead): not an error
-        # line a user should read before the one that matters.
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+        quiet_environment()
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address and address.startswith(("http://", "https://")):
         # One meaning per address: http(s):// is a dashboard's Jobs API, which `fersnet submit` and
@@ -63,3 +68,17 @@ def root_cause(e: BaseException) -> str:
         e = e.__cause__
     lines = [ln.strip() for ln in redact(str(e)).splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[-1] if lines else ''}"
+
+
+def find_cause(e: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The innermost exception of type `kind` behind `e` (Ray wraps a worker's error, Ray Data wraps
+    that again), or None. The original is preferred to Ray's copy that subclasses it, whose message
+    carries the worker's traceback."""
+    found, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, kind):
+            found.append(e)
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    exact = [f for f in found if type(f) is kind]
+    return (exact or found or [None])[-1]

@@ -69,13 +69,18 @@ class Worker:
     world: int
     device: torch.device
 
-    def wrap(self, module: torch.nn.Module | None) -> torch.nn.Module | None:
-        """`module` wrapped for DDP when the fold has several workers; None with one (use the module itself)."""
+    def wrap(self, module: torch.nn.Module | None, find_unused: bool = False) -> torch.nn.Module | None:
+        """`module` wrapped for DDP when the fold has several workers; None with one (use the module itself).
+
+        find_unused: some parameters get no gradient in a step (fine-tuning runs the recognition path, so
+        FERSNet's synthesis head is idle); DDP then has to look for them or it stops at the first step.
+        """
         if module is None or self.world == 1:
             return None
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(module, move_to_device=False)
+        kwargs = {"find_unused_parameters": True} if find_unused else None
+        return ray.train.torch.prepare_model(module, move_to_device=False, parallel_strategy_kwargs=kwargs)
 
 
 def start_worker(cpus_per_worker: float) -> Worker:

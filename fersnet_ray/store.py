@@ -27,12 +27,14 @@ cannot leak into pickled task specs, logs or run configs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import re
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,6 +58,32 @@ log = logging.getLogger(__name__)
 
 class StoreError(RuntimeError):
     """A store URI that cannot be used; the message is safe to print (no credentials)."""
+
+
+class StoreFullError(StoreError):
+    """A write the store refused for want of space: the local disk (ENOSPC), a quota (EDQUOT), or an
+    S3-compatible server that says it is full. Nothing of the file was left behind."""
+
+
+# Error codes of S3-compatible servers that mean "out of space" (AWS S3 itself never fills up): MinIO's
+# drives past their free-space threshold, Ceph RGW's user or bucket quota. s3fs passes them on in the text.
+_S3_FULL = {"XMinioStorageFull": "the S3 server's drives are full", "QuotaExceeded": "the S3 quota is exceeded"}
+
+
+def out_of_space(e: BaseException) -> str | None:
+    """Why a failed write ran out of space ("no space left on device", ...), or None for any other failure."""
+    import errno
+
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return "no space left on device"
+        if isinstance(e, OSError) and e.errno == errno.EDQUOT:
+            return "disk quota exceeded"
+        for code, why in _S3_FULL.items():
+            if code in str(e):
+                return why
+        e = e.__cause__ or e.__context__
+    return None
 
 
 _SECRET_PATTERNS = [
@@ -297,10 +325,39 @@ class Store:
         return self.fs.exists(path)
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        if self.protocol == "file":  # S3 has no folders, and s3fs's makedirs would create a missing bucket
-            self.fs.makedirs(os.path.dirname(path), exist_ok=True)
-        with self.fs.open(path, "wb") as f:
-            f.write(data)
+        """Writes a whole file, atomically: readers see the old file or the new one, never a part.
+
+        Locally the bytes go to a hidden temporary file beside `path`, moved over it once complete (and
+        removed if the write fails); on S3 one PUT (multipart for large files) is atomic already. A store
+        that is out of space raises StoreFullError naming the file.
+        """
+        try:
+            if self.protocol == "file":
+                self._write_local(path, data)
+            else:  # S3 has no folders; s3fs's makedirs would create a missing bucket
+                self.fs.pipe_file(path, data)
+        except Exception as e:
+            why = out_of_space(e)
+            if why is None:
+                raise
+            raise StoreFullError(
+                f"{_uri(self, path)}: {why} (writing {len(data):,} bytes); free space and run the same "
+                "command again: what was complete is kept"
+            ) from None
+
+    @staticmethod
+    def _write_local(path: str, data: bytes) -> None:
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)  # a full disk gets its space back, and no part is left to be read
+            raise
 
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open(path, "rb") as f:
@@ -323,6 +380,8 @@ class Store:
         try:
             self.write_bytes(probe, b"ok")
             self.fs.rm(probe)
+        except StoreFullError:
+            raise
         except Exception as e:  # noqa: BLE001 - any backend error means "not writable"; the reason is kept
             raise StoreError(f"cannot write to store {self.uri}: {redact(_reason(e))}") from None
 

@@ -2,10 +2,13 @@
 
     python jobs/bench_scale.py --faces 100000 --store both --out scale.json      # the issue's run (not yet measured)
     python jobs/bench_scale.py --faces 2100 --folds 5 --store both --out /tmp/scale-small.json
+    python jobs/bench_scale.py --faces 420 --folds 3 --shrink 1 --store local --nodes 3 --out /tmp/scale-nodes.json
 
 --store local writes under --local-store; s3 starts moto's S3 server on 127.0.0.1 in a child process
 (needs `pip install 'moto[server]'`) before Ray, so Ray's workers reach it. Each store × size runs in
-its own process; results go to --out after each, and the same command resumes. See
+its own process; results go to --out after each, and the same command resumes. --nodes N runs each
+again on a simulated cluster (a head with no CPUs and N worker nodes on this machine) and reports the
+tasks per node of each stage and whether the synthetic output equals one node's. See
 fersnet_ray/scale/bench.py for what is measured.
 """
 
@@ -26,6 +29,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256, help="generator batch")
     p.add_argument("--rows-per-shard", type=int, default=1200)
     p.add_argument("--max-rows", type=int, default=None, help="synthesize's guard")
+    p.add_argument(
+        "--nodes", type=int, default=0, help="also run on a head + this many worker nodes (0: one node only)"
+    )
+    p.add_argument("--cpus-per-node", type=int, default=1, help="CPUs of each simulated worker node")
+    p.add_argument("--finetune-workers", type=int, default=1, help="Ray Train workers of the fine-tuning fold")
     args = p.parse_args()
     cfg = ScaleConfig(
         faces=args.faces,
@@ -37,6 +45,9 @@ def main() -> None:
         batch_size=args.batch_size,
         rows_per_shard=args.rows_per_shard,
         max_rows=args.max_rows,
+        nodes=args.nodes,
+        cpus_per_node=args.cpus_per_node,
+        finetune_workers=args.finetune_workers,
     )
     result, failed = bench_scale(cfg, args.out)
     print(f"results: {args.out}")

@@ -1,13 +1,21 @@
 """Scale fixes and the scale benchmark's parts, on a real local Ray and moto (fersnet_ray/scale, table, synth).
 
 Row groups sized for partial reads (face table and shards), fold-only reads, the --max-rows refusal,
-verify's array accounting of pairs, the stage probe, and pyarrow's two S3 filesystems.
+verify's array accounting of pairs, the stage probe, and pyarrow's two S3 filesystems; the same output
+on a head + 3 worker nodes as on one node, and a store that fills up during synthesis.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +27,7 @@ from fersnet_ray import table as face_table
 from fersnet_ray.cli import app
 from fersnet_ray.prepare.job import PrepareConfig, prepare
 from fersnet_ray.scale.bench import stand_in_run
+from fersnet_ray.scale.cluster import output_checksums, same_output
 from fersnet_ray.scale.probe import StageProbe, parquet_layout
 from fersnet_ray.scale.s3 import compare_arrow_s3
 from fersnet_ray.store import ARROW_S3, ARROW_S3_KINDS, Store
@@ -194,3 +203,98 @@ def test_both_pyarrow_s3_filesystems_read_and_write_the_same_files(s3_bucket):
     assert c["files"] == 2
     assert c["faster"] == min(ARROW_S3_KINDS, key=lambda k: c[k]["whole_s"] + c[k]["row_group_s"] + c[k]["column_s"])
     assert all(c[k]["whole_s"] > 0 and c[k]["row_group_s"] > 0 and c[k]["column_s"] > 0 for k in ARROW_S3_KINDS)
+
+
+# --- a simulated cluster, and a store that fills up (each in its own process, see the scenario's doc) --------
+
+
+def _scenario(script: str, args: list[str], workdir, timeout: int, prefix: tuple[str, ...] = ()) -> dict:
+    """Runs tests/<script> in a fresh process (no RAY_ADDRESS: it starts its own Ray); its result.json."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = workdir / "scenario.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            [*prefix, sys.executable, str(Path(__file__).with_name(script)), *args],
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    assert proc.returncode == 0, log.read_text()[-6000:]
+    result = json.loads((workdir / "result.json").read_text())
+    assert "exception" not in result, result["exception"] + log.read_text()[-4000:]
+    return result
+
+
+def test_a_head_and_three_worker_nodes_write_what_one_node_writes(scaled, tmp_path):
+    """Fold 0 of `scaled` (synthesised on the session's one-node Ray) again on a head with no CPUs and 3
+    worker nodes of 1 CPU: the same rows with the same pixels (and the same file bytes), spread over nodes."""
+    store = Store.from_uri(scaled)
+    one = output_checksums(store, "r", 0)
+    copy = tmp_path / "store"
+    shutil.copytree(scaled, copy, ignore=shutil.ignore_patterns("synthetic"))
+    result = _scenario(
+        "multinode_scenario.py", [str(copy), "r", "0", "60", "3", str(tmp_path / "result.json")], tmp_path, 240
+    )
+    print("multi-node scenario:", json.dumps({k: v for k, v in result.items() if k != "checksums"}))
+
+    assert result["verify"] == []
+    assert same_output(one, result["checksums"]) == {"fold": True, "shards": True, "files": True, "differ": []}
+    placed = result["placement"]
+    assert "head" not in placed["tasks"] and placed["nodes_used"] >= 2  # the head has no CPUs
+    generators = sum(a.get("Generator", 0) for a in placed["actors"].values())
+    tasks = Counter()
+    for per_node in placed["tasks"].values():
+        tasks.update(per_node)
+    shards = len(one["shards"])
+    assert generators == 1 and tasks["read_sources"] == tasks["write_shard"] == tasks["Generator"] == shards
+    assert sum(1 for per_node in placed["tasks"].values() if per_node.get("write_shard")) >= 1
+
+
+def _can_mount_tmpfs() -> str | None:
+    """None when this machine lets a process mount a tmpfs in its own mount namespace, else why not."""
+    if shutil.which("unshare") is None:
+        return "no unshare(1)"
+    probe = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return None if probe.returncode == 0 else f"cannot mount a tmpfs in a user namespace: {probe.stderr.strip()}"
+
+
+def test_a_store_that_fills_up_fails_in_one_line_and_the_rerun_completes(scaled, tmp_path):
+    """A real full disk (a tmpfs with room for about 40% of fold 0's shards): synthesize stops with one
+    line naming the file and "no space left on device", leaves no partial file, and the same command
+    then completes the fold with exactly the rows one uninterrupted run writes."""
+    why = _can_mount_tmpfs()
+    if why:
+        pytest.skip(why)
+    store = Store.from_uri(scaled)
+    manifest = store.read_json(f"{store.synthetic_dir('r', 0)}/{MANIFEST}")
+    room = int(0.4 * sum(s["bytes"] for s in manifest["shards"]))
+    prefix = ("unshare", "--map-root-user", "--mount")
+    result = _scenario("disk_full_scenario.py", [scaled, str(tmp_path), str(room)], tmp_path, 240, prefix)
+    print("disk-full scenario:", json.dumps({k: v for k, v in result.items() if k != "checksums"}))
+
+    first = result["first"]
+    assert first["exit_code"] == 1
+    assert "Traceback" not in first["stderr"], first["stderr"]
+    (line,) = [ln for ln in first["stderr"].splitlines() if ln.startswith("error:")]  # after Ray's own log lines
+    assert first["stderr"].strip().splitlines()[-1] == line
+    disk = f"{tmp_path}/disk/store/runs/r/synthetic/fold-0/"
+    assert re.fullmatch(
+        rf"error: fold 0: {re.escape(disk)}(_part|part)-\d{{5}}\.(parquet|json): no space left on device "
+        rf"\(writing [\d,]+ bytes\); \d+ of {len(manifest['shards'])} shards were written and are kept: "
+        "free space and run the same command again",
+        line,
+    ), line
+    # Nothing half-written: every file is a complete shard or its sidecar, and there is no manifest yet.
+    assert all(re.fullmatch(r"_?part-\d{5}\.(parquet|json)", n) for n in first["files"]), first["files"]
+    assert MANIFEST not in first["files"] and any(n.endswith(".parquet") for n in first["files"])
+
+    assert result["second"]["exit_code"] == 0, result["second"]["stderr"]
+    assert result["verify"] == {"0": []}
+    assert same_output(output_checksums(store, "r", 0), result["checksums"])["fold"]

@@ -214,7 +214,7 @@ def finetune_fold(config: dict) -> None:
         state.load_state_dict(resume)
         if rank == 0:
             print(f"finetune ({cfg.label}) {name}: resuming at epoch {state.epoch + 1}/{cfg.epochs}", flush=True)
-    model = worker.wrap(state.model)
+    model = worker.wrap(state.model, find_unused=True)  # the FES head is idle in fine-tuning
 
     shard = ray.train.get_dataset_shard("train")
     per_worker = max(1, cfg.batch_size // world)

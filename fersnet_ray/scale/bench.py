@@ -21,6 +21,13 @@ pyarrow's native S3 filesystem and with the fsspec wrapper, side by side (`s3.co
 Each (store, size) runs in a fresh Python process with its own local Ray (and, for s3, its own moto
 server), so every size's driver RSS starts from the same point. Results are written to `out` after
 each; a re-run with the same settings skips the ones already there.
+
+With `nodes` N > 0 each (store, size) runs twice: on one node (the local Ray, as above, with as many
+CPUs as the cluster's worker nodes together) and on a
+simulated cluster of a head with no CPUs and N worker nodes of `cpus_per_node` (`scale.cluster`). Each
+stage then records the tasks and actors that ran on each node, and synthesis the checksums of its output
+(`output_checksums`: the same rows with the same pixels per (source face, target)), so the table says
+whether the cluster wrote what one node writes.
 """
 
 from __future__ import annotations
@@ -54,10 +61,23 @@ class ScaleConfig:
     finetune_batch: int = 64
     plain_rows: int = 8192  # rows the plain fine-tuning loop runs over (a rate needs no more)
     max_rows: int | None = None  # synthesize --max-rows
+    nodes: int = 0  # > 0: also on a head + this many worker nodes (ray.cluster_utils.Cluster), see the module doc
+    cpus_per_node: int = 1  # each simulated worker node's CPUs
+    finetune_workers: int = 1  # Ray Train workers of the fine-tuning fold
 
     @property
     def sizes(self) -> tuple[int, ...]:
         return (self.faces // self.shrink, self.faces) if self.shrink > 1 else (self.faces,)
+
+    def keys(self, kind: str, faces: int) -> list[str]:
+        """The runs of one store and size: "local/420" on one node, and "local/420/3-nodes" with `nodes`."""
+        return [f"{kind}/{faces}"] + ([f"{kind}/{faces}/{self.nodes}-nodes"] if self.nodes else [])
+
+
+def parse_key(key: str) -> tuple[str, int, int]:
+    """ "local/420/3-nodes" → ("local", 420, 3); one node (the local Ray) is 0."""
+    kind, faces, *rest = key.split("/")
+    return kind, int(faces), int(rest[0].split("-")[0]) if rest else 0
 
 
 @contextlib.contextmanager
@@ -147,11 +167,16 @@ def plain_finetune_rate(store: Store, run: str, fold: int, batch_size: int, rows
     return m["images_per_s"]
 
 
-def run_size(uri: str, faces: int, cfg: ScaleConfig) -> dict:
-    """The four stages on one store and size; a dict of per-stage figures."""
+def run_size(uri: str, faces: int, cfg: ScaleConfig, names: dict[str, str] | None = None) -> dict:
+    """The four stages on one store and size; a dict of per-stage figures.
+
+    names: {node id: name} of the cluster (`local_cluster`); each stage's tasks and actors per node are
+    counted under these names (one node: "head").
+    """
     from fersnet_ray.finetune.job import FinetuneJob, finetune
     from fersnet_ray.finetune.loop import FinetuneConfig
     from fersnet_ray.prepare.job import PrepareConfig, prepare
+    from fersnet_ray.scale.cluster import Placement, node_names, output_checksums
     from fersnet_ray.synth.bench import bare_rate
     from fersnet_ray.synth.job import SynthJob, synthesize
     from fersnet_ray.synth.verify import verify_run
@@ -166,13 +191,16 @@ def run_size(uri: str, faces: int, cfg: ScaleConfig) -> dict:
     store = Store.from_uri(uri)
     name = run = f"scale-{faces}"
     out: dict = {"store": store.protocol, "faces": subjects * FACES_PER_SUBJECT, "subjects": subjects}
+    names = names or node_names()
 
+    seen = Placement(names)
     with StageProbe() as probe:
         card = prepare(
             PrepareConfig(dataset="demo", store=uri, name=name, folds=cfg.folds, options={"subjects": subjects})
         ).card
     n = card["num_faces"]
     out["prepare"] = {**probe.result(), "items": n, "layout": parquet_layout(store, table_files(store, name))}
+    out["prepare"]["placement"] = seen.result()
 
     stand_in_run(store, name, run)
     with _torch_threads(1):  # a generator actor holds one CPU, so torch runs one thread there
@@ -188,10 +216,14 @@ def run_size(uri: str, faces: int, cfg: ScaleConfig) -> dict:
         quality=False,
         max_rows=cfg.max_rows,
     )
+    seen = Placement(names)
     with StageProbe() as probe:
         manifest = synthesize(job)[cfg.fold]
     shards = [f"{store.synthetic_dir(run, cfg.fold)}/{s['file']}" for s in manifest["shards"]]
     synth = {**probe.result(), "items": manifest["rows"], "layout": parquet_layout(store, shards)}
+    synth["placement"] = seen.result()
+    if cfg.nodes:  # one node's and the cluster's output, compared in the table (decodes every image: not timed)
+        synth["output"] = output_checksums(store, run, cfg.fold)
     synth["bare_images_per_s"] = round(bare, 1)
     synth["pipeline_over_bare"] = round(manifest["rows"] / synth["wall_s"] / (bare * cfg.actors), 3)
     out["synthesize"] = synth
@@ -201,10 +233,14 @@ def run_size(uri: str, faces: int, cfg: ScaleConfig) -> dict:
     out["verify"] = {**probe.result(), "items": manifest["rows"], "problems": problems[:3]}
 
     ft = FinetuneConfig(epochs=1, batch_size=cfg.finetune_batch, cache=False)
+    tune_job = FinetuneJob(
+        store=uri, run=run, folds=(cfg.fold,), config=asdict(ft), overwrite=True, workers_per_fold=cfg.finetune_workers
+    )
+    seen = Placement(names)
     with StageProbe() as probe:
-        finetune(FinetuneJob(store=uri, run=run, folds=(cfg.fold,), config=asdict(ft), overwrite=True))
+        finetune(tune_job)
     history = store.read_json(store.run(run).history(cfg.fold, ft.folder))
-    tune = {**probe.result(), "items": int(history[-1]["images"])}
+    tune = {**probe.result(), "items": int(history[-1]["images"]), "placement": seen.result()}
     tune["streamed_images_per_s"] = round(history[-1]["images_per_s"], 1)
     tune["plain_images_per_s"] = round(plain_finetune_rate(store, run, cfg.fold, cfg.finetune_batch, cfg.plain_rows), 1)
     tune["streamed_over_plain"] = round(tune["streamed_images_per_s"] / tune["plain_images_per_s"], 3)
@@ -242,19 +278,21 @@ def _save(path: str | None, result: dict) -> None:
         os.replace(tmp, path)  # a crash never leaves half a results file
 
 
-def measure(cfg: ScaleConfig, key: str, out: str, s3_uri: str | None = None) -> dict:
-    """One (store, size), `key` = "local/10000", on the current Ray; added to the results in `out`."""
+def measure(cfg: ScaleConfig, key: str, out: str, s3_uri: str | None = None, names: dict | None = None) -> dict:
+    """One (store, size), `key` = "local/10000" (or "local/10000/3-nodes"), on the current Ray; added to
+    the results in `out`. names: the cluster's nodes (`local_cluster`)."""
     import ray
 
     from fersnet_ray import __version__
 
-    kind, faces = key.split("/")
+    kind, faces, nodes = parse_key(key)
     uri = s3_uri if kind == "s3" else os.path.abspath(cfg.local_store)
     if uri is None:
         raise ValueError("the s3 store needs a running server (see `moto_server`)")
     load_before = os.getloadavg()[0]
-    run = run_size(uri, int(faces), cfg)
+    run = run_size(uri, faces, cfg, names)
     run["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]  # other work on the machine
+    run["nodes"], run["ray_cpus"] = nodes or 1, ray.cluster_resources().get("CPU", 0)
     result = _load(out, cfg)
     if "generator" not in result:  # measured once, after the stages, outside their probes
         result["generator"] = generator_rate()
@@ -288,23 +326,60 @@ def bench_scale(cfg: ScaleConfig, out: str) -> tuple[dict, list[str]]:
     failed = []
     for kind in cfg.stores:
         for faces in cfg.sizes:
-            key = f"{kind}/{faces}"
-            if key in _load(out, cfg)["runs"]:
-                print(f"{key}: measured earlier, skipped", flush=True)
-                continue
-            print(f"{key}: prepare, synthesize, verify, finetune ...", flush=True)
-            if not _measure_in_child(cfg, key, out):
-                failed.append(key)
+            for key in cfg.keys(kind, faces):
+                if key in _load(out, cfg)["runs"]:
+                    print(f"{key}: measured earlier, skipped", flush=True)
+                    continue
+                print(f"{key}: prepare, synthesize, verify, finetune ...", flush=True)
+                if not _measure_in_child(cfg, key, out):
+                    failed.append(key)
     return _load(out, cfg), failed
 
 
 def _growth(result: dict, kind: str, stage: str, field: str, cfg: ScaleConfig) -> str:
     if len(cfg.sizes) < 2:
         return "–"
-    small, big = (result["runs"].get(f"{kind}/{n}") for n in cfg.sizes)
+    small, big = (result["runs"].get(f"{kind}/{n}") for n in cfg.sizes)  # one node's
     if not small or not big:
         return "–"
     return f"{big[stage][field] / max(small[stage][field], 1e-9):.2f}×"
+
+
+def _placed(p: dict) -> str:
+    """ "worker-1: Generator ×1 actor, 9 tasks (Generator 7, ...); worker-2: ..." from a `Placement` result."""
+    parts = []
+    for node in sorted(set(p["tasks"]) | set(p["actors"]), key=lambda n: (n != "head", n)):
+        tasks = p["tasks"].get(node, {})
+        what = [f"{k} ×{v}" for k, v in tasks.items()]
+        what += [f"{k} actor ×{v}" for k, v in p["actors"].get(node, {}).items()]
+        parts.append(f"{node}: {', '.join(what)}")
+    return "; ".join(parts) or "nothing recorded"
+
+
+def placement_lines(result: dict, cfg: ScaleConfig) -> list[str]:
+    """Tasks and actors per node of each stage of the cluster runs, and whether their output is one node's."""
+    lines = []
+    for key, r in result["runs"].items():
+        if r.get("nodes", 1) < 2:
+            continue
+        for stage in ("prepare", "synthesize", "verify", "finetune"):
+            if "placement" in r[stage]:
+                p = r[stage]["placement"]
+                lines.append(f"{key} {stage} on {p['nodes_used']} node(s): {_placed(p)}")
+        kind, faces, _ = parse_key(key)
+        one = result["runs"].get(f"{kind}/{faces}", {}).get("synthesize", {}).get("output")
+        many = r["synthesize"].get("output")
+        if one and many:
+            from fersnet_ray.scale.cluster import same_output
+
+            same = same_output(one, many)
+            n = len(many["shards"])
+            lines.append(
+                f"{key} vs {kind}/{faces} (one node), synthetic output: fold checksum "
+                f"{'equal' if same['fold'] else 'DIFFERENT'} ({many['fold'][:12]} over {many['rows']:,} rows), "
+                f"{n - len(same['differ'])}/{n} shards equal, file bytes {'equal' if same['files'] else 'differ'}"
+            )
+    return lines
 
 
 def scale_table(result: dict) -> str:
@@ -316,6 +391,7 @@ def scale_table(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in result["runs"].items():
+        nodes = f", {r['nodes']} nodes" if r.get("nodes", 1) > 1 else ""
         for stage in ("prepare", "synthesize", "verify", "finetune"):
             s = r[stage]
             lay = s.get("layout")
@@ -324,7 +400,7 @@ def scale_table(result: dict) -> str:
                 low, high = lay["rows_per_group"]
                 files = f"{lay['files']} | {lay['mb']} | {lay['row_groups']} | {low}–{high}"
             lines.append(
-                f"| {key.split('/')[0]} | {r['faces']:,} | {stage} | {s['wall_s']:.2f} | {s['items']:,} | {s['per_s']:.0f} | "
+                f"| {key.split('/')[0]}{nodes} | {r['faces']:,} | {stage} | {s['wall_s']:.2f} | {s['items']:,} | {s['per_s']:.0f} | "
                 f"{s.get('driver_rss_start_mb', 0):.0f} → {s['driver_peak_rss_mb']:.0f} | "
                 f"{s['object_store_peak_mb']:.0f} | {s['spilled_mb']:.0f} | {files} |"
             )
@@ -345,6 +421,7 @@ def scale_table(result: dict) -> str:
             f"streamed fine-tuning ÷ plain loop {tune['streamed_over_plain']:.2f} "
             f"({tune['streamed_images_per_s']:.0f} ÷ {tune['plain_images_per_s']:.0f} img/s)"
         )
+    lines += placement_lines(result, cfg)
     for kind in cfg.stores:
         rss = ", ".join(
             f"{stage} {_growth(result, kind, stage, 'driver_peak_rss_mb', cfg)}"
@@ -368,11 +445,15 @@ if (
     import sys
 
     from fersnet_ray.runtime import init_ray
+    from fersnet_ray.scale.cluster import local_cluster
     from fersnet_ray.scale.s3 import moto_server
 
     config, key, out = sys.argv[1:4]
     cfg = ScaleConfig(**{**json.loads(config), "stores": tuple(json.loads(config)["stores"])})
+    nodes = parse_key(key)[2]
     with contextlib.ExitStack() as stack:
         s3 = stack.enter_context(moto_server()) if key.startswith("s3/") else None  # before Ray: workers inherit it
-        init_ray()
-        measure(cfg, key, out, s3)
+        names = stack.enter_context(local_cluster(nodes, cfg.cpus_per_node)) if nodes else None
+        if not nodes:  # beside a cluster run: one node with the cluster's CPUs, so only the spreading differs
+            init_ray(num_cpus=cfg.nodes * cfg.cpus_per_node or None)
+        measure(cfg, key, out, s3, names)

@@ -13,8 +13,11 @@ rows in table order, cut into consecutive chunks, shard s ↦ `part-{s:05d}.parq
 depends only on the table and --rows-per-shard, so a re-run writes the same names. A shard counts
 as done when its sidecar `_part-{s:05d}.json` (rows, per-class counts, SHA-256; written after the
 Parquet file) matches the file; a re-run after a crash writes only shards that are not done.
-Files are written to a temporary name and moved into place, so no half-written shard is ever
-read as done. `_manifest.json`, written last, marks the fold complete.
+Files are written whole or not at all (`Store.write_bytes`: a temporary name moved into place), so
+no half-written shard is ever read as done. `_manifest.json`, written last, marks the fold complete.
+A store that runs out of space fails the fold with one line naming the file (StoreFullError), and a
+full local disk under Ray's object store with one naming the node's disk; the same command then
+writes only the shards that are not done.
 
 Ray Data pipeline, one block per shard so the stages overlap:
     read (CPU tasks)  shard spec → source rows from the face table (only the needed row groups), decoded
@@ -28,7 +31,6 @@ import hashlib
 import json
 import posixpath
 import re
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -40,7 +42,7 @@ import pyarrow.parquet as pq
 from fersnet_ray.foldkey import FINAL, Fold, is_final, label, shard_fold, training_mask
 from fersnet_ray.progress import Progress
 from fersnet_ray.synth import SynthError
-from fersnet_ray.store import MANIFEST_FILE, S3_RETRIES, Store, StoreError, report_retries
+from fersnet_ray.store import MANIFEST_FILE, S3_RETRIES, Store, StoreError, StoreFullError, report_retries
 from fersnet_ray.table import check_schema, face_id, open_table_file, read_card, row_group_rows, table_files
 
 MANIFEST = MANIFEST_FILE  # `Run.manifest(k)` is its path
@@ -293,10 +295,12 @@ def write_shard(
     image_bytes = pc.sum(pc.binary_length(table["image"])).as_py() or 0
     pq.write_table(table, buf, row_group_size=row_group_rows(image_bytes / max(n, 1)))
     data = buf.getvalue().to_pybytes()
-    part = f"{folder}/{shard_name(shard)}"
-    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}-{shard_name(shard)}"
-    store.write_bytes(tmp, data)
-    store.fs.mv(tmp, part)
+    try:
+        store.write_bytes(f"{folder}/{shard_name(shard)}", data)  # whole or not at all
+    except StoreFullError as e:
+        # Returned, not raised: a raised error reaches the driver as Ray Data's UserCodeException, whose
+        # message is a worker's traceback. The driver stops the pipeline at the first one.
+        return _summary(shard, "", str(e))
     info = {
         "shard": shard,
         "file": shard_name(shard),
@@ -309,10 +313,23 @@ def write_shard(
         "per_class": {classes[c]: int(k) for c, k in sorted(Counter(labels.tolist()).items())},
         "below_min_score": {classes[c]: int(k) for c, k in sorted(dropped.items())},
     }
-    store.write_json(f"{folder}/{sidecar_name(shard)}", info)
+    try:
+        store.write_json(f"{folder}/{sidecar_name(shard)}", info)
+    except StoreFullError as e:  # the shard without its sidecar is not done: a re-run rewrites it
+        return _summary(shard, "", str(e))
+    return _summary(shard, json.dumps(info), "")
+
+
+def _summary(shard: int, info: str, error: str) -> dict:
+    """write_shard's one output row: the sidecar's JSON, or the one-line error that kept the shard from the store."""
     # S3 requests this worker process retried since its last shard: summed and logged by the driver.
     retries = np.array([S3_RETRIES.take()])
-    return {"shard": np.array([shard]), "info": np.array([json.dumps(info)], dtype=object), "s3_retries": retries}
+    return {
+        "shard": np.array([shard]),
+        "info": np.array([info], dtype=object),
+        "s3_retries": retries,
+        "error": np.array([error], dtype=object),
+    }
 
 
 # --- the driver ------------------------------------------------------------------------------------
@@ -445,17 +462,49 @@ def synthesize_fold(job: SynthJob, fold: Fold, quality_ref=None) -> dict:
                 batch_size=None,
             )
         )
-        retries, written = 0, len(specs) - len(todo)
-        with Progress("synthesize") as bar:  # a bar per fold on a terminal, a line per shard elsewhere
-            bar.update(label(fold), written, len(specs), "shards written")
-            for row in summaries.iter_rows():  # one row per shard, as soon as it is written
-                done[int(row["shard"])] = json.loads(row["info"])
-                retries += int(row["s3_retries"])
-                written += 1
+        retries, written, full = 0, len(specs) - len(todo), None
+        rows = iter(summaries.iter_rows())  # one row per shard, as soon as it is written
+        try:
+            with Progress("synthesize") as bar:  # a bar per fold on a terminal, a line per shard elsewhere
                 bar.update(label(fold), written, len(specs), "shards written")
+                for row in rows:
+                    retries += int(row["s3_retries"])
+                    if row["error"]:  # the store is full: every later shard would fail the same way
+                        full = row["error"]
+                        break
+                    done[int(row["shard"])] = json.loads(row["info"])
+                    written += 1
+                    bar.update(label(fold), written, len(specs), "shards written")
+        except Exception as e:  # noqa: BLE001 - re-raised, as one line when a node's disk was full
+            raise _spill_failed(e, fold, written, len(specs)) or e
+        finally:
+            rows.close()  # stops the pipeline now (actors and tasks), not when the iterator is collected
         report_retries(f"while synthesising {label(fold)}", more=retries)
+        if full is not None:
+            raise StoreFullError(f"{label(fold)}: {full.split('; free space')[0]}; {_kept(written, len(specs))}")
     shards = [done[s["shard"]] for s in specs]
     return _write_manifest(store, manifest_path, fold, card, checkpoint_id, dataset, shards, job.min_score, quality)
+
+
+def _kept(written: int, total: int) -> str:
+    return f"{written} of {total} shards were written and are kept: free space and run the same command again"
+
+
+def _spill_failed(e: BaseException, fold: Fold, written: int, total: int) -> Exception | None:
+    """One line for a pipeline that failed because a node's local disk filled up under Ray's object store
+    (it could not create or spill an object), or None for any other failure."""
+    import ray.exceptions
+
+    from fersnet_ray.runtime import find_cause
+
+    spill = find_cause(e, ray.exceptions.OutOfDiskError)
+    if spill is None:
+        return None
+    first = next((ln.strip() for ln in str(spill).splitlines() if ln.strip()), "")
+    return SynthError(
+        f"{label(fold)}: Ray could not store or spill an object, a node's disk is full ({first}); "
+        f"{_kept(written, total)}"
+    )
 
 
 def _remove_unplanned(store: Store, folder: str, n_shards: int) -> None:
@@ -487,8 +536,8 @@ def _check_foreign_files(store: Store, folder: str) -> None:
                         f"({type(e).__name__}); remove it or pass --overwrite"
                     ) from None
                 store.remove(path)
-        elif name.startswith("_tmp-"):
-            store.remove(path)  # leftover of an interrupted write
+        elif name.startswith("_tmp-") or (name.startswith(".") and ".tmp-" in name):
+            store.remove(path)  # leftover of an interrupted write (a process killed mid-write: `Store.write_bytes`)
 
 
 def _write_manifest(store, path, fold, card, checkpoint_id, dataset, shards: list[dict], min_score, quality) -> dict:
