@@ -181,3 +181,10 @@ def test_train_builds_its_experiment_like_run_does(tmp_path):
     card = {"classes": list("abc"), "alignment": {"channels": 3}, "folds": 2}
     exp = pipeline.ExperimentSpec(preset="tiny", variant="fer_only", epochs=3).build(card)
     assert (exp.model.num_classes, exp.model.in_channels, exp.model.variant, exp.train.epochs) == (3, 3, "fer_only", 3)
+
+
+def test_the_clis_variant_names_are_the_registrys():
+    # `--variant` is checked against model.config.VARIANTS so a typo fails before torch is imported.
+    from fersnet_ray.model import VARIANTS, list_models
+
+    assert sorted(VARIANTS) == list_models()

@@ -11,11 +11,34 @@ Modules:
 Importing builds nothing and reads no files.
 """
 
-from fersnet_ray.model.config import ModelConfig
-from fersnet_ray.model.discriminator import PatchDiscriminator
-from fersnet_ray.model.fersnet import ModelOutput, count_parameters, create_model, has_synthesis, list_models
-from fersnet_ray.model.lightcnn import LightCNN9, frozen_lightcnn, load_lightcnn_weights, to_lightcnn_input
-from fersnet_ray.model.losses import FERSNetLoss, LossWeights, lambda_idt
+from importlib import import_module
+
+from fersnet_ray.model.config import VARIANTS, ModelConfig
+
+# Everything but the config loads on first use (PEP 562): the CLI checks `--preset` and `--variant`
+# against `VARIANTS` and the presets without importing torch (about 1.3 s), so a typo fails at once.
+_LAZY = {
+    "PatchDiscriminator": "discriminator",
+    "ModelOutput": "fersnet",
+    "count_parameters": "fersnet",
+    "create_model": "fersnet",
+    "has_synthesis": "fersnet",
+    "list_models": "fersnet",
+    "LightCNN9": "lightcnn",
+    "frozen_lightcnn": "lightcnn",
+    "load_lightcnn_weights": "lightcnn",
+    "to_lightcnn_input": "lightcnn",
+    "FERSNetLoss": "losses",
+    "LossWeights": "losses",
+    "lambda_idt": "losses",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f"fersnet_ray.model.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FERSNetLoss",
@@ -24,6 +47,7 @@ __all__ = [
     "ModelConfig",
     "ModelOutput",
     "PatchDiscriminator",
+    "VARIANTS",
     "count_parameters",
     "create_model",
     "frozen_lightcnn",

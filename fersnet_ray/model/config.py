@@ -14,6 +14,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 GAN_MODES = ("vanilla", "lsgan")
+# The registered variants (`fersnet.list_models()`, which tests hold equal to this), named here so a
+# command line can check a name without importing torch.
+VARIANTS = ("fer_only", "fersnet", "fersnet_hard")
 
 
 @dataclass(frozen=True)
