@@ -20,7 +20,7 @@ import tempfile
 
 import torch
 
-from fersnet_ray.store import Store
+from fersnet_ray.store import CHECKPOINT_DIR, Store
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
@@ -32,7 +32,8 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_name(epochs_done: int) -> str:
-    return f"checkpoint-epoch-{epochs_done:04d}"
+    """The folder name of a checkpoint after `epochs_done` epochs (`Run.checkpoint` is its path)."""
+    return CHECKPOINT_DIR.format(epochs_done)
 
 
 def write_checkpoint_dir(state_dict: dict, folder: str) -> None:
@@ -62,7 +63,7 @@ def load_weights(data: bytes, where: str, error: type[Exception] = CheckpointErr
 
 def read_checkpoint(store: Store, path: str) -> dict:
     """Loads a checkpoint folder (weights_only: never unpickles code); errors name the file."""
-    where = f"{store.uri_of()}{path[len(store.root) :]}/{STATE_FILE}" if path.startswith(store.root) else path
+    where = f"{store.uri_of_path(path)}/{STATE_FILE}" if path.startswith(store.root) else path
     try:
         meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
         data = store.read_bytes(f"{path}/{STATE_FILE}")
@@ -81,7 +82,7 @@ def read_checkpoint(store: Store, path: str) -> dict:
 
 def latest_checkpoint(store: Store, run: str, fold: int) -> str | None:
     """The newest checkpoint of a fold that is complete (its checksum matches), or None."""
-    return latest_checkpoint_in(store, store.fold_dir(run, fold))
+    return latest_checkpoint_in(store, store.run(run).fold(fold))
 
 
 def _candidates(store: Store, folder: str) -> list[str]:
@@ -89,7 +90,7 @@ def _candidates(store: Store, folder: str) -> list[str]:
     if not store.exists(folder):
         return []
     return sorted(
-        (p for p in store.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith("checkpoint-epoch-")),
+        (p for p in store.fs.ls(folder, detail=False) if p.rsplit("/", 1)[-1].startswith(CHECKPOINT_DIR.split("{")[0])),
         reverse=True,
     )
 
@@ -102,7 +103,7 @@ def _complete_meta(store: Store, path: str) -> dict | None:
     checkpoint is read once. Metas without a byte count are checked by hashing, as before.
     """
     try:
-        meta = json.loads(store.read_bytes(f"{path}/{META_FILE}"))
+        meta = checkpoint_meta(store, path)
         if not isinstance(meta, dict) or "epoch" not in meta:
             return None
         if "bytes" in meta:
@@ -142,9 +143,14 @@ def load_latest_checkpoint(store: Store, folder: str, newer_than: int = -1) -> t
     return None
 
 
+def checkpoint_meta(store: Store, path: str) -> dict:
+    """The checkpoint folder's meta.json ({"epoch", "sha256", "bytes"}; no state.pt read)."""
+    return json.loads(store.read_bytes(f"{path}/{META_FILE}"))
+
+
 def checkpoint_epoch(store: Store, path: str) -> int:
     """Epochs done by the checkpoint folder `path`, from its meta.json (no state.pt read)."""
-    return int(json.loads(store.read_bytes(f"{path}/{META_FILE}"))["epoch"])
+    return int(checkpoint_meta(store, path)["epoch"])
 
 
 # --- Ray marked place: the workers' resume and report ------------------------------------------------

@@ -321,11 +321,12 @@ def prepare(
     from fersnet_ray.pipeline import prepare_config
     from fersnet_ray.prepare.job import prepare as run_prepare
     from fersnet_ray.runtime import init_ray
+    from fersnet_ray.store import Store
 
     cfg = _run(prepare_config, **_options(ctx))
     _run(init_ray, address)
     result = _run(run_prepare, cfg)
-    print_card(result.card, f"{result.store_uri}/datasets/{result.name}")
+    print_card(result.card, Store.from_uri(result.store_uri).dataset(result.name).uri)
 
 
 def _fold_key(value: str | None):

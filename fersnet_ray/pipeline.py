@@ -394,11 +394,10 @@ def _done(name: str, start: float) -> None:
 def prepare_stage(cfg: PipelineConfig) -> dict:
     """Prepares the face table unless one with the same settings is in the store; returns its card."""
     from fersnet_ray.prepare.job import prepare
-    from fersnet_ray.table import CARD_NAME
 
     pcfg = cfg.prepare
     store = Store.from_uri(pcfg.store)
-    card_path = store.path("datasets", pcfg.table_name, CARD_NAME)
+    card_path = store.dataset(pcfg.table_name).card
     if store.exists(card_path):
         card = store.read_json(card_path)
         wanted = {
@@ -450,12 +449,13 @@ def finetune_stage(cfg: PipelineConfig, **changes) -> dict:
 
 
 def report_stage(cfg: PipelineConfig) -> str:
-    from fersnet_ray.report.job import REPORT, write_report
+    from fersnet_ray.report.job import write_report
 
     uri = write_report(cfg.store, cfg.run_name, cfg.compare, if_changed=True)
     if uri is None:
         print("report: drawn from the stages' current output already, skipped", flush=True)
-        uri = Store.from_uri(cfg.store).uri_of("runs", cfg.run_name, "report", REPORT)
+        store = Store.from_uri(cfg.store)
+        uri = store.uri_of_path(store.run(cfg.run_name).report_file())
     return uri
 
 
@@ -511,7 +511,7 @@ def run_ablation(cfg: PipelineConfig) -> dict:
         _done(f"train {variant}", t)
 
     train_variant("fersnet")
-    store.write_json(f"{store.run_dir(cfg.run_name)}/ablation.json", {"runs": runs})
+    store.write_json(store.run(cfg.run_name).ablation, {"runs": runs})
     train_variant("fer_only")
     t = _stage("synthesize")
     synth_stage(cfg)

@@ -15,7 +15,7 @@ Every stage reads and writes only through a `Store`, so a local directory and an
     <store>/runs/<run>/report/                     the results report
 
 `Run` owns every path of that layout below `runs/<run>/`, and `DatasetLayout` those below `datasets/`:
-new code asks them for a path instead of joining strings (the older `Store.*_dir` helpers delegate to them).
+every stage asks them for a path instead of joining strings.
 
 A fold key is a fold number k or "final" (`fersnet_ray.foldkey`); `fold_name` turns it into its folder.
 
@@ -269,7 +269,7 @@ class Store:
         return "/".join([self.root.rstrip("/"), *clean]) if clean else self.root
 
     def uri_of_path(self, path: str) -> str:
-        """The URI of a path this store made (`fold_dir`, `synthetic_dir`, …), for messages."""
+        """The URI of a path this store made (`Run.fold`, `Run.synthetic`, …), for messages."""
         return self.uri_of(path[len(self.root) :]) if path.startswith(self.root) else path
 
     def uri_of(self, *parts: str) -> str:
@@ -285,12 +285,6 @@ class Store:
         """The layout of data set `name` in this store."""
         return DatasetLayout(self, name)
 
-    def dataset_dir(self, name: str) -> str:
-        return self.dataset(name).dir
-
-    def run_dir(self, run: str) -> str:
-        return self.run(run).dir
-
     @staticmethod
     def fold_name(fold: Fold) -> str:
         """A fold key's folder name: `fold-<k>` for fold k, `final` for the model trained on every subject."""
@@ -299,25 +293,6 @@ class Store:
         if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
             raise StoreError(f"fold {fold!r}: use a fold number (0, 1, …) or {FINAL!r}")
         return f"fold-{fold}"
-
-    def fold_dir(self, run: str, fold: Fold) -> str:
-        """Training checkpoints and metrics of one fold (or of the final model)."""
-        return self.run(run).fold(fold)
-
-    def synthetic_dir(self, run: str, fold: Fold) -> str:
-        """Synthetic shards that augment one fold's training faces (or every face, for the final model)."""
-        return self.run(run).synthetic(fold)
-
-    def finetune_dir(self, run: str, folder: str = "finetune") -> str:
-        """runs/<run>/<folder>: one folder per fine-tuning (`FinetuneConfig.folder`: FES-DA, the control, ...)."""
-        return self.run(run).stage(folder)
-
-    def finetune_fold_dir(self, run: str, fold: Fold, folder: str = "finetune") -> str:
-        """One fold's (or the final model's) fine-tuning checkpoints and metrics."""
-        return self.run(run).fold(fold, folder)
-
-    def report_dir(self, run: str) -> str:
-        return self.run(run).report
 
     # --- small-file helpers --------------------------------------------------------------------------
 
@@ -390,7 +365,11 @@ class Store:
 
 CONFIG_FILE, EVALUATION_FILE, HISTORY_FILE = "config.json", "evaluation.json", "history.json"
 RECOGNIZER_FILE, ABLATION_FILE, CARD_FILE = "recognizer.pt", "ablation.json", "_card.json"
+DATA_FILE = "faces-{:05d}.parquet"  # a face table file (`prepare.job` names them by write task)
 MANIFEST_FILE = "_manifest.json"  # a fold's synthetic set: written last, it marks the set complete
+SHARD_FILE, SIDECAR_FILE = "part-{:05d}.parquet", "_part-{:05d}.json"  # synthetic shard i and its sidecar
+CHECKPOINT_DIR = "checkpoint-epoch-{:04d}"  # a checkpoint after n epochs (`fersnet_ray.checkpoint`)
+REPORT_JSON, REPORT_MD = "report.json", "report.md"  # the report's numbers, and its text (written last)
 TRAIN = None  # the stage key of training: its folds sit directly under runs/<run>/
 
 
@@ -433,6 +412,13 @@ class Run:
         """Fold k's (or the final model's) folder of a stage: checkpoints, history.json, evaluation.json."""
         return f"{self.stage(stage)}/{Store.fold_name(k)}"
 
+    def stage_of(self, path: str) -> str | None:
+        """The stage whose folder holds `path` (a fold folder, a checkpoint in it): None for training."""
+        if not path.startswith(self.dir + "/"):
+            raise StoreError(f"{path!r} is not a path of run {self.name!r}")
+        first = path[len(self.dir) + 1 :].split("/", 1)[0]
+        return TRAIN if first == FINAL or re.fullmatch(r"fold-\d+", first) else first
+
     def config(self, stage: str | None = TRAIN) -> str:
         return f"{self.stage(stage)}/{CONFIG_FILE}"
 
@@ -442,6 +428,10 @@ class Run:
 
     def history(self, k: Fold, stage: str | None = TRAIN) -> str:
         return f"{self.fold(k, stage)}/{HISTORY_FILE}"
+
+    def checkpoint(self, k: Fold, epochs_done: int, stage: str | None = TRAIN) -> str:
+        """Fold k's checkpoint folder after `epochs_done` epochs (state.pt + meta.json: `fersnet_ray.checkpoint`)."""
+        return f"{self.fold(k, stage)}/{CHECKPOINT_DIR.format(epochs_done)}"
 
     def recognizer(self, k: Fold) -> str:
         """Fold k's Table V recogniser (trained on the fold's real training faces)."""
@@ -459,9 +449,25 @@ class Run:
         """Fold k's synthetic manifest (`synth.job`): the shards, their rows and checksums, Table V."""
         return f"{self.synthetic(k)}/{MANIFEST_FILE}"
 
+    def synthetic_file(self, k: Fold, name: str) -> str:
+        """A file of fold k's synthetic folder by name: a shard the manifest lists, the contact sheet."""
+        return f"{self.synthetic(k)}/{name}"
+
+    def shard(self, k: Fold, i: int) -> str:
+        """Fold k's synthetic shard i (`part-NNNNN.parquet`)."""
+        return self.synthetic_file(k, SHARD_FILE.format(i))
+
+    def sidecar(self, k: Fold, i: int) -> str:
+        """The sidecar of fold k's shard i (`_part-NNNNN.json`): written after the shard, it marks it done."""
+        return self.synthetic_file(k, SIDECAR_FILE.format(i))
+
     @property
     def report(self) -> str:
         return f"{self.dir}/report"
+
+    def report_file(self, name: str = REPORT_MD) -> str:
+        """A file of the report: report.md (default), report.json, a chart."""
+        return f"{self.report}/{name}"
 
     @property
     def ablation(self) -> str:
@@ -504,6 +510,10 @@ class DatasetLayout:
     @property
     def card(self) -> str:
         return f"{self.dir}/{CARD_FILE}"
+
+    def part(self, i: int) -> str:
+        """Face table file i (`faces-NNNNN.parquet`; Ray Data's writes may add `-<j>` before the suffix)."""
+        return f"{self.dir}/{DATA_FILE.format(i)}"
 
     @property
     def uri(self) -> str:

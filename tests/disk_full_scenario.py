@@ -49,7 +49,7 @@ def main(source: str, workdir: str, room: int) -> dict:
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
     resize(disk, used + room)
     store = Store.from_uri(uri)
-    folder = store.synthetic_dir("r", 0)
+    folder = store.run("r").synthetic(0)
     result: dict = {"used": used, "room": room, "first": synthesize(uri)}
     result["first"]["files"] = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     resize(disk, 64 << 20)

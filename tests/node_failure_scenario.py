@@ -107,7 +107,7 @@ def train_with_node_loss(cluster, uri: str, result: dict) -> None:
         "epoch_at_kill": at_kill,
         "final_epoch": state["epoch"],
         "history": [{"epoch": m["epoch"], "start_epoch": m["start_epoch"]} for m in state["history"]],
-        "evaluated": store.exists(f"{store.fold_dir('r', 0)}/evaluation.json"),
+        "evaluated": store.exists(f"{store.run('r').fold(0)}/evaluation.json"),
         "wall_s": round(time.time() - t0, 1),
         "kill_after_s": round(killed_at - t0, 1),
     }
@@ -120,7 +120,7 @@ def synthesize_with_node_loss(cluster, uri: str, result: dict) -> None:
     from fersnet_ray.table import read_faces
 
     store = Store.from_uri(uri)
-    folder = store.synthetic_dir("r", 0)
+    folder = store.run("r").synthetic(0)
     job = SynthJob(store=uri, run="r", folds=(0,), rows_per_shard=96, quality=False)
     outcome: dict = {}
 

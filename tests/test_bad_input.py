@@ -94,7 +94,7 @@ def face_table(store: Store, name: str, fold_of_subject: list[int], folds: int, 
         for s, k in enumerate(fold_of_subject)
         for y, c in enumerate(CLASSES)
     ]
-    folder = store.dataset_dir(name)
+    folder = store.dataset(name).dir
     os.makedirs(folder, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=FACE_SCHEMA), f"{folder}/faces-00000.parquet")
     card = {
@@ -304,7 +304,7 @@ def test_cli_prepare_with_a_bad_manifest_is_one_error_line(ray_local, tmp_path):
 def test_face_table_of_the_wrong_schema_is_an_error_naming_the_file(tmp_path):
     store = Store.from_uri(str(tmp_path))
     face_table(store, "t", [0, 1, 2], folds=3)
-    path = f"{store.dataset_dir('t')}/faces-00000.parquet"
+    path = f"{store.dataset('t').dir}/faces-00000.parquet"
     pq.write_table(pa.table({"face_id": ["x"], "label": pa.array([1], pa.int32())}), path)  # another schema
     wrong = rf"{path}: not a face table of this version \(missing columns \['dataset', .*label is int32, expected int64"
     with pytest.raises(StoreError, match=wrong):
@@ -316,7 +316,7 @@ def test_face_table_of_the_wrong_schema_is_an_error_naming_the_file(tmp_path):
     exp = make_experiment("tiny", num_classes=3).to_dict()
     with pytest.raises(StoreError, match=wrong):  # the training driver checks it before any fold starts
         train(TrainJob(store=str(tmp_path), dataset="t", run="r", experiment=exp, folds=(0,)))
-    assert not store.exists(store.run_dir("r"))
+    assert not store.exists(store.run("r").dir)
 
     with open(path, "wb") as f:
         f.write(b"PAR1 garbage")  # not Parquet at all
@@ -406,9 +406,9 @@ def test_cli_train_on_a_fold_that_does_not_exist_is_one_error_line(ray_local, tm
 def test_synthetic_shard_of_the_wrong_schema_is_named_by_verify_and_finetune(tmp_path):
     store = Store.from_uri(str(tmp_path))
     face_table(store, "t", [0, 1, 2], folds=3)
-    store.write_json(f"{store.run_dir('r')}/config.json", {"dataset": "t", "experiment": {}})
-    write_checkpoint_dir_at(store.fold_dir("r", 0), {"epoch": 2, "model": {}, "experiment": {}})
-    folder = store.synthetic_dir("r", 0)
+    store.write_json(f"{store.run('r').dir}/config.json", {"dataset": "t", "experiment": {}})
+    write_checkpoint_dir_at(store.run("r").fold(0), {"epoch": 2, "model": {}, "experiment": {}})
+    folder = store.run("r").synthetic(0)
     buf = pa.BufferOutputStream()
     pq.write_table(pa.table({"face_id": ["x"], "label": [1]}), buf)  # someone else's Parquet, listed as a shard
     data = buf.getvalue().to_pybytes()
@@ -434,7 +434,7 @@ def test_synthetic_shard_of_the_wrong_schema_is_named_by_verify_and_finetune(tmp
     assert "part-00000.parquet is unreadable" in lines[1] and "not a synthetic shard" in lines[1]
 
     # synthesize: a file it cannot read is only removed when it bears a shard's name (a crashed write of ours).
-    other = store.synthetic_dir("r", 1)
+    other = store.run("r").synthetic(1)
     store.write_bytes(f"{other}/part-00003.parquet", b"half a shard")
     store.write_bytes(f"{other}/notes.parquet", b"not parquet")
     with pytest.raises(SynthError, match=rf"{other}/notes.parquet: not a readable Parquet file .*--overwrite"):

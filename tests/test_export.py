@@ -54,7 +54,7 @@ def test_exported_files_reproduce_the_pytorch_logits(trained_run, s3_bucket, tmp
     store.fs.get(out[len("s3://") :], str(local), recursive=True)
 
     card = json.loads((local / "fersnet-card.json").read_text())
-    meta = json.loads(store.read_bytes(f"{store.fold_dir('r', 0)}/checkpoint-epoch-0004/meta.json"))
+    meta = json.loads(store.read_bytes(f"{store.run('r').fold(0)}/checkpoint-epoch-0004/meta.json"))
     assert card["source"]["sha256"] == meta["sha256"] and card["source"]["stage"] == "train"
     assert card["source"]["checkpoint"] == f"{uri}/runs/r/fold-0/checkpoint-epoch-0004"
     assert card["classes"][:2] == ["anger", "contempt"] and card["channels"] == 1 and card["input_size"] == 32
@@ -64,7 +64,7 @@ def test_exported_files_reproduce_the_pytorch_logits(trained_run, s3_bucket, tmp
         assert check["within_tolerance"] and check["faces"] == 42 and check["same_argmax"] == 1.0
 
     # The card's preprocessing, followed by hand: face-table PNGs (aligned_size) -> load_size -> crop -> [-1, 1].
-    x, expected = _by_hand(store, card, f"{store.fold_dir('r', 0)}/evaluation.json")
+    x, expected = _by_hand(store, card, f"{store.run('r').fold(0)}/evaluation.json")
 
     ts = torch.jit.load(str(local / "model.torchscript.pt"))
     with torch.no_grad():
@@ -135,7 +135,7 @@ def test_a_fine_tuned_small_cnn_exports_with_its_backbone_named(small_cnn_run, t
     assert "r fold 0 small-cnn (fine-tuned on real, epoch 1" in res.output  # no --fold: the classifier's only fold
 
     card = json.loads((out / "fersnet-card.json").read_text())
-    folder = f"{store.run_dir('r')}/finetune-small-cnn-real/fold-0"
+    folder = f"{store.run('r').dir}/finetune-small-cnn-real/fold-0"
     meta = json.loads(store.read_bytes(f"{folder}/checkpoint-epoch-0001/meta.json"))
     assert card["source"]["checkpoint"] == f"{uri}/runs/r/finetune-small-cnn-real/fold-0/checkpoint-epoch-0001"
     assert card["source"]["sha256"] == meta["sha256"] and card["source"]["stage"] == "finetune"

@@ -80,8 +80,8 @@ def _put_scripted(store: Store, name: str, model: nn.Module) -> str:
 def test_classifiers_fine_tune_from_shards_in_both_modes_resume_and_are_reported(synthesised):
     uri = synthesised
     store = Store.from_uri(uri)
-    run_dir = store.run_dir("r")
-    manifest = store.read_json(f"{store.synthetic_dir('r', 0)}/_manifest.json")
+    run_dir = store.run("r").dir
+    manifest = store.read_json(f"{store.run('r').synthetic(0)}/_manifest.json")
     real = sum(manifest["real_per_class"].values())
 
     # Bad input ends before any work, in one line: an unknown name lists the choices.
@@ -131,7 +131,7 @@ def test_classifiers_fine_tune_from_shards_in_both_modes_resume_and_are_reported
 
     # The report: each classifier's two rows and their paired per-fold difference; FERSNet's rows stay.
     write_report(uri, "r")
-    data = store.read_json(f"{store.report_dir('r')}/report.json")
+    data = store.read_json(f"{store.run('r').report}/report.json")
     rows = {r["key"]: r for r in data["rows"]}
     assert rows["small-cnn+fes-da"]["per_fold"]["0"] == tuned["accuracy"]
     assert rows["small-cnn+real-only"]["per_fold"]["0"] == store.read_json(f"{folder}/evaluation.json")["accuracy"]
@@ -140,5 +140,5 @@ def test_classifiers_fine_tune_from_shards_in_both_modes_resume_and_are_reported
     pair = pairs[("small-cnn+fes-da", "small-cnn+real-only")]
     assert pair["folds"] == 1 and pair["improved"] + pair["tied"] + pair["worse"] == 1
     assert ("resnet18+fes-da", "resnet18+real-only") in pairs
-    md = store.read_bytes(f"{store.report_dir('r')}/report.md").decode()
+    md = store.read_bytes(f"{store.run('r').report}/report.md").decode()
     assert "small-cnn on real faces only (control)" in md and "resnet18: real + synthetic against real faces only" in md

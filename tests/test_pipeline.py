@@ -42,7 +42,7 @@ def _listing(store: Store) -> dict[str, tuple]:
 
 
 def _shards_written(store: Store, run: str, fold: int) -> int:
-    folder = store.synthetic_dir(run, fold)
+    folder = store.run(run).synthetic(fold)
     if not store.exists(folder):
         return 0
     return sum(p.rsplit("/", 1)[-1].startswith("_part-") for p in store.fs.ls(folder, detail=False))
@@ -81,7 +81,7 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
     stopped = runner.invoke(app, ["jobs", "stop", sid, "--wait", "--address", head, "--header", HEADER])
     assert stopped.exit_code == 0 and jobs.status(sid, head, AUTH).status == "STOPPED", stopped.output
     written = _shards_written(store, "demo", 0)
-    assert written >= 1 and not store.exists(f"{store.synthetic_dir('demo', 0)}/_manifest.json")
+    assert written >= 1 and not store.exists(f"{store.run('demo').synthetic(0)}/_manifest.json")
     assert verify_run(store, "demo")[0]  # an interrupted fold is never marked complete, and verify says so
 
     # 2. Submitted again: finished stages are skipped, synthesis writes only what is missing, SUCCEEDED.
@@ -100,25 +100,25 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
         assert f"== {stage}: done" in log
     assert "mean ± std" in log and f"report: {uri}/runs/demo/report/report.md" in log
     assert verify_run(store, "demo") == {0: [], FINAL: []}  # no duplicate face_id, no missing pair, balanced
-    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(store.synthetic_dir("demo", 0)) if p.endswith(".parquet"))
+    names = sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(store.run("demo").synthetic(0)) if p.endswith(".parquet"))
     assert names == [f"part-{i:05d}.parquet" for i in range(len(names))]  # the planned names, each once
 
     # Fine-tuning streamed real + synthetic faces through Ray Data from the store.
-    manifest = store.read_json(f"{store.synthetic_dir('demo', 0)}/_manifest.json")
+    manifest = store.read_json(f"{store.run('demo').synthetic(0)}/_manifest.json")
     real = sum(manifest["real_per_class"].values())
-    tuned = store.read_json(f"{store.run_dir('demo')}/finetune/fold-0/evaluation.json")
+    tuned = store.read_json(f"{store.run('demo').dir}/finetune/fold-0/evaluation.json")
     assert tuned["training_rows"] == real + manifest["rows"] and tuned["synthetic_rows"] == manifest["rows"]
-    history = store.read_json(f"{store.run_dir('demo')}/finetune/fold-0/history.json")
+    history = store.read_json(f"{store.run('demo').dir}/finetune/fold-0/history.json")
     assert [h["epoch"] for h in history] == [0]
     # Every real and synthetic face went through the workers' Ray Data shard (less a ragged last batch).
     assert real + manifest["rows"] - 64 < history[0]["images"] <= real + manifest["rows"]
     assert "finetune (fes-da) fold 0 epoch 1/1 cls" in log and f"({history[0]['images']} faces," in log
 
     # The report holds the numbers the stages wrote.
-    report_dir = store.report_dir("demo")
+    report_dir = store.run("demo").report
     md = store.read_bytes(f"{report_dir}/report.md").decode()
     data = json.loads(store.read_bytes(f"{report_dir}/report.json"))
-    trained = store.read_json(f"{store.fold_dir('demo', 0)}/evaluation.json")
+    trained = store.read_json(f"{store.run('demo').fold(0)}/evaluation.json")
     rows = {r["key"]: r for r in data["rows"]}
     assert rows["fersnet"]["per_fold"]["0"] == trained["accuracy"]
     assert rows["fersnet+fes-da"]["per_fold"]["0"] == tuned["accuracy"]
@@ -129,14 +129,14 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
     assert store.read_bytes(f"{report_dir}/contact-sheet-fold-0.png")[:4] == b"\x89PNG"
 
     # The final model: every subject, no test faces, so no accuracy anywhere but the fold's; said plainly.
-    final_eval = store.read_json(f"{store.fold_dir('demo', FINAL)}/evaluation.json")
+    final_eval = store.read_json(f"{store.run('demo').fold(FINAL)}/evaluation.json")
     assert final_eval["accuracy"] is None and final_eval["held_out"] is False and final_eval["note"] == NO_HELD_OUT
     assert (final_eval["training_subjects"], final_eval["training_faces"]) == (6, 126)
-    assert not any("accuracy" in h for h in store.read_json(f"{store.fold_dir('demo', FINAL)}/history.json"))
-    final_manifest = store.read_json(f"{store.synthetic_dir('demo', FINAL)}/_manifest.json")
+    assert not any("accuracy" in h for h in store.read_json(f"{store.run('demo').fold(FINAL)}/history.json"))
+    final_manifest = store.read_json(f"{store.run('demo').synthetic(FINAL)}/_manifest.json")
     assert final_manifest["balanced"] and final_manifest["rows"] == 126 * 6  # every face, every other expression
     assert final_manifest["quality"]["synthetic_test_accuracy"] is None  # no Table V without held-out subjects
-    tuned_final = store.read_json(f"{store.finetune_fold_dir('demo', FINAL)}/evaluation.json")
+    tuned_final = store.read_json(f"{store.run('demo').fold(FINAL, 'finetune')}/evaluation.json")
     assert tuned_final["accuracy"] is None and tuned_final["training_rows"] == 126 + final_manifest["rows"]
     assert "**it has no held-out accuracy**" in md and "Table VI above (1 fold(s) of this run" in md
     assert set(data["table_v"]) == {"0"} and [r["per_fold"].keys() for r in data["rows"]] == [{"0"}, {"0"}]
@@ -180,10 +180,10 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
         app, ["finetune", "--store", uri, "--run", "demo", "--folds", "0", "--data", "real", "--epochs", "1"]
     )
     assert control.exit_code == 0, control.output
-    ctrl = store.read_json(f"{store.run_dir('demo')}/finetune-real/fold-0/evaluation.json")
+    ctrl = store.read_json(f"{store.run('demo').dir}/finetune-real/fold-0/evaluation.json")
     repeats = round((real + manifest["rows"]) / real)
     assert ctrl["training_rows"] == real * repeats and ctrl["synthetic_rows"] == 0 and ctrl["data"] == "real"
-    ctrl_history = store.read_json(f"{store.run_dir('demo')}/finetune-real/fold-0/history.json")
+    ctrl_history = store.read_json(f"{store.run('demo').dir}/finetune-real/fold-0/history.json")
     assert abs(ctrl_history[0]["images"] - history[0]["images"]) <= 64 + real  # the same steps, ± a batch
     reported = runner.invoke(app, ["report", "--store", uri, "--run", "demo"])
     assert reported.exit_code == 0, reported.output
@@ -197,10 +197,10 @@ def test_run_submitted_stopped_resumed_skipped_and_reported(head, ray_local, s3_
 
     # Fine-tuning refuses a fold whose shards fail verify, or that has none, naming it.
     job = FinetuneJob(store=uri, run="demo", folds=(0,), overwrite=True)
-    store.fs.rm(f"{store.synthetic_dir('demo', 0)}/part-00001.parquet")
+    store.fs.rm(f"{store.run('demo').synthetic(0)}/part-00001.parquet")
     with pytest.raises(FinetuneError, match=r"fold 0: synthetic shards fail verify: .*part-00001.parquet is missing"):
         finetune(job)
-    store.fs.rm(f"{store.synthetic_dir('demo', 0)}/_manifest.json")
+    store.fs.rm(f"{store.run('demo').synthetic(0)}/_manifest.json")
     with pytest.raises(FinetuneError, match="fold 0 has no synthetic shards in s3://.*/synthetic/fold-0"):
         finetune(job)
     assert not report_is_current(uri, "demo")  # the report no longer matches what the stages hold

@@ -69,7 +69,7 @@ def test_predict_on_held_out_faces_gives_evaluate_predictions_and_lists_rejects(
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
 
-    evaluation = store.read_json(f"{store.fold_dir('r', 0)}/evaluation.json")
+    evaluation = store.read_json(f"{store.run('r').fold(0)}/evaluation.json")
     table = _read_output(store, out).to_pydict()
     pred = dict(zip(table["path"], table["label"]))
     assert {p for p in pred if not p.startswith("unsorted/")} == set(paths.values())
@@ -107,7 +107,7 @@ def test_predict_with_a_fine_tuned_small_cnn_gives_its_evaluation(small_cnn_run,
     )
     assert res.exit_code == 0, res.output
 
-    evaluation = store.read_json(f"{store.run_dir('r')}/finetune-small-cnn-real/fold-0/evaluation.json")
+    evaluation = store.read_json(f"{store.run('r').dir}/finetune-small-cnn-real/fold-0/evaluation.json")
     table = pq.read_table(out).to_pydict()
     pred = dict(zip(table["path"], table["label"]))
     assert all(pred[paths[fid]] == y for fid, y in evaluation["predictions"].items())  # face by face

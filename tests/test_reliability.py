@@ -181,9 +181,9 @@ def write_untrained_run(store: Store, tmp: str) -> None:
     """Run "r" on the demo set with one (untrained) fold-0 checkpoint, written by the library's own
     writer: exactly-once does not depend on the generator's quality, and training would cost 20 s."""
     exp = make_experiment("tiny", epochs=2)
-    store.write_json(f"{store.run_dir('r')}/config.json", {"dataset": "demo", "experiment": exp.to_dict()})
+    store.write_json(f"{store.run('r').dir}/config.json", {"dataset": "demo", "experiment": exp.to_dict()})
     write_checkpoint_dir(FoldState.create(exp, torch.device("cpu")).state_dict(), tmp)
-    put_tree(tmp, Store(store.protocol, f"{store.fold_dir('r', 0)}/{checkpoint_name(0)}", store.endpoint))
+    put_tree(tmp, Store(store.protocol, f"{store.run('r').fold(0)}/{checkpoint_name(0)}", store.endpoint))
 
 
 def test_store_outage_mid_synthesis_retried_and_rerun_is_exactly_once(flaky_s3, demo_table, tmp_path, caplog, capsys):
@@ -197,7 +197,7 @@ def test_store_outage_mid_synthesis_retried_and_rerun_is_exactly_once(flaky_s3, 
     assert store.endpoint == proxy.endpoint
     put_tree(demo_table, store)
     write_untrained_run(store, str(tmp_path))
-    folder = store.synthetic_dir("r", 0)
+    folder = store.run("r").synthetic(0)
     job = SynthJob(store=uri, run="r", folds=(0,), rows_per_shard=96, quality=False)
 
     # What an earlier outage leaves behind, none of it done: a shard file cut short, a complete-looking

@@ -28,12 +28,39 @@ def test_every_path_of_a_run(tmp_path):
     assert run.evaluation(None, "finetune-real") == f"{root}/finetune-real/evaluation.json"
     assert run.evaluation(2, "finetune-real") == f"{root}/finetune-real/fold-2/evaluation.json"
     assert run.history(2, "finetune") == f"{root}/finetune/fold-2/history.json"
-    # The Store's older helpers are the same paths.
-    assert store.fold_dir("demo", 3) == run.fold(3) and store.synthetic_dir("demo", 3) == run.synthetic(3)
-    assert store.run_dir("demo") == run.dir and store.report_dir("demo") == run.report
+    # Checkpoints, synthetic shards and their sidecars, the report's files.
+    assert run.checkpoint(3, 12) == f"{root}/fold-3/checkpoint-epoch-0012"
+    assert run.checkpoint("final", 2, "finetune") == f"{root}/finetune/final/checkpoint-epoch-0002"
+    assert run.shard(3, 7) == f"{root}/synthetic/fold-3/part-00007.parquet"
+    assert run.sidecar(3, 7) == f"{root}/synthetic/fold-3/_part-00007.json"
+    assert run.synthetic_file(3, "_contact_sheet.png") == f"{root}/synthetic/fold-3/_contact_sheet.png"
+    assert run.report_file() == f"{root}/report/report.md"
+    assert run.report_file("report.json") == f"{root}/report/report.json"
     data = store.dataset("demo")
-    assert data.dir == f"{tmp_path}/datasets/demo" == store.dataset_dir("demo")
+    assert data.dir == f"{tmp_path}/datasets/demo"
     assert data.card == f"{tmp_path}/datasets/demo/_card.json"
+    assert data.part(3) == f"{tmp_path}/datasets/demo/faces-00003.parquet"
+
+
+def test_the_stage_of_a_path(tmp_path):
+    """`Run.stage_of` reads back which stage folder a checkpoint sits in (export finds its config.json so)."""
+    run = Store.from_uri(str(tmp_path)).run("demo")
+    assert run.stage_of(run.checkpoint(3, 1)) is None  # training
+    assert run.stage_of(run.checkpoint("final", 1)) is None
+    assert run.stage_of(run.checkpoint(0, 4, "finetune-small-cnn-real")) == "finetune-small-cnn-real"
+    assert run.config(run.stage_of(run.fold("final", "finetune"))) == run.config("finetune")
+    with pytest.raises(StoreError, match="not a path of run 'demo'"):
+        run.stage_of(f"{tmp_path}/runs/other/fold-0")
+
+
+def test_names_the_stages_write_are_the_layout_s():
+    """Shard and checkpoint names come from the layout, so a file a stage writes is where `Run` looks."""
+    from fersnet_ray.checkpoint import checkpoint_name
+    from fersnet_ray.synth.job import shard_name
+
+    run = Store.from_uri("/s").run("r")
+    assert run.shard(0, 5).rsplit("/", 1)[1] == shard_name(5)
+    assert run.checkpoint(0, 5).rsplit("/", 1)[1] == checkpoint_name(5)
 
 
 def test_s3_paths_and_uris(s3_endpoint):

@@ -81,7 +81,7 @@ def test_face_table_row_groups_and_fold_reads(scaled):
 
 def test_synthesis_reads_sources_across_row_groups_and_verifies(scaled):
     store = Store.from_uri(scaled)
-    manifest = store.read_json(f"{store.synthetic_dir('r', 0)}/{MANIFEST}")
+    manifest = store.read_json(f"{store.run('r').synthetic(0)}/{MANIFEST}")
     card = read_card(store, "demo")
     assert manifest["rows"] == planned_rows(card, 0) == 6 * (126 - card["counts"]["per_fold"]["0"])
     assert manifest["balanced"] and len(manifest["shards"]) > 1
@@ -98,7 +98,7 @@ def test_max_rows_refuses_a_fold_before_any_work(scaled):
         f"error: fold 1: {rows:,} synthetic rows would exceed --max-rows {rows - 1:,} "
         f"({rows // 6:,} training faces × 6 expressions); nothing was written"
     ]
-    assert not store.exists(store.synthetic_dir("r", 1))  # fold 1 has no checkpoint: nothing got that far
+    assert not store.exists(store.run("r").synthetic(1))  # fold 1 has no checkpoint: nothing got that far
 
 
 def _rewrite(store: Store, folder: str, name: str, change) -> None:
@@ -117,9 +117,9 @@ def _rewrite(store: Store, folder: str, name: str, change) -> None:
 @pytest.mark.parametrize("fault", ["missing", "duplicate", "foreign"])
 def test_verify_names_a_missing_pair_a_duplicate_and_a_foreign_source(scaled, fault):
     store = Store.from_uri(scaled)
-    src = store.synthetic_dir("r", 0)
+    src = store.run("r").synthetic(0)
     run = f"m-{fault}"
-    folder = store.synthetic_dir(run, 0)
+    folder = store.run(run).synthetic(0)
     shutil.copytree(src, folder)
     first = pq.read_table(f"{src}/part-00000.parquet")
     if fault == "missing":  # the fold's least (source face, target) pair goes missing
@@ -164,9 +164,8 @@ def test_shards_are_written_in_row_groups(tmp_path, monkeypatch):
         "image": np.random.default_rng(0).integers(0, 255, (n, 8, 8), dtype=np.uint8),
         "score": np.full(n, np.nan, dtype=np.float32),
     }
-    folder = f"{tmp_path}/out"
-    write_shard(batch, store, folder, 0, ["a", "b"], "ckpt@sha256:0")
-    meta = pq.ParquetFile(f"{folder}/part-00000.parquet").metadata
+    write_shard(batch, store.run("r"), 0, ["a", "b"], "ckpt@sha256:0")
+    meta = pq.ParquetFile(f"{tmp_path}/runs/r/synthetic/fold-0/part-00000.parquet").metadata
     assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [16, 16, 16, 2]
 
 
@@ -273,7 +272,7 @@ def test_a_store_that_fills_up_fails_in_one_line_and_the_rerun_completes(scaled,
     if why:
         pytest.skip(why)
     store = Store.from_uri(scaled)
-    manifest = store.read_json(f"{store.synthetic_dir('r', 0)}/{MANIFEST}")
+    manifest = store.read_json(f"{store.run('r').synthetic(0)}/{MANIFEST}")
     room = int(0.4 * sum(s["bytes"] for s in manifest["shards"]))
     prefix = ("unshare", "--map-root-user", "--mount")
     result = _scenario("disk_full_scenario.py", [scaled, str(tmp_path), str(room)], tmp_path, 240, prefix)

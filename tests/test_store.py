@@ -16,19 +16,19 @@ def test_local_uris_resolve_to_absolute_paths(tmp_path):
     assert Store.from_uri(f"file://{tmp_path}").root == str(tmp_path)
     assert Store.from_uri(None).root == os.path.abspath("fersnet-store")
     store = Store.from_uri(str(tmp_path))
-    assert store.dataset_dir("ck") == f"{tmp_path}/datasets/ck"
-    assert store.fold_dir("r1", 3) == f"{tmp_path}/runs/r1/fold-3"
-    assert store.synthetic_dir("r1", 3) == f"{tmp_path}/runs/r1/synthetic/fold-3"
-    assert store.report_dir("r1") == f"{tmp_path}/runs/r1/report"
+    assert store.dataset("ck").dir == f"{tmp_path}/datasets/ck"
+    assert store.run("r1").fold(3) == f"{tmp_path}/runs/r1/fold-3"
+    assert store.run("r1").synthetic(3) == f"{tmp_path}/runs/r1/synthetic/fold-3"
+    assert store.run("r1").report == f"{tmp_path}/runs/r1/report"
     # The final model (every subject) beside the folds: its own folder in every stage.
-    assert store.fold_dir("r1", "final") == f"{tmp_path}/runs/r1/final"
-    assert store.synthetic_dir("r1", "final") == f"{tmp_path}/runs/r1/synthetic/final"
-    assert store.finetune_fold_dir("r1", 3) == f"{tmp_path}/runs/r1/finetune/fold-3"
-    assert store.finetune_fold_dir("r1", "final", "finetune-real") == f"{tmp_path}/runs/r1/finetune-real/final"
-    assert store.uri_of_path(store.fold_dir("r1", "final")) == f"{tmp_path}/runs/r1/final"
+    assert store.run("r1").fold("final") == f"{tmp_path}/runs/r1/final"
+    assert store.run("r1").synthetic("final") == f"{tmp_path}/runs/r1/synthetic/final"
+    assert store.run("r1").fold(3, "finetune") == f"{tmp_path}/runs/r1/finetune/fold-3"
+    assert store.run("r1").fold("final", "finetune-real") == f"{tmp_path}/runs/r1/finetune-real/final"
+    assert store.uri_of_path(store.run("r1").fold("final")) == f"{tmp_path}/runs/r1/final"
     for bad in ("last", -1, True, "3"):
         with pytest.raises(StoreError, match="use a fold number"):
-            store.fold_dir("r1", bad)
+            store.run("r1").fold(bad)
     with pytest.raises(StoreError, match="leaves the store"):
         store.path("datasets", "../../etc")
 

@@ -33,7 +33,7 @@ def trained(trained_run, s3_endpoint):
 
 
 def shard_files(store: Store, fold: int = 0) -> list[str]:
-    folder = store.synthetic_dir("r", fold)
+    folder = store.run("r").synthetic(fold)
     return sorted(p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False) if p.endswith(".parquet"))
 
 
@@ -46,7 +46,7 @@ def test_balanced_schema_and_verify(trained):
     assert manifest["balanced"] and set(manifest["total_per_class"].values()) == {len(train_faces)}
     files = shard_files(store)
     assert files == [f"part-{i:05d}.parquet" for i in range(len(manifest["shards"]))] and len(files) > 1
-    table = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs)  # pyarrow alone reads it
+    table = pq.read_table(store.run("r").synthetic(0), filesystem=store.arrow_fs)  # pyarrow alone reads it
     assert table.schema.equals(SYNTH_SCHEMA)
     assert len(set(table["face_id"].to_pylist())) == table.num_rows
     rows = table.drop(["image"]).to_pylist()
@@ -56,7 +56,7 @@ def test_balanced_schema_and_verify(trained):
     quality = manifest["quality"]  # Table V protocol on the held-out subjects of fold 0
     assert quality["synthetic_test_faces"] == 6 * sum(f["fold"] == 0 for f in faces)
     assert 0.0 <= quality["synthetic_test_accuracy"] <= 1.0
-    assert store.read_bytes(f"{store.synthetic_dir('r', 0)}/_contact_sheet.png")[:4] == b"\x89PNG"
+    assert store.read_bytes(f"{store.run('r').synthetic(0)}/_contact_sheet.png")[:4] == b"\x89PNG"
     assert verify_run(store, "r") == {0: []}
     out = runner.invoke(app, ["verify", "--store", trained, "--run", "r"])
     assert out.exit_code == 0 and "1 fold(s) verified" in out.stdout
@@ -70,17 +70,17 @@ def test_deleted_shard_fails_verify_and_rerun_restores_it(trained):
     store = Store.from_uri(trained)
     synthesize(SynthJob(store=trained, run="r", rows_per_shard=60))
     files = shard_files(store)
-    before = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs).sort_by("face_id")
-    store.fs.rm(f"{store.synthetic_dir('r', 0)}/{files[1]}")
+    before = pq.read_table(store.run("r").synthetic(0), filesystem=store.arrow_fs).sort_by("face_id")
+    store.fs.rm(f"{store.run('r').synthetic(0)}/{files[1]}")
     out = runner.invoke(app, ["verify", "--store", trained, "--run", "r"])
     assert out.exit_code == 1 and f"shard s3://synth/fer/runs/r/synthetic/fold-0/{files[1]} is missing" in out.stderr
 
     # Re-running writes the missing shard only (the manifest is rewritten, so the fold is redone).
-    store.remove(f"{store.synthetic_dir('r', 0)}/{MANIFEST}")
+    store.remove(f"{store.run('r').synthetic(0)}/{MANIFEST}")
     out = runner.invoke(app, ["synthesize", "--store", trained, "--run", "r", "--rows-per-shard", "60"])
     assert out.exit_code == 0 and f"{len(files) - 1} already written, 1 to write" in out.stdout
     assert shard_files(store) == files
-    after = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs).sort_by("face_id")
+    after = pq.read_table(store.run("r").synthetic(0), filesystem=store.arrow_fs).sort_by("face_id")
     assert after.drop(["image"]).equals(before.drop(["image"]))
     assert verify_run(store, "r") == {0: []}
 
@@ -88,12 +88,12 @@ def test_deleted_shard_fails_verify_and_rerun_restores_it(trained):
 def test_min_score_filters_and_reports_balance_as_it_is(trained):
     store = Store.from_uri(trained)
     synthesize(SynthJob(store=trained, run="r", rows_per_shard=60, recognizer_epochs=2))  # skipped if complete
-    scores = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs, columns=["score"])["score"]
+    scores = pq.read_table(store.run("r").synthetic(0), filesystem=store.arrow_fs, columns=["score"])["score"]
     threshold = float(np.median(scores.to_numpy()))  # about half the rows fall below it
     manifest = synthesize(SynthJob(store=trained, run="r", rows_per_shard=60, min_score=threshold))[0]
     below = sum(manifest["below_min_score_per_class"].values())
     assert below > 0 and manifest["rows"] + below == 6 * sum(manifest["real_per_class"].values())
-    table = pq.read_table(store.synthetic_dir("r", 0), filesystem=store.arrow_fs, columns=["score"])
+    table = pq.read_table(store.run("r").synthetic(0), filesystem=store.arrow_fs, columns=["score"])
     assert table.num_rows > 0 and min(table["score"].to_pylist()) >= threshold
     assert manifest["balanced"] == (len(set(manifest["total_per_class"].values())) == 1)
     assert verify_run(store, "r") == {0: []}  # filtered rows are recorded, not missing
@@ -108,10 +108,10 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
     # A foreign Parquet file in the output folder is named, not counted.
     import pyarrow as pa
 
-    pq.write_table(pa.table({"x": [1]}), f"{store.synthetic_dir('r', 0)}/part-09999.parquet", filesystem=store.arrow_fs)
+    pq.write_table(pa.table({"x": [1]}), f"{store.run('r').synthetic(0)}/part-09999.parquet", filesystem=store.arrow_fs)
     with pytest.raises(
         SynthError,
         match=r"fer/runs/r/synthetic/fold-0/part-09999.parquet: not a synthetic shard of this version .*--overwrite",
     ):
         synthesize(SynthJob(store=trained, run="r", overwrite=False, rows_per_shard=61))
-    store.fs.rm(f"{store.synthetic_dir('r', 0)}/part-09999.parquet")
+    store.fs.rm(f"{store.run('r').synthetic(0)}/part-09999.parquet")

@@ -91,7 +91,7 @@ def test_two_folds_on_ray_with_s3_checkpoints_resume_after_a_crash(trained_run):
     # and no record in Ray's own checkpoint snapshot (a killed driver need not have written it). The
     # driver kill itself is tested end to end in test_pipeline (a stopped cluster job) and a lost worker
     # node in test_reliability; both resume through the same lookup as this re-run.
-    folder = store.fold_dir("r", 1)
+    folder = store.run("r").fold(1)
     for name in ("checkpoint-epoch-0004", "evaluation.json", "history.json", "checkpoint_manager_snapshot.json"):
         store.remove(f"{folder}/{name}")
     assert _checkpointed(store, "r", 1) == 2

@@ -36,7 +36,6 @@ def bench_finetune(store_uri: str, run: str, fold: int, batch_size: int = 64, ep
 
     from fersnet_ray.finetune.job import fold_dataset
     from fersnet_ray.finetune.loop import FinetuneConfig, FinetuneState
-    from fersnet_ray.synth.job import MANIFEST
     from fersnet_ray.train.config import Experiment
     from fersnet_ray.checkpoint import latest_checkpoint, read_checkpoint
 
@@ -44,7 +43,7 @@ def bench_finetune(store_uri: str, run: str, fold: int, batch_size: int = 64, ep
     state_dict = read_checkpoint(store, latest_checkpoint(store, run, fold))
     exp = Experiment.from_dict(state_dict["experiment"])
     dataset = store.run(run).read_config()["dataset"]
-    manifest = store.read_json(f"{store.run(run).synthetic(fold)}/{MANIFEST}")
+    manifest = store.read_json(store.run(run).manifest(fold))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = FinetuneConfig(epochs=100, batch_size=batch_size)
     args = (store, dataset, run, fold, exp.train.load_size, exp.model.in_channels, manifest)

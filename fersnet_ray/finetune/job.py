@@ -162,7 +162,7 @@ def fold_dataset(
             repeats = real_repeats(manifest)
             both = real.union(*[real] * (repeats - 1)) if repeats > 1 else real
         else:
-            shards = [f"{store.run(run).synthetic(fold)}/{s['file']}" for s in manifest["shards"]]
+            shards = [store.run(run).synthetic_file(fold, s["file"]) for s in manifest["shards"]]
             synthetic = ray.data.read_parquet(shards, filesystem=store.arrow_fs, columns=["image", "label", "score"])
             synthetic = synthetic.map_batches(
                 _scored_rows, fn_kwargs={"min_score": cfg.min_score}, batch_format="pyarrow", batch_size=None

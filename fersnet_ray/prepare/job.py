@@ -25,7 +25,7 @@ from fersnet_ray.prepare.align import FaceError, FanAligner, center_resize, deco
 from fersnet_ray.prepare.folds import assign_folds
 from fersnet_ray.prepare.sources import Adapter, Reject, SourceFace, create_adapter
 from fersnet_ray.progress import Progress, report, start
-from fersnet_ray.store import Store, redact
+from fersnet_ray.store import DATA_FILE, Store, redact
 from fersnet_ray.table import FACE_SCHEMA, encode_png, face_id, row_group_rows, table_files
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
 
     class _Names(FilenameProvider):  # deterministic names, unlike Ray's per-write uuid
         def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"faces-{task_index:05d}.parquet"  # Ray appends -<i> per file of a task
+            return DATA_FILE.format(task_index)  # faces-NNNNN.parquet; Ray appends -<i> per file of a task
 
     loaded.map_batches(
         _with_folds,

@@ -29,9 +29,9 @@ import torch
 
 from fersnet_ray.foldkey import FINAL, NO_HELD_OUT
 from fersnet_ray.report import charts
-from fersnet_ray.store import Run, Store, StoreError
+from fersnet_ray.store import REPORT_JSON, REPORT_MD, Run, Store, StoreError
 
-REPORT = "report.md"
+REPORT = REPORT_MD  # `Run.report_file()` is its path
 # The paper's Table VI on CK+ (10-fold), shown beside the measured rows for reference.
 PAPER_CKPLUS = {"fer_only": 94.70, "fersnet_hard": 95.21, "fersnet": 97.35, "fersnet+fes-da": 97.75}
 ROW_TITLES = {
@@ -209,7 +209,7 @@ def _final_section(store: Store, data: dict, files: dict[str, bytes]) -> list[st
             "recogniser trained on every real face; with no held-out subjects there is no Table V number for them.",
             "",
         ]
-        sheet = f"{store.run(run).synthetic(FINAL)}/{m['contact_sheet']}" if m.get("contact_sheet") else None
+        sheet = store.run(run).synthetic_file(FINAL, m["contact_sheet"]) if m.get("contact_sheet") else None
         if sheet and store.exists(sheet):
             files["contact-sheet-final.png"] = store.read_bytes(sheet)
             md += ["Rows: a training face of each class; columns: every expression (the real one is marked).", ""]
@@ -354,10 +354,10 @@ def report_is_current(store_uri: str, run: str, compare: tuple[str, ...] = ()) -
 
 def _drawn_digest(store: Store, run: str) -> str | None:
     """The inputs' digest in the finished report (report.md is written last), or None."""
-    out = store.report_dir(run)
-    if not (store.exists(f"{out}/{REPORT}") and store.exists(f"{out}/report.json")):
+    layout = store.run(run)
+    if not (store.exists(layout.report_file(REPORT_MD)) and store.exists(layout.report_file(REPORT_JSON))):
         return None
-    return store.read_json(f"{out}/report.json").get("inputs_sha256")
+    return store.read_json(layout.report_file(REPORT_JSON)).get("inputs_sha256")
 
 
 def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_changed: bool = False) -> str | None:
@@ -371,14 +371,14 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
     data["inputs_sha256"] = _digest(data)
     if if_changed and _drawn_digest(store, run) == data["inputs_sha256"]:
         return None
-    out = store.report_dir(run)
+    layout = store.run(run)
     classes = data["classes"]
     files: dict[str, bytes] = {}
     md: list[str] = [
         f"# FERSNet results: run `{run}` on `{data['dataset']}`",
         "",
         f"Written {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')} by `fersnet report "
-        f"--run {run}` from the files the stages wrote in `{store.uri_of('runs', run)}`. Every number here is "
+        f"--run {run}` from the files the stages wrote in `{store.run(run).uri}`. Every number here is "
         "also in `report.json`.",
         "",
         "## Recognition accuracy (the paper's Table VI)",
@@ -469,7 +469,7 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
         vals = np.array(list(data["table_v"].values()))
         md += ["", f"Mean: {100 * vals.mean():.2f}% over {len(vals)} fold(s).", "", "### Contact sheets", ""]
         for k, m in synth.items():
-            sheet = f"{store.run(run).synthetic(k)}/{(m.get('quality') or {}).get('contact_sheet', '')}"
+            sheet = store.run(run).synthetic_file(k, (m.get("quality") or {}).get("contact_sheet", ""))
             if m.get("quality") and store.exists(sheet):
                 files[f"contact-sheet-fold-{k}.png"] = store.read_bytes(sheet)
                 md += [f"Fold {k} (rows: held-out faces; columns: every expression; the real one is marked):", ""]
@@ -515,7 +515,7 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
         ]
 
     for name, data_bytes in files.items():
-        store.write_bytes(f"{out}/{name}", data_bytes)
-    store.write_json(f"{out}/report.json", data)
-    store.write_bytes(f"{out}/{REPORT}", "\n".join(md).encode())  # written last
-    return store.uri_of("runs", run, "report", REPORT)
+        store.write_bytes(layout.report_file(name), data_bytes)
+    store.write_json(layout.report_file(REPORT_JSON), data)
+    store.write_bytes(layout.report_file(REPORT_MD), "\n".join(md).encode())  # written last
+    return store.uri_of_path(layout.report_file(REPORT_MD))

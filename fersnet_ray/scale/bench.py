@@ -117,18 +117,18 @@ def stand_in_run(store: Store, dataset: str, run: str) -> None:
     """runs/<run>: the `tiny` preset, 1 epoch, and fold checkpoints of untrained weights (see the module doc)."""
     import tempfile
 
-    from fersnet_ray.checkpoint import META_FILE, STATE_FILE, checkpoint_name, write_checkpoint_dir
+    from fersnet_ray.checkpoint import META_FILE, STATE_FILE, write_checkpoint_dir
     from fersnet_ray.table import read_card
     from fersnet_ray.train.config import make_experiment
     from fersnet_ray.train.loop import FoldState
 
     card = read_card(store, dataset)
     exp = make_experiment("tiny", num_classes=len(card["classes"]), in_channels=card["alignment"]["channels"], epochs=1)
-    store.remove(store.run_dir(run))
+    store.remove(store.run(run).dir)
     store.write_json(store.run(run).config(), {"dataset": dataset, "experiment": exp.to_dict()})
     state = FoldState.create(exp)
     state.epoch = 1
-    folder = f"{store.fold_dir(run, 0)}/{checkpoint_name(1)}"
+    folder = store.run(run).checkpoint(0, 1)
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint_dir(state.state_dict(), tmp)
         for name in (STATE_FILE, META_FILE):
@@ -142,17 +142,17 @@ def plain_finetune_rate(store: Store, run: str, fold: int, batch_size: int, rows
 
     from fersnet_ray.checkpoint import latest_checkpoint, read_checkpoint
     from fersnet_ray.finetune.loop import FinetuneConfig, FinetuneState, decode_batch, finetune_epoch
-    from fersnet_ray.synth.job import MANIFEST
     from fersnet_ray.train.config import Experiment
 
     state_dict = read_checkpoint(store, latest_checkpoint(store, run, fold))
     exp = Experiment.from_dict(state_dict["experiment"])
-    folder = store.synthetic_dir(run, fold)
+    layout = store.run(run)
     tables, have = [], 0
-    for shard in store.read_json(f"{folder}/{MANIFEST}")["shards"]:
+    for shard in store.read_json(layout.manifest(fold))["shards"]:
         if have >= rows:
             break
-        t = pq.read_table(f"{folder}/{shard['file']}", filesystem=store.arrow_fs, columns=["image", "label"])
+        path = layout.synthetic_file(fold, shard["file"])
+        t = pq.read_table(path, filesystem=store.arrow_fs, columns=["image", "label"])
         tables.append(t)
         have += t.num_rows
     batches = []
@@ -219,7 +219,7 @@ def run_size(uri: str, faces: int, cfg: ScaleConfig, names: dict[str, str] | Non
     seen = Placement(names)
     with StageProbe() as probe:
         manifest = synthesize(job)[cfg.fold]
-    shards = [f"{store.synthetic_dir(run, cfg.fold)}/{s['file']}" for s in manifest["shards"]]
+    shards = [store.run(run).synthetic_file(cfg.fold, s["file"]) for s in manifest["shards"]]
     synth = {**probe.result(), "items": manifest["rows"], "layout": parquet_layout(store, shards)}
     synth["placement"] = seen.result()
     if cfg.nodes:  # one node's and the cluster's output, compared in the table (decodes every image: not timed)

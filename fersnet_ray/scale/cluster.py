@@ -214,13 +214,11 @@ def output_checksums(store, run: str, fold) -> dict:
     """
     import pyarrow.parquet as pq
 
-    from fersnet_ray.synth.job import MANIFEST
-
-    folder = store.synthetic_dir(run, fold)
-    manifest = store.read_json(f"{folder}/{MANIFEST}")
+    layout = store.run(run)
+    manifest = store.read_json(layout.manifest(fold))
     shards, files, every = {}, {}, []
     for s in manifest["shards"]:
-        table = pq.read_table(f"{folder}/{s['file']}", filesystem=store.arrow_fs)
+        table = pq.read_table(layout.synthetic_file(fold, s["file"]), filesystem=store.arrow_fs)
         rows = sorted(_row_digests(table))
         shards[s["file"]] = hashlib.sha256(b"".join(d for _, d in rows)).hexdigest()
         files[s["file"]] = s["sha256"]

@@ -67,12 +67,12 @@ def _tenfold_copy(store: Store, dataset: str, fold: int, name: str, times: int) 
     for i in range(times):
         ids = pa.array([f"{f}-x{i}" for f in train["face_id"].to_pylist()])
         parts.append(train.set_column(0, "face_id", ids))
-    out = store.dataset(name).dir
-    store.remove(out)
+    out = store.dataset(name)
+    store.remove(out.dir)
     buf = pa.BufferOutputStream()
     pq.write_table(pa.concat_tables(parts), buf, row_group_size=512)
-    store.write_bytes(f"{out}/faces-00000.parquet", buf.getvalue().to_pybytes())
-    store.write_json(f"{out}/_card.json", {**card, "name": name})
+    store.write_bytes(out.part(0), buf.getvalue().to_pybytes())
+    store.write_json(out.card, {**card, "name": name})
 
 
 def bench_synth(

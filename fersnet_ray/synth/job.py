@@ -42,7 +42,16 @@ import pyarrow.parquet as pq
 from fersnet_ray.foldkey import FINAL, Fold, is_final, label, shard_fold, training_mask
 from fersnet_ray.progress import Progress
 from fersnet_ray.synth import SynthError
-from fersnet_ray.store import MANIFEST_FILE, S3_RETRIES, Store, StoreError, StoreFullError, report_retries
+from fersnet_ray.store import (
+    MANIFEST_FILE,
+    S3_RETRIES,
+    SHARD_FILE,
+    Run,
+    Store,
+    StoreError,
+    StoreFullError,
+    report_retries,
+)
 from fersnet_ray.table import check_schema, face_id, open_table_file, read_card, row_group_rows, table_files
 
 MANIFEST = MANIFEST_FILE  # `Run.manifest(k)` is its path
@@ -85,11 +94,8 @@ def synthetic_face_id(source_face_id: str, target: int) -> str:
 
 
 def shard_name(shard: int) -> str:
-    return f"part-{shard:05d}.parquet"
-
-
-def sidecar_name(shard: int) -> str:
-    return f"_part-{shard:05d}.json"
+    """The shard's file name, as the manifest lists it (`Run.shard` is its path)."""
+    return SHARD_FILE.format(shard)
 
 
 def plan_shards(store: Store, dataset: str, fold: Fold, num_classes: int, rows_per_shard: int) -> list[dict]:
@@ -120,18 +126,17 @@ def plan_shards(store: Store, dataset: str, fold: Fold, num_classes: int, rows_p
     return shards
 
 
-def shard_done(store: Store, folder: str, spec: dict, checkpoint_id: str, min_score: float | None) -> dict | None:
+def shard_done(run: Run, fold: Fold, spec: dict, checkpoint_id: str, min_score: float | None) -> dict | None:
     """The shard's sidecar if its Parquet file is complete (size matches), of this plan, generator and filter."""
-    side = f"{folder}/{sidecar_name(spec['shard'])}"
-    part = f"{folder}/{shard_name(spec['shard'])}"
+    store = run.store
     try:
-        info = json.loads(store.read_bytes(side))
+        info = json.loads(store.read_bytes(run.sidecar(fold, spec["shard"])))
         same = (info["checkpoint"], info.get("min_score"), info.get("spec_id")) == (
             checkpoint_id,
             min_score,
             spec["spec_id"],
         )
-        return info if same and store.fs.size(part) == info["bytes"] else None
+        return info if same and store.fs.size(run.shard(fold, spec["shard"])) == info["bytes"] else None
     except (FileNotFoundError, ValueError, KeyError):
         return None
 
@@ -246,9 +251,8 @@ class Generator:
 
 def write_shard(
     batch: dict,
-    store: Store,
-    folder: str,
-    fold: int,
+    run: Run,
+    fold: Fold,
     classes: list[str],
     checkpoint_id: str,
     min_score: float | None = None,
@@ -280,7 +284,7 @@ def write_shard(
             "label": labels,
             "label_name": [classes[y] for y in labels],
             "source_label": np.asarray(batch["source_label"], dtype=np.int64),
-            "fold": np.full(n, fold, dtype=np.int64),
+            "fold": np.full(n, shard_fold(fold), dtype=np.int64),  # k, or -1 for the final data set
             "image": [encode_png(Image.fromarray(np.ascontiguousarray(img))) for img in batch["image"]],
             "checkpoint": [checkpoint_id] * n,
             "score": pa.array(
@@ -296,7 +300,7 @@ def write_shard(
     pq.write_table(table, buf, row_group_size=row_group_rows(image_bytes / max(n, 1)))
     data = buf.getvalue().to_pybytes()
     try:
-        store.write_bytes(f"{folder}/{shard_name(shard)}", data)  # whole or not at all
+        run.store.write_bytes(run.shard(fold, shard), data)  # whole or not at all
     except StoreFullError as e:
         # Returned, not raised: a raised error reaches the driver as Ray Data's UserCodeException, whose
         # message is a worker's traceback. The driver stops the pipeline at the first one.
@@ -314,7 +318,7 @@ def write_shard(
         "below_min_score": {classes[c]: int(k) for c, k in sorted(dropped.items())},
     }
     try:
-        store.write_json(f"{folder}/{sidecar_name(shard)}", info)
+        run.store.write_json(run.sidecar(fold, shard), info)
     except StoreFullError as e:  # the shard without its sidecar is not done: a re-run rewrites it
         return _summary(shard, "", str(e))
     return _summary(shard, json.dumps(info), "")
@@ -345,13 +349,13 @@ def trained_folds(store: Store, run: str) -> list[Fold]:
 
 def _fold_checkpoint(store: Store, job: SynthJob, fold: Fold) -> tuple[str, str, dict | None]:
     """The fold's newest complete checkpoint, its id, and its manifest when the fold is already complete."""
-    from fersnet_ray.checkpoint import META_FILE, latest_checkpoint
+    from fersnet_ray.checkpoint import checkpoint_meta, latest_checkpoint
 
     checkpoint = latest_checkpoint(store, job.run, fold)
     if checkpoint is None:
         where = store.uri_of_path(store.run(job.run).fold(fold))
         raise SynthError(f"{label(fold)} of run {job.run!r} has no complete checkpoint in {where}")
-    meta = json.loads(store.read_bytes(f"{checkpoint}/{META_FILE}"))
+    meta = checkpoint_meta(store, checkpoint)
     checkpoint_id = f"{posixpath.relpath(checkpoint, store.root)}@sha256:{meta['sha256'][:16]}"
     manifest_path = store.run(job.run).manifest(fold)
     if store.exists(manifest_path) and not job.overwrite:
@@ -419,7 +423,7 @@ def synthesize_fold(job: SynthJob, fold: Fold, quality_ref=None) -> dict:
 
     specs = plan_shards(store, dataset, fold, len(classes), job.rows_per_shard)
     _remove_unplanned(store, folder, len(specs))
-    done = {s["shard"]: shard_done(store, folder, s, checkpoint_id, job.min_score) for s in specs}
+    done = {s["shard"]: shard_done(layout, fold, s, checkpoint_id, job.min_score) for s in specs}
     todo = [s for s in specs if not done[s["shard"]]]
     print(
         f"{label(fold)}: {len(specs)} shards, {len(specs) - len(todo)} already written, {len(todo)} to write",
@@ -452,9 +456,8 @@ def synthesize_fold(job: SynthJob, fold: Fold, quality_ref=None) -> dict:
             .map_batches(
                 write_shard,
                 fn_kwargs=dict(
-                    store=store,
-                    folder=folder,
-                    fold=shard_fold(fold),  # the shards' int64 column: k, or -1 for the final data set
+                    run=layout,
+                    fold=fold,
                     classes=classes,
                     checkpoint_id=checkpoint_id,
                     min_score=job.min_score,
@@ -526,13 +529,13 @@ def _check_foreign_files(store: Store, folder: str) -> None:
         if name.endswith(".parquet") and not name.startswith("_tmp-"):
             try:
                 schema = pq.ParquetFile(path, filesystem=store.arrow_fs).schema_arrow
-                check_schema(schema, store.uri_of(path[len(store.root) :]), SYNTH_SCHEMA, "synthetic shard")
+                check_schema(schema, store.uri_of_path(path), SYNTH_SCHEMA, "synthetic shard")
             except StoreError as e:
                 raise SynthError(f"{e}; remove it or pass --overwrite") from None
             except Exception as e:  # noqa: BLE001 - unreadable: a crashed write of ours is rewritten
                 if not re.fullmatch(r"part-\d{5}\.parquet", name):  # not ours: never delete a user's file
                     raise SynthError(
-                        f"{store.uri_of(path[len(store.root) :])}: not a readable Parquet file "
+                        f"{store.uri_of_path(path)}: not a readable Parquet file "
                         f"({type(e).__name__}); remove it or pass --overwrite"
                     ) from None
                 store.remove(path)

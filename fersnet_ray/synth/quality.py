@@ -160,4 +160,4 @@ def _write_sheet(store: Store, run: str, fold: Fold, faces: FaceSet, images, src
         rows.append({"source_label": c, "images": cells})
     buf = io.BytesIO()
     contact_sheet(rows, classes).save(buf, format="PNG")
-    store.write_bytes(f"{store.run(run).synthetic(fold)}/{SHEET_FILE}", buf.getvalue())
+    store.write_bytes(store.run(run).synthetic_file(fold, SHEET_FILE), buf.getvalue())

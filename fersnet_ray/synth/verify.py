@@ -37,12 +37,13 @@ def verify_fold(store: Store, run: str, fold: Fold) -> list[str]:
 
     For the final model ("final") the sources are every face of the table, with the same checks.
     """
-    folder = store.synthetic_dir(run, fold)
+    layout = store.run(run)
+    folder = layout.synthetic(fold)
     where = store.uri_of_path(folder)
     who = label(fold)  # "fold 3" or "final", at the start of every problem
-    if not store.exists(f"{folder}/{MANIFEST}"):
+    if not store.exists(layout.manifest(fold)):
         return [f"{who}: no {MANIFEST} in {where} (synthesis did not finish)"]
-    manifest = store.read_json(f"{folder}/{MANIFEST}")
+    manifest = store.read_json(layout.manifest(fold))
     problems: list[str] = []
     listed = {s["file"]: s for s in manifest["shards"]}
     present_files = {p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False)}
@@ -61,7 +62,7 @@ def verify_fold(store: Store, run: str, fold: Fold) -> list[str]:
     outside: set[tuple[str, int]] = set()  # pairs from faces outside the training split (rare: kept as Python)
     face_ids = []
     for name, info in sorted(listed.items()):
-        path = f"{folder}/{name}"
+        path = layout.synthetic_file(fold, name)
         if name not in present_files:
             problems.append(f"{who}: shard {where}/{name} is missing")
             continue

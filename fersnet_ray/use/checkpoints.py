@@ -17,11 +17,10 @@ only as fine-tuned, so its folder must hold the finished fold.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from fersnet_ray.foldkey import FINAL, Fold, is_final
-from fersnet_ray.store import CONFIG_FILE, EVALUATION_FILE, Store, StoreError
+from fersnet_ray.store import TRAIN, Run, Store, StoreError
 
 STAGES = ("auto", "finetune", "train")
 DATA = ("real+synthetic", "real")  # finetune.loop.FINETUNE_DATA: which fine-tuning of the classifier
@@ -75,16 +74,16 @@ def run_config(store: Store, run: str) -> dict:
         raise UseError(str(e)) from None
 
 
-def _finished(store: Store, folder: str, epochs: int) -> tuple[str, dict] | None:
-    """(checkpoint folder, its meta) when `folder` holds a finished stage: evaluation.json + last epoch."""
-    from fersnet_ray.checkpoint import META_FILE, latest_checkpoint_in
+def _finished(layout: Run, fold: Fold, stage: str | None, epochs: int) -> tuple[str, dict] | None:
+    """(checkpoint folder, its meta) when the fold finished the stage: evaluation.json + last epoch."""
+    from fersnet_ray.checkpoint import checkpoint_meta, latest_checkpoint_in
 
-    if not store.exists(f"{folder}/{EVALUATION_FILE}"):
+    if not layout.store.exists(layout.evaluation(fold, stage)):
         return None
-    ckpt = latest_checkpoint_in(store, folder)
+    ckpt = latest_checkpoint_in(layout.store, layout.fold(fold, stage))
     if ckpt is None:
         return None
-    meta = json.loads(store.read_bytes(f"{ckpt}/{META_FILE}"))
+    meta = checkpoint_meta(layout.store, ckpt)
     return (ckpt, meta) if meta["epoch"] >= epochs else None
 
 
@@ -131,7 +130,7 @@ def resolve(
     if stage not in STAGES:
         raise UseError(f"--checkpoint {stage!r}: use one of {', '.join(STAGES)}")
     folder = finetune_folder(classifier, data)
-    ft_root = store.finetune_dir(run, folder)
+    layout = store.run(run)
     if classifier != "fersnet" and stage == "train":
         raise UseError(
             f"--checkpoint train: classifier {classifier} has no training stage (only FERSNet is trained by "
@@ -139,16 +138,17 @@ def resolve(
         )
     config = run_config(store, run)
     _check_fold(store, run, config, fold)
-    train_dir, ft_dir = store.fold_dir(run, fold), store.finetune_fold_dir(run, fold, folder)
+    train_dir, ft_dir = layout.fold(fold), layout.fold(fold, folder)
     rel = lambda path: store.uri_of_path(path) + "/"
     who = f"the final model of run {run!r}" if is_final(fold) else f"run {run!r} fold {fold}"
     if classifier != "fersnet":
-        _require_folder(store, run, classifier, data, ft_root)
+        _require_folder(layout, classifier, data, folder)
 
     found, used, tuned = None, None, classifier
-    if stage in ("auto", "finetune") and store.exists(store.run(run).config(folder)):
-        ft_config = store.read_json(store.run(run).config(folder))["finetune"]
-        found, used, tuned = _finished(store, ft_dir, ft_config["epochs"]), "finetune", ft_config.get("classifier")
+    if stage in ("auto", "finetune") and store.exists(layout.config(folder)):
+        ft_config = store.read_json(layout.config(folder))["finetune"]
+        found = _finished(layout, fold, folder, ft_config["epochs"])
+        used, tuned = "finetune", ft_config.get("classifier")
     if found is None and (stage == "finetune" or classifier != "fersnet"):
         which, alternative = ("", " or pass --checkpoint train") if classifier == "fersnet" else (f"{classifier} ", "")
         raise UseError(
@@ -157,7 +157,7 @@ def resolve(
         )
     if found is None:
         epochs = Experiment.from_dict(config["experiment"]).train.epochs
-        found, used, tuned = _finished(store, train_dir, epochs), "train", "fersnet"
+        found, used, tuned = _finished(layout, fold, TRAIN, epochs), "train", "fersnet"
     if found is None:
         from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint_in
 
@@ -185,13 +185,14 @@ def resolve(
     return ref
 
 
-def _require_folder(store: Store, run: str, classifier: str, data: str, folder: str) -> None:
+def _require_folder(layout: Run, classifier: str, data: str, folder: str) -> None:
     """A classifier never fine-tuned in this run (with this --data): one line naming the missing folder."""
-    if not store.exists(f"{folder}/{CONFIG_FILE}"):
+    if not layout.store.exists(layout.config(folder)):
         on = "real + synthetic faces" if data == "real+synthetic" else "real faces only"
+        where = layout.store.uri_of_path(layout.stage(folder))
         raise UseError(
-            f"run {run!r} has no {classifier} fine-tuned on {on}: {store.uri_of_path(folder)}/ "
-            f"is missing; run `{_finetune_command(run, classifier, data)}` first"
+            f"run {layout.name!r} has no {classifier} fine-tuned on {on}: {where}/ "
+            f"is missing; run `{_finetune_command(layout.name, classifier, data)}` first"
         )
 
 
@@ -217,7 +218,7 @@ def classifier_folds(store: Store, run: str, classifier: str = "fersnet", data: 
         return trained_folds(store, run)
     run_config(store, run)
     folder = finetune_folder(classifier, data)
-    _require_folder(store, run, classifier, data, store.finetune_dir(run, folder))
+    _require_folder(store.run(run), classifier, data, folder)
     return store.run(run).folds(folder)
 
 
@@ -225,7 +226,7 @@ def final_model(
     store: Store, run: str, stage: str = "auto", classifier: str = "fersnet", data: str = "real+synthetic"
 ) -> ModelRef | None:
     """The run's final model when it has finished (fine-tuned or trained, as `stage` allows), else None."""
-    if classifier == "fersnet" and not store.exists(store.fold_dir(run, FINAL)):
+    if classifier == "fersnet" and not store.exists(store.run(run).fold(FINAL)):
         return None
     try:
         return resolve(store, run, FINAL, stage, classifier, data)

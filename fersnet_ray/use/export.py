@@ -257,8 +257,14 @@ def finetune_config(store: Store, ref: ModelRef) -> dict | None:
     """The fine-tuning config of a fine-tuned checkpoint (its folder's config.json, two levels up), else None."""
     if ref.stage != "finetune":
         return None
-    folder = posixpath.dirname(posixpath.dirname(ref.path))  # <folder>/fold-k/checkpoint-epoch-NNNN
-    return store.read_json(f"{folder}/config.json").get("finetune")
+    layout = store.run(ref.run)
+    return store.read_json(layout.config(layout.stage_of(ref.path))).get("finetune")
+
+
+def _evaluation_uri(store: Store, ref: ModelRef) -> str:
+    """The evaluation.json beside the checkpoint: the held-out accuracy of its fold and stage."""
+    layout = store.run(ref.run)
+    return store.uri_of_path(layout.evaluation(ref.fold, layout.stage_of(ref.path)))
 
 
 def export(job: ExportJob) -> dict:
@@ -315,7 +321,7 @@ def export(job: ExportJob) -> dict:
         # beside its checkpoint), or, for the final model (every subject, none held out), the run's folds.
         "held_out_accuracy": NO_HELD_OUT
         if is_final(ref.fold)
-        else f"fold {ref.fold}'s held-out subjects: {posixpath.dirname(ref.uri)}/evaluation.json",
+        else f"fold {ref.fold}'s held-out subjects: {_evaluation_uri(store, ref)}",
         "backbone": backbone(ref, exp, source),
         "experiment": exp.to_dict(),  # the run's: sizes, precision, and FERSNet's `model` (used by fersnet only)
         "finetune": finetune_config(store, ref),

@@ -295,7 +295,7 @@ def choose_models(store: Store, job: PredictJob) -> tuple[list[ModelRef], str, l
     how = "--ensemble" if job.ensemble else "no --fold given, no final model"
     notes = []
     if not job.ensemble:
-        where = store.uri_of_path(store.fold_dir(job.run, FINAL)) + "/"
+        where = store.uri_of_path(store.run(job.run).fold(FINAL)) + "/"
         notes.append(
             f"run {job.run!r} has no finished final model ({where}): every fold averaged instead; "
             f"`fersnet train --run {job.run} --folds final` trains one on every subject"
