@@ -82,16 +82,12 @@ def check_schema(schema: pa.Schema, where: str, expected: pa.Schema = FACE_SCHEM
         raise StoreError(f"{where}: not a {what} of this version ({'; '.join(reasons)})")
 
 
-def table_dir(store: Store, name: str) -> str:
-    return store.dataset(name).dir
-
-
 def read_card(store: Store, name: str) -> dict:
     """The data set's card; a clear error when the data set was never (fully) prepared."""
     path = store.dataset(name).card
     if not store.exists(path):
         raise StoreError(
-            f"no prepared data set {name!r} in {store.uri} ({store.dataset(name).uri}/{CARD_NAME} missing);"
+            f"no prepared data set {name!r} in {store.uri} ({store.uri_of_path(path)} missing);"
             " run `fersnet prepare` first"
         )
     return store.read_json(path)
@@ -104,7 +100,7 @@ def table_files(store: Store, name: str) -> list[str]:
 
 def open_table_file(store: Store, path: str) -> pq.ParquetFile:
     """One of the face table's Parquet files, opened and schema-checked; errors name the file."""
-    where = f"s3://{path}" if store.protocol == "s3" else path
+    where = store.uri_of_path(path)
     try:
         pf = pq.ParquetFile(path, filesystem=store.arrow_fs)
     except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError

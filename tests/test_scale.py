@@ -33,7 +33,7 @@ from fersnet_ray.scale.s3 import compare_arrow_s3
 from fersnet_ray.store import ARROW_S3, ARROW_S3_KINDS, Store
 from fersnet_ray.synth.job import MANIFEST, SynthJob, planned_rows, synthesize, write_shard
 from fersnet_ray.synth.verify import verify_fold
-from fersnet_ray.table import read_card, read_faces, row_group_rows, table_files
+from fersnet_ray.table import read_card, read_faces, table_files
 
 GROUP = 32  # rows per row group in the module's face table (the real bound, 2048, would give one group)
 
@@ -50,12 +50,6 @@ def scaled(ray_local, tmp_path_factory):
     stand_in_run(store, "demo", "r")
     synthesize(SynthJob(store=uri, run="r", folds=(0,), quality=False, rows_per_shard=60))
     return uri
-
-
-def test_row_group_rows_are_bounded_by_rows_and_bytes():
-    assert row_group_rows(3_000) == 2048  # a 110 px greyscale PNG face: the row bound
-    assert row_group_rows(200_000) == (64 << 20) // 200_000  # large RGB faces: ~64 MB groups
-    assert row_group_rows(10 << 20) == 256 and row_group_rows(0) == 2048
 
 
 def test_face_table_row_groups_and_fold_reads(scaled):
