@@ -6,6 +6,7 @@ One of the few places that touch Ray directly. Stages assume Ray is initialised 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -28,6 +29,19 @@ def quiet_environment() -> None:
     # Ray Data warns once per process that its bars are off (ours draw progress instead): not an error
     # line a user should read before the one that matters.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op thread count of this process set to `n` for a block, restored after (benchmarks, tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> None:

@@ -22,13 +22,12 @@ os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 def one_thread():
     """One torch thread in the test process for the whole session, restored at its end: the tensors here
     are tiny, and intra-op threading costs far more than it saves on 2 cores (10-30x on small CI VMs).
-    Session scope puts it in force before every other fixture, module-scoped training ones included."""
-    import torch
+    Session scope puts it in force before every other fixture, module-scoped training ones included
+    (a module fixture that trains names it, to say so); no test file sets threads by hand."""
+    from fersnet_ray.runtime import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

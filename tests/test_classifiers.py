@@ -28,14 +28,6 @@ from fersnet_ray.train.config import make_experiment
 GREY_48 = ClassifierInput(channels=1, num_classes=7, size=48)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Tiny(nn.Module):
     """A user's own classifier: (N, C, S, S) → (N, classes)."""
 

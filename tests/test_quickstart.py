@@ -39,9 +39,7 @@ def demo_faces(subjects, load: int) -> FaceSet:
 
 
 @pytest.fixture(scope="module")
-def short_run():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threading costs more than it saves on 2 cores
+def short_run(one_thread):  # conftest's: one torch thread (tiny tensors), restored after the session
     exp = make_experiment("tiny", epochs=EPOCHS)
     t = exp.train
     train = demo_faces([s for s in range(12) if s % 3], t.load_size)
@@ -55,8 +53,7 @@ def short_run():
     images, _, targets = synthesize_all_targets(state.model.eval(), test, exp, torch.device("cpu"))
     table_v = accuracy_against(recognizer, images, torch.as_tensor(targets), t.crop_size)
     real = accuracy_against(recognizer, test.images, test.labels, t.crop_size)
-    yield {"accuracy": accuracy, "table_v": table_v, "recognizer_real": real}
-    torch.set_num_threads(threads)
+    return {"accuracy": accuracy, "table_v": table_v, "recognizer_real": real}
 
 
 def test_short_tiny_run_recognises_held_out_subjects(short_run):

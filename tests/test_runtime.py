@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fersnet_ray.cli import app
-from fersnet_ray.runtime import init_ray
+from fersnet_ray.runtime import init_ray, torch_threads
 
 runner = CliRunner()
 
@@ -21,3 +21,15 @@ def test_a_dashboard_address_is_refused_by_stages_with_the_submit_command_named(
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert out.output.startswith("error: https://head:8265 is a Ray dashboard (Jobs API) address")
     assert len(out.output.strip().splitlines()) == 1 and not (tmp_path / "store").exists()
+
+
+def test_torch_threads_are_restored_after_the_block_even_when_it_fails(one_thread):
+    import torch
+
+    before = torch.get_num_threads()  # 1: conftest's session fixture, which restores the count the same way
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"), torch_threads(3):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

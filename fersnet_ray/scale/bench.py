@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from fersnet_ray.runtime import torch_threads
 from fersnet_ray.scale.probe import StageProbe, cpu_count, parquet_layout
 from fersnet_ray.store import Store
 
@@ -78,16 +79,6 @@ def parse_key(key: str) -> tuple[str, int, int]:
     """ "local/420/3-nodes" → ("local", 420, 3); one node (the local Ray) is 0."""
     kind, faces, *rest = key.split("/")
     return kind, int(faces), int(rest[0].split("-")[0]) if rest else 0
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def generator_rate(seconds: float = 3.0) -> dict:
@@ -161,7 +152,7 @@ def plain_finetune_rate(store: Store, run: str, fold: int, batch_size: int, rows
             d = decode_batch({"image": b["image"].to_pylist(), "label": b["label"].to_numpy()}, exp.train.load_size)
             batches.append({"image": torch.from_numpy(d["image"]), "label": torch.from_numpy(d["label"])})
     cfg = FinetuneConfig(epochs=1, batch_size=batch_size)
-    with _torch_threads(1):  # the fine-tuning worker's share: cpus_per_worker=1
+    with torch_threads(1):  # the fine-tuning worker's share: cpus_per_worker=1
         state = FinetuneState.create(exp, cfg, state_dict["model"], "cpu")
         m = finetune_epoch(state, batches[: max(1, rows // batch_size)])
     return m["images_per_s"]
@@ -203,7 +194,7 @@ def run_size(uri: str, faces: int, cfg: ScaleConfig, names: dict[str, str] | Non
     out["prepare"]["placement"] = seen.result()
 
     stand_in_run(store, name, run)
-    with _torch_threads(1):  # a generator actor holds one CPU, so torch runs one thread there
+    with torch_threads(1):  # a generator actor holds one CPU, so torch runs one thread there
         bare = bare_rate(store, run, cfg.fold, cfg.batch_size)
     job = SynthJob(
         store=uri,

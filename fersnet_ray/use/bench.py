@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from fersnet_ray.runtime import torch_threads
 from fersnet_ray.store import Store
 from fersnet_ray.table import read_faces
 from fersnet_ray.train.data import decode_faces
@@ -36,9 +37,7 @@ def bare_rate(store: Store, run: str, fold: int, pngs: list[bytes], batch_size: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rec = rec.to(device)
     faces = decode_faces(pngs, prep.load_size).to(device)  # (N, C, L, L) uint8 on the device
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         classify([rec], faces[:batch_size], prep, exp.train.amp, batch_size)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -47,8 +46,6 @@ def bare_rate(store: Store, run: str, fold: int, pngs: list[bytes], batch_size: 
         if device.type == "cuda":
             torch.cuda.synchronize()
         return len(faces) / (time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
 
 
 def bench_predict(
