@@ -298,6 +298,18 @@ def safe_join(base: str, rel: str) -> str | None:
     return None if joined == ".." or joined.startswith("../") else joined
 
 
+def _row_problem(row: dict, column: str, rel: str | None, label: int | None, what: str = "path") -> str | None:
+    """Why a manifest row names no face: its `column` path (`rel`, from `safe_join`) leaves the source root,
+    it has no subject, or its label is unknown; None for a usable row."""
+    if rel is None:
+        return f"{what} {row[column]!r} leaves the source root"
+    if not row["subject"]:
+        return "no subject"
+    if label is None:
+        return f"unknown label {row['label']!r}"
+    return None
+
+
 def parse_label(value: str, classes: tuple[str, ...], first_code: int) -> int | None:
     """A label given as a class name or as an integer code (codes start at `first_code`)."""
     name = canonical(value, classes)
@@ -329,12 +341,9 @@ class MMI(Adapter):
             where = f"{self.manifest} row {i}"
             seq = safe_join("", row["sequence"])
             label = parse_label(row["label"], SIX_CLASSES, first_code=1)  # MMI codes 1-6
-            if seq is None:
-                out.rejects.append(Reject(where, f"sequence path {row['sequence']!r} leaves the source root"))
-            elif not row["subject"]:
-                out.rejects.append(Reject(where, "no subject"))
-            elif label is None:
-                out.rejects.append(Reject(where, f"unknown label {row['label']!r}"))
+            problem = _row_problem(row, "sequence", seq, label, "sequence path")
+            if problem:
+                out.rejects.append(Reject(where, problem))
             else:
                 try:
                     frames = [r for r in self._files(seq) if is_image(r)]
@@ -427,12 +436,9 @@ class Manifest(Adapter):
             where = f"{self._manifest} row {i}"
             rel = safe_join("", row["path"])
             label = parse_label(row["label"], classes, first_code=0)
-            if rel is None:
-                out.rejects.append(Reject(where, f"path {row['path']!r} leaves the source root"))
-            elif not row["subject"]:
-                out.rejects.append(Reject(where, "no subject"))
-            elif label is None:
-                out.rejects.append(Reject(where, f"unknown label {row['label']!r}"))
+            problem = _row_problem(row, "path", rel, label)
+            if problem:
+                out.rejects.append(Reject(where, problem))
             else:
                 frame = row.get("frame", "")
                 out.faces.append(
