@@ -16,6 +16,10 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs ev
 # face-alignment's landmark decoding runs as plain Python instead of being compiled by numba first: the
 # same code path, minus a ~15 s compile in every process that aligns (the pytest process, Ray actors).
 os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
+# Ray Train's controller polls its workers every 2 s, so each of the suite's ~20 short fits waits up to
+# 2 s after its last epoch to notice the end; 0.5 s keeps the same checks (set before Ray starts, so its
+# actors inherit it).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session", autouse=True)
