@@ -145,9 +145,11 @@ def shard_done(run: Run, fold: Fold, spec: dict, checkpoint_id: str, min_score: 
 
 
 def read_sources(batch: dict, store: Store, load_size: int) -> dict:
-    """Stage 1: one shard spec → its source rows, images decoded to uint8 (N, C, L, L) at load_size.
+    """Stage 1: one shard spec → one row packing its N source faces, decoded to uint8 (N, C, L, L) at load_size.
 
     Decoding here, in CPU tasks, keeps it off the generator actors, so it overlaps the GPU work.
+    Output columns: shard, spec_id, sources (JSON: face_id, subject, label lists and the image shape),
+    image (the (N, C, L, L) array's bytes).
     """
     from fersnet_ray.train.data import decode_faces
 
@@ -167,23 +169,26 @@ def read_sources(batch: dict, store: Store, load_size: int) -> dict:
         take = [start_in_read[group_of[r]] + r - offsets[group_of[r]] for r in rows]
         tables.append(pf.read_row_groups(groups, columns=cols).take(take))
     out = pa.concat_tables(tables).to_pydict()
+    images = decode_faces(out["image"], load_size).numpy()  # (N, C, L, L) uint8
+    sources = {k: out[k] for k in ("face_id", "subject", "label")} | {"shape": list(images.shape)}
+    # One row per shard: the generator stage takes batches of exactly one row (Ray Data needs an explicit
+    # batch_size for GPU stages), so a batch never mixes shards nor splits one.
     return {
-        "shard": np.full(len(out["face_id"]), spec["shard"]),
-        "spec_id": np.full(len(out["face_id"]), spec["spec_id"], dtype=object),
-        "face_id": np.array(out["face_id"], dtype=object),
-        "subject": np.array(out["subject"], dtype=object),
-        "label": np.array(out["label"]),
-        "image": decode_faces(out["image"], load_size).numpy(),
+        "shard": np.array([spec["shard"]]),
+        "spec_id": np.array([spec["spec_id"]], dtype=object),
+        "sources": np.array([json.dumps(sources)], dtype=object),
+        "image": np.array([images.tobytes()], dtype=object),
     }
 
 
 class Generator:
     """Stage 2, a Ray Data actor: the fold's FES branch (and recogniser), built once from their paths.
 
-    Input columns: shard, spec_id, face_id, subject, label, image (uint8 (N, C, L, L) at load_size).
-    Output columns: shard, source_face_id, subject, source_label, label (target), image (uint8 array
-    in the face table's size and channels), score (recogniser's probability of the target, or NaN).
-    Every source gets every target ≠ its own label.
+    Input: one row of `read_sources` (one shard's N sources). Output columns, P = N × (classes − 1)
+    rows: shard, spec_id, source_face_id, subject, source_label, label (target), image (uint8 array in
+    the face table's size and channels), score (recogniser's probability of the target, or NaN),
+    shard_rows (P, so the writer can tell a whole shard from a split one). Every source gets every
+    target ≠ its own label.
     """
 
     def __init__(self, store: Store, checkpoint: str, batch_size: int, aligned_size: int, recognizer: str | None):
@@ -213,9 +218,15 @@ class Generator:
         from fersnet_ray.train.data import FaceSet
 
         t = self.exp.train
-        labels = torch.as_tensor(np.array(batch["label"], dtype=np.int64))  # writable copies of Arrow buffers
-        images = torch.from_numpy(np.array(batch["image"], dtype=np.uint8))
-        faces = FaceSet(images, labels, np.asarray(batch["subject"]), [])
+        if len(batch["shard"]) != 1:
+            raise SynthError(f"the generator takes one shard per batch, got {len(batch['shard'])}")
+        shard, spec_id = int(np.asarray(batch["shard"])[0]), str(np.asarray(batch["spec_id"])[0])
+        sources = json.loads(batch["sources"][0])
+        labels = torch.as_tensor(np.array(sources["label"], dtype=np.int64))
+        # bytearray: a writable copy of the Arrow buffer, which torch wants
+        images = torch.frombuffer(bytearray(batch["image"][0]), dtype=torch.uint8).reshape(sources["shape"])
+        face_id, subject = np.array(sources["face_id"], dtype=object), np.array(sources["subject"], dtype=object)
+        faces = FaceSet(images, labels, subject, [])
         out, src, tgt = synthesize_all_targets(self.model, faces, self.exp, self.device, self.batch_size)
         score = np.full(len(tgt), np.nan, dtype=np.float32)
         if self.recognizer is not None:
@@ -238,14 +249,15 @@ class Generator:
             )
         images = out.permute(0, 2, 3, 1).numpy()  # (P, S, S, C)
         return {
-            "shard": np.asarray(batch["shard"])[src],
-            "spec_id": np.asarray(batch["spec_id"], dtype=object)[src],
-            "source_face_id": np.asarray(batch["face_id"], dtype=object)[src],
-            "subject": np.asarray(batch["subject"], dtype=object)[src],
+            "shard": np.full(len(src), shard),
+            "spec_id": np.full(len(src), spec_id, dtype=object),
+            "source_face_id": face_id[src],
+            "subject": subject[src],
             "source_label": labels.numpy()[src],
             "label": tgt,
             "image": images[..., 0] if images.shape[-1] == 1 else images,
             "score": score,
+            "shard_rows": np.full(len(src), len(src)),
         }
 
 
@@ -269,6 +281,9 @@ def write_shard(
     if len(shards) != 1:
         raise SynthError(f"a write block mixes shards {sorted(shards)}")  # one block per shard by construction
     shard = shards.pop()
+    expected = int(np.asarray(batch["shard_rows"])[0])
+    if len(batch["label"]) != expected:  # a block split by Ray Data would write a partial shard
+        raise SynthError(f"shard {shard} reached the writer split: {len(batch['label'])} of {expected} rows")
     spec_id = str(np.asarray(batch["spec_id"])[0])
     score = np.asarray(batch["score"], dtype=np.float32)
     keep = np.ones(len(score), dtype=bool) if min_score is None else score >= min_score
@@ -448,7 +463,7 @@ def synthesize_fold(job: SynthJob, fold: Fold, quality_ref=None) -> dict:
                     aligned_size=card["alignment"]["size"],
                     recognizer=recognizer,
                 ),
-                batch_size=None,
+                batch_size=1,  # one shard's sources (read_sources packs them in one row)
                 compute=ActorPoolStrategy(min_size=1, max_size=job.actors),
                 num_gpus=job.gpus_per_actor,
                 num_cpus=0 if job.gpus_per_actor else 1,

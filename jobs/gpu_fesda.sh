@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# FES-DA at the paper's width on one GPU, in one device call of about 5 minutes: CK+48 folds 0 and 1
+# (stratified subject-disjoint 10-fold splits), `fersnet run` with the `ck48` preset (full width,
+# identity loss on, 40 epochs) trains FERSNet, synthesises every missing expression of every training
+# face on GPU actors (Table V: a recogniser trained on real faces reads the synthetic test-subject
+# faces), fine-tunes on real + synthetic faces (FES-DA), then the control fine-tunes the same
+# checkpoints for the same steps on real faces only; then the synthesis benchmark with the time left.
+# The companion of jobs/gpu_ckplus48.sh (all ten folds, Table VI's single-task ablation) when a device
+# call has too little time for both.
+#
+# Here, once:   ../shared/tools/device-wheels.sh && mkdir -p .data && cp -r ../shared/data/ckplus48 .data/
+# Device run:   carry [".whl", ".data/ckplus48"], timeout_s 400, command: BUDGET=330 bash jobs/gpu_fesda.sh
+# CPU dry run:  . .venv/bin/activate && DRY=1 bash jobs/gpu_fesda.sh   (tiny preset, 2 epochs, no GPU)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+BUDGET=${BUDGET:-330}
+left() { echo $(( BUDGET - ($(date +%s) - start) )); }
+if [ -d .whl ] && ! python3 -c "import ray" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=$PWD:/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/fersnet-gpu-out}
+mkdir -p "$OUT"
+SRC=${SRC:-.data/ckplus48}
+STORE=${STORE:-/tmp/fersnet-gpu-store}
+EPOCHS=${EPOCHS:-40}
+FT_EPOCHS=${FT_EPOCHS:-3}
+PRESET=${PRESET:-ck48}
+FOLDS=${FOLDS:-0,1}
+GPUS=0.5 SYNTH_GPUS=0.25
+if [ -n "${DRY:-}" ]; then EPOCHS=2; FT_EPOCHS=1; PRESET=tiny; GPUS=0; SYNTH_GPUS=0; fi
+RUN="ck48-fesda-e$EPOCHS"
+log() { echo "[$(( $(date +%s) - start )) s] $*"; }
+within() { local t=$(( $(left) - $1 )); [ "$t" -gt 10 ] && timeout --signal=INT --kill-after=15 "$t" "${@:2}"; }
+
+{
+  log "EPOCHS=$EPOCHS FT_EPOCHS=$FT_EPOCHS PRESET=$PRESET FOLDS=$FOLDS"
+  nvidia-smi -L 2>/dev/null || true
+  log "run: prepare, train, synthesize, FES-DA (time left $(left) s)"
+  within 75 python3 -m fersnet_ray.cli run --dataset ckplus48 --source "$SRC" --store "$STORE" --run "$RUN" \
+    --folds 10 --train-folds "$FOLDS" --preset "$PRESET" --epochs "$EPOCHS" --gpus-per-fold "$GPUS" \
+    --actors 2 --gpus-per-actor "$SYNTH_GPUS" --synth-batch-size 1024 --finetune-epochs "$FT_EPOCHS"
+  log "run exit $?"
+  log "control: real faces only, same steps (time left $(left) s)"
+  within 30 python3 -m fersnet_ray.cli finetune --store "$STORE" --run "$RUN" --data real \
+    --epochs "$FT_EPOCHS" --gpus-per-fold "$GPUS"
+  log "control exit $?"
+  within 5 python3 -m fersnet_ray.cli report --store "$STORE" --run "$RUN" || log "report exit $?"
+  cat "$STORE/runs/$RUN/report/report.md" 2>/dev/null | sed '/^## Configurations/,$d'
+  if [ "$(left)" -gt 50 ]; then
+    log "synthesis benchmark (time left $(left) s)"
+    within 5 python3 jobs/bench_synth.py --store "$STORE" --run "$RUN" --gpus-per-actor "$SYNTH_GPUS" \
+      --batch-size 1024 || log "bench_synth exit $?"
+  fi
+  log "done"
+} 2>&1 | tee "$OUT/log.txt"
+(cd "$STORE" 2>/dev/null && find runs \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.csv' \) \
+  -not -path '*/checkpoint-*' -print0 | tar czf "$OUT/results.tgz" --null -T -) || true
