@@ -1,5 +1,9 @@
 """Synthesis of one fold on a simulated cluster: a head with no CPUs and N worker nodes, on this machine.
 
+The worker nodes declare one logical GPU each and the generator actors ask for half of one, as on a GPU
+cluster: Ray Data applies its rules for GPU stages (an explicit batch size, which synthesis once lacked
+and failed on every real GPU), while the work itself runs on the CPU.
+
     python tests/multinode_scenario.py STORE RUN FOLD ROWS_PER_SHARD NODES OUT_JSON     # run by test_multinode.py
 
 Runs as its own process because `ray.cluster_utils.Cluster` needs a driver connected to it, and the test
@@ -25,13 +29,19 @@ def main(uri: str, run: str, fold: int, rows_per_shard: int, nodes: int) -> dict
     result: dict = {}
     t0 = time.time()
     try:
-        with local_cluster(nodes, cpus_per_node=1, object_store_mb=128) as names:
+        with local_cluster(nodes, cpus_per_node=1, object_store_mb=128, gpus_per_node=1) as names:
             result["cluster_start_s"] = round(time.time() - t0, 1)
             seen = Placement(names)
             t1 = time.time()
             synthesize(
                 SynthJob(
-                    store=uri, run=run, folds=(fold,), quality=False, rows_per_shard=rows_per_shard, overwrite=True
+                    store=uri,
+                    run=run,
+                    folds=(fold,),
+                    quality=False,
+                    rows_per_shard=rows_per_shard,
+                    overwrite=True,
+                    gpus_per_actor=0.5,
                 )
             )
             result["synth_s"] = round(time.time() - t1, 1)

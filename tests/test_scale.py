@@ -31,6 +31,7 @@ from fersnet_ray.scale.cluster import output_checksums, same_output
 from fersnet_ray.scale.probe import StageProbe, parquet_layout
 from fersnet_ray.scale.s3 import compare_arrow_s3
 from fersnet_ray.store import ARROW_S3, ARROW_S3_KINDS, Store
+from fersnet_ray.synth import SynthError
 from fersnet_ray.synth.job import MANIFEST, SynthJob, planned_rows, synthesize, write_shard
 from fersnet_ray.synth.verify import verify_fold
 from fersnet_ray.table import read_card, read_faces, table_files
@@ -157,10 +158,17 @@ def test_shards_are_written_in_row_groups(tmp_path, monkeypatch):
         "label": np.ones(n, dtype=np.int64),
         "image": np.random.default_rng(0).integers(0, 255, (n, 8, 8), dtype=np.uint8),
         "score": np.full(n, np.nan, dtype=np.float32),
+        "shard_rows": np.full(n, n),
     }
     write_shard(batch, store.run("r"), 0, ["a", "b"], "ckpt@sha256:0")
     meta = pq.ParquetFile(f"{tmp_path}/runs/r/synthetic/fold-0/part-00000.parquet").metadata
     assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [16, 16, 16, 2]
+
+    # A shard that reached the writer in two pieces is refused, not written as a partial shard.
+    part = {k: v[:30] for k, v in batch.items()}
+    with pytest.raises(SynthError, match="shard 0 reached the writer split: 30 of 50 rows"):
+        write_shard(part, store.run("r2"), 0, ["a", "b"], "ckpt@sha256:0")
+    assert not (tmp_path / "runs" / "r2").exists()
 
 
 def test_stage_probe_sees_the_object_store_and_driver_memory(ray_local):

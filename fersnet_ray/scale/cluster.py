@@ -40,8 +40,13 @@ _RAY_INTERNAL = (
 
 
 @contextlib.contextmanager
-def local_cluster(nodes: int, cpus_per_node: int = 1, head_cpus: int = 0, object_store_mb: int = 512):
+def local_cluster(
+    nodes: int, cpus_per_node: int = 1, head_cpus: int = 0, object_store_mb: int = 512, gpus_per_node: float = 0
+):
     """A head and `nodes` worker nodes on this machine, with this process connected as the driver.
+
+    `gpus_per_node` declares logical GPUs on the worker nodes (no device behind them: the work runs on the
+    CPU), so that stages which ask Ray for GPUs meet Ray's rules for GPU work on a machine without one.
 
     Yields {node id (hex): "head" | "worker-1" | ...}. The quiet environment of `init_ray` is set before
     the nodes start, so their workers inherit it. Each node's object store is capped at `object_store_mb`
@@ -59,10 +64,9 @@ def local_cluster(nodes: int, cpus_per_node: int = 1, head_cpus: int = 0, object
     cluster = Cluster()
     try:
         cluster.add_node(num_cpus=head_cpus, include_dashboard=False, object_store_memory=store_bytes)
-        workers = [cluster.add_node(num_cpus=cpus_per_node, object_store_memory=store_bytes, wait=False)]
-        workers += [
-            cluster.add_node(num_cpus=cpus_per_node, object_store_memory=store_bytes, wait=False)
-            for _ in range(nodes - 1)
+        workers = [
+            cluster.add_node(num_cpus=cpus_per_node, num_gpus=gpus_per_node, object_store_memory=store_bytes, wait=False)
+            for _ in range(nodes)
         ]
         init_ray(address=cluster.address)
         cluster.wait_for_nodes(timeout=180)
