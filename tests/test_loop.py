@@ -62,6 +62,30 @@ def test_the_cycle_pass_over_synthetic_faces_leaves_bn_statistics_alone(from_fak
     assert all(m == (0.1 if from_fakes else 0.0) for m in cycle)
 
 
+def test_the_fake_classification_term_trains_the_generator_not_the_classifier():
+    """λ_cls_fake: the FER branch reads the fakes as their targets with its weights held fixed, so the
+    term's gradient reaches the decoder through the fakes but never the classifier head f_cls."""
+    from fersnet_ray.train.loop import _fixed_logits
+
+    exp = make_experiment("tiny", "fersnet", num_classes=3)
+    state = FoldState.create(Experiment(exp.model, replace(exp.train, lambda_cls_fake=1.0)))
+    model = state.model.train()
+    x, yt = torch.rand(4, 1, 32, 32) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    fake = model(x, yt).fake
+    logits = _fixed_logits(model, fake)
+    torch.nn.functional.cross_entropy(logits, yt).backward()
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    assert all(p.grad is None for p in model.f_cls.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fes_head.parameters())
+
+    # In a training step the term is logged, and with it off (the paper) it is not computed at all.
+    faces = toy_faces()
+    on = train_epoch(state, faces, TargetSampler(faces.labels, faces.subjects, 0))
+    off_state = FoldState.create(exp)
+    off = train_epoch(off_state, faces, TargetSampler(faces.labels, faces.subjects, 0))
+    assert on["cls_fake"] > 0 and "cls_fake" not in off
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_precision_bf16_where_native_else_fp32(cpu_bf16, native):
     cpu_bf16(native)

@@ -38,6 +38,9 @@ class LossWeights:
     cyc: float = 0.5  # λ3
     idt_start: float = 0.1  # λ4 at the start of training
     idt_end: float = 0.5  # λ4 at the end of training
+    # Not in the paper: StarGAN's domain-classification loss on fakes, the FER branch (held fixed) reading
+    # G(z^t, I) as z^t. 0 (off) is the paper's objective.
+    cls_fake: float = 0.0
 
 
 def lambda_idt(progress: float, start: float = 0.1, end: float = 0.5) -> float:
@@ -152,6 +155,8 @@ class FERSNetLoss(nn.Module):
         cycled: torch.Tensor | None = None,
         d_fake: torch.Tensor | None = None,
         progress: float = 0.0,
+        fake_logits: torch.Tensor | None = None,
+        target_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Parts]:
         """Eq. (10) for the FERSNet variant; only L_cls (eq. (5)) when `fake` is None ("fer_only").
 
@@ -164,10 +169,12 @@ class FERSNetLoss(nn.Module):
             cycled: G(z, G(z^t, I)), the fakes translated back to the source expression, (B, C, H, W).
             d_fake: D(z^t, G(z^t, I)) with gradients to the generator, (B, 1, H', W').
             progress: fraction of training done, for λ4.
+            fake_logits: expression logits of the fakes from a classifier whose weights do not learn from
+                them, (B, E); with `target_labels` (B,), the term `cls_fake` weighs (off when 0).
 
         Returns:
             The total (scalar, to backpropagate) and the parts for logging: detached tensors "cls", "gan",
-            "rec", "cyc", "idt" (those computed), "total", and the float "lambda_idt".
+            "rec", "cyc", "idt", "cls_fake" (those computed), "total", and the float "lambda_idt".
         """
         l_cls = F.cross_entropy(logits, labels)  # eq. (5)
         parts: Parts = {"cls": l_cls.detach()}
@@ -184,6 +191,12 @@ class FERSNetLoss(nn.Module):
         l_cyc = F.mse_loss(cycled, source_images)  # eq. (8)
         total = l_cls + w.gan * l_gan + w.rec * l_rec + w.cyc * l_cyc
         parts.update(gan=l_gan.detach(), rec=l_rec.detach(), cyc=l_cyc.detach())
+        if w.cls_fake > 0:
+            if fake_logits is None or target_labels is None:
+                raise ValueError("cls_fake > 0 needs fake_logits and target_labels")
+            l_cf = F.cross_entropy(fake_logits, target_labels)  # the fakes must read as their target
+            total = total + w.cls_fake * l_cf
+            parts["cls_fake"] = l_cf.detach()
 
         lam_idt = self.lambda_idt(progress)
         parts["lambda_idt"] = lam_idt

@@ -36,6 +36,9 @@ class TrainConfig:
         rotations: random rotation angles in degrees.
         lambda_gan, lambda_rec, lambda_cyc: λ1, λ2, λ3 of eq. (10).
         lambda_idt_start, lambda_idt_end: λ4 ramps linearly between them over training; both 0 = off.
+        lambda_cls_fake: not in the paper (0, off, is its objective): StarGAN's domain-classification
+            loss on fakes. The FER branch, its weights held fixed for this term so it never learns from
+            fakes, classifies G(z^t, I) against z^t, and the generator is trained to make it read so.
         identity: "train" (a Light CNN-9 identity classifier trained on the fold's training subjects,
             then frozen), "none", or a URI of published Light CNN-9 weights.
         identity_epochs: epochs of that identity classifier.
@@ -62,6 +65,7 @@ class TrainConfig:
     lambda_cyc: float = 0.5
     lambda_idt_start: float = 0.1
     lambda_idt_end: float = 0.5
+    lambda_cls_fake: float = 0.0
     identity: str = "train"
     identity_epochs: int = 30
     checkpoint_every: int = 10

@@ -58,7 +58,9 @@ class FoldState:
         if device.type == "cuda" and t.amp:
             model = model.to(memory_format=torch.channels_last)
             disc = disc.to(memory_format=torch.channels_last) if disc is not None else None
-        weights = LossWeights(t.lambda_gan, t.lambda_rec, t.lambda_cyc, t.lambda_idt_start, t.lambda_idt_end)
+        weights = LossWeights(
+            t.lambda_gan, t.lambda_rec, t.lambda_cyc, t.lambda_idt_start, t.lambda_idt_end, t.lambda_cls_fake
+        )
         loss = FERSNetLoss(exp.model.gan_mode, weights, identity_net).to(device)
         opt_g = torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas)
         opt_d = torch.optim.Adam(disc.parameters(), lr=t.lr, betas=t.betas) if disc is not None else None
@@ -221,6 +223,7 @@ def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]
     keep_stats = contextlib.nullcontext() if state.exp.train.bn_stats_from_fakes else frozen_bn_stats(state.model)
     with autocast(state.device, amp), keep_stats:
         cycled = model(out.fake, y).fake  # G(z, G(z^t, I)), through the (DDP) forward; fakes leave BN stats alone
+        fake_logits = _fixed_logits(state.model, out.fake) if state.loss.weights.cls_fake > 0 else None
         g_total, g_parts = state.loss.generator_loss(
             out.logits.float(),
             y,
@@ -230,6 +233,8 @@ def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]
             cycled=cycled.float(),
             d_fake=disc(out.fake, yt).float(),
             progress=progress,
+            fake_logits=None if fake_logits is None else fake_logits.float(),
+            target_labels=yt,
         )
     state.opt_g.zero_grad(set_to_none=True)
     g_total.backward()
@@ -239,6 +244,22 @@ def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]
         **{f"g_{k}" if k == "total" else k: v for k, v in g_parts.items()},
         **{k if k.startswith("d_") else f"d_{k}": v for k, v in d_parts.items()},
     }
+
+
+def _fixed_logits(model: FERSNetBase, images: torch.Tensor) -> torch.Tensor:
+    """FER logits (B, E) of `images` with the model's weights held fixed: gradients reach `images` only.
+
+    For λ_cls_fake: the generator learns to make its fakes read as the target, while the classifier never
+    learns from fakes (which could teach both to agree on artefacts no other recogniser reads).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        return model(images).logits  # the unwrapped module: no DDP hooks for a pass without weight gradients
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @torch.no_grad()
