@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The real-face protocol on one H100/H200, in one command that fits a 10-minute device call: CK+48 with
+# The real-face protocol on one H100/H200, in one command that fits a 10-minute device call (measured in
+# session 7 at commit 50e0b6e: README, "Results"): CK+48 with
 # stratified subject-disjoint 10 folds, every fold side by side on the GPU; `fersnet ablation` with the
 # `ck48` preset (the paper's network at full width on 48×48 faces, identity loss on) trains fersnet and
 # fer_only, synthesises every fold with its Table V recogniser, fine-tunes each fold twice from the same
