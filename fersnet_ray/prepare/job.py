@@ -168,6 +168,13 @@ def _with_folds(batch: pa.Table, dataset: str, classes: list[str], fold_of: dict
     return pa.Table.from_pydict({f.name: columns[f.name] for f in FACE_SCHEMA}).cast(FACE_SCHEMA)
 
 
+def _fate(batch: pa.Table) -> pa.Table:
+    """A loaded block → what the driver needs to assign folds: source, subject, label, reject, PNG size."""
+    return batch.select(["source", "subject", "label", "reject"]).append_column(
+        "png_bytes", pc.binary_length(batch["image"])
+    )
+
+
 def _counts(classes: list[str], k: int, labels: list[int], folds: list[int]) -> dict:
     per_class = Counter(labels)
     per_fold = Counter(folds)
@@ -229,10 +236,10 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         start(bar, "faces loaded and aligned", len(rows))
         loaded = loaded.materialize()  # aligned once; folds need every face's fate before anything is written
 
-    meta = pa.concat_tables(  # streamed block by block on the driver: no extra Ray tasks, no image bytes
-        b.select(["source", "subject", "label", "reject"]).append_column("png_bytes", pc.binary_length(b["image"]))
-        for b in loaded.iter_batches(batch_format="pyarrow", batch_size=None)
-    ).to_pandas()
+    # The columns are picked in Ray tasks: a driver reading whole blocks maps their image bytes from the
+    # object store into its own memory (at 100k faces its peak RSS grew 1.66× from 10k, with it).
+    fates = loaded.map_batches(_fate, batch_format="pyarrow", batch_size=None)
+    meta = pa.concat_tables(fates.iter_batches(batch_format="pyarrow", batch_size=None)).to_pandas()
     failed = meta[meta["reject"] != ""]
     rejects += [Reject(s, r) for s, r in zip(failed["source"], failed["reject"])]
     kept = meta[meta["reject"] == ""]
