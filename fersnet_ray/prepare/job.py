@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pyarrow as pa
@@ -168,6 +168,13 @@ def _with_folds(batch: pa.Table, dataset: str, classes: list[str], fold_of: dict
     return pa.Table.from_pydict({f.name: columns[f.name] for f in FACE_SCHEMA}).cast(FACE_SCHEMA)
 
 
+def _listing_table(faces: list[SourceFace], table_name: str) -> pa.Table:
+    """The listed faces as columns (SourceFace's fields and face_id), in listing order."""
+    columns = {f.name: [getattr(face, f.name) for face in faces] for f in fields(SourceFace)}
+    columns["face_id"] = [face_id(table_name, face.source) for face in faces]
+    return pa.table(columns)
+
+
 def _fate(batch: pa.Table) -> pa.Table:
     """A loaded block → what the driver needs to assign folds: source, subject, label, reject, PNG size."""
     return batch.select(["source", "subject", "label", "reject"]).append_column(
@@ -207,10 +214,12 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         raise PrepareError(f"no usable face in source {redact(str(cfg.source))} ({len(rejects)} rejects{first})")
     log.info("listed %d faces of %d classes, %d rejects", len(listing.faces), len(classes), len(rejects))
 
-    rows = [{**asdict(f), "face_id": face_id(cfg.table_name, f.source)} for f in listing.faces]
-    dup = [s for s, n in Counter(r["face_id"] for r in rows).items() if n > 1]
-    if dup:
-        raise PrepareError(f"source lists the same file twice ({dup[0]})")
+    listed_faces = _listing_table(listing.faces, cfg.table_name)  # one Arrow column per field
+    listing.faces = []  # the listing's Python objects cost ~1 KB a face on the driver; the table is ~0.1
+    counts = pc.value_counts(listed_faces["face_id"])
+    dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        raise PrepareError(f"source lists the same file twice ({dup[0].as_py()})")
 
     gpus = cfg.gpus_per_actor
     if gpus is None:
@@ -220,7 +229,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     ctx.execution_options.preserve_order = True  # rows in listing order: same files on every run
 
     loader_args = dict(adapter=adapter, method=method, size=cfg.aligned_size, channels=cfg.channels)
-    listed = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // 64, 200)))
+    n = len(listed_faces)
+    step = -(-n // max(1, min(n // 64, 200)))  # rows a block: up to 200 blocks of at least 64 faces
+    listed = ray.data.from_arrow([listed_faces.slice(i, step) for i in range(0, n, step)])
     if method == "fan":
         loaded = listed.map_batches(
             FaceLoader,
@@ -233,7 +244,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     else:
         loaded = listed.map_batches(load_batch, fn_kwargs=loader_args, batch_size=32, concurrency=cfg.actors)
     with Progress("prepare", board=True) as bar:
-        start(bar, "faces loaded and aligned", len(rows))
+        start(bar, "faces loaded and aligned", n)
         loaded = loaded.materialize()  # aligned once; folds need every face's fate before anything is written
 
     # The columns are picked in Ray tasks: a driver reading whole blocks maps their image bytes from the
