@@ -32,7 +32,7 @@ from fersnet_ray.scale.probe import StageProbe, parquet_layout
 from fersnet_ray.scale.s3 import compare_arrow_s3
 from fersnet_ray.store import ARROW_S3, ARROW_S3_KINDS, Store
 from fersnet_ray.synth import SynthError
-from fersnet_ray.synth.job import MANIFEST, SynthJob, planned_rows, synthesize, write_shard
+from fersnet_ray.synth.job import MANIFEST, SynthJob, planned_rows, synthesize, synthetic_face_id, write_shard
 from fersnet_ray.synth.verify import verify_fold
 from fersnet_ray.table import read_card, read_faces, table_files
 
@@ -109,7 +109,7 @@ def _rewrite(store: Store, folder: str, name: str, change) -> None:
     store.write_json(f"{folder}/{MANIFEST}", manifest)
 
 
-@pytest.mark.parametrize("fault", ["missing", "duplicate", "foreign"])
+@pytest.mark.parametrize("fault", ["missing", "duplicate", "foreign", "mislabelled"])
 def test_verify_names_a_missing_pair_a_duplicate_and_a_foreign_source(scaled, fault):
     store = Store.from_uri(scaled)
     src = store.run("r").synthetic(0)
@@ -131,16 +131,22 @@ def test_verify_names_a_missing_pair_a_duplicate_and_a_foreign_source(scaled, fa
     elif fault == "duplicate":
         _rewrite(store, folder, "part-00000.parquet", lambda t: pa.concat_tables([t, t.slice(0, 1)]))
         expected = [f"fold 0: 1 duplicate face_id(s), e.g. {first['face_id'][0].as_py()}"]
-    else:
+    elif fault == "foreign":
         test_face = read_faces(store, "demo", columns=["face_id"], fold=0)["face_id"][0].as_py()
 
         def foreign(t):
             row = t.slice(0, 1).to_pylist()[0]
-            row.update(face_id="f" * 20, source_face_id=test_face)
+            row.update(face_id=synthetic_face_id(test_face, row["label"]), source_face_id=test_face)
             return pa.concat_tables([t, pa.Table.from_pylist([row], schema=t.schema)])
 
         _rewrite(store, folder, "part-00000.parquet", foreign)
         expected = ["fold 0: 1 synthetic face(s) from faces outside the fold's training split"]
+    else:  # row 0 takes row 1's face_id: a duplicate id whose pair is not duplicated
+        other = first["face_id"][1].as_py()
+        ids = pa.array([other] + first["face_id"].to_pylist()[1:])
+        _rewrite(store, folder, "part-00000.parquet", lambda t: t.set_column(0, "face_id", ids))
+        shard = f"{store.uri_of_path(folder)}/part-00000.parquet"
+        expected = [f"fold 0: face_id(s) that are not their (source face, target)'s in {shard}: 1, e.g. {other}"]
     assert verify_fold(store, run, 0) == expected
 
 

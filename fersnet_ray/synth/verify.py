@@ -2,7 +2,7 @@
 
 For every trained fold (and `synthetic/final/`, the final model's balanced data set): the manifest
 exists (the fold finished); every listed shard exists, is readable, has the synthetic schema and its
-SHA-256; no other Parquet file sits in the folder; no `face_id` appears twice; every (training face,
+SHA-256; no other Parquet file sits in the folder; every `face_id` is its (source face, target)'s and none appears twice; every (training face,
 target expression ≠ its own) pair is present exactly once; and real + synthetic faces per class are
 equal. Each problem is one line naming the fold and the file or pair; nothing is repaired here
 (re-running `fersnet synthesize` does that).
@@ -11,6 +11,7 @@ equal. Each problem is one line naming the fold and the file or pair; nothing is
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from fersnet_ray.foldkey import Fold, label, training_mask
 
 from fersnet_ray.store import Store
-from fersnet_ray.synth.job import MANIFEST, SYNTH_SCHEMA, trained_folds
+from fersnet_ray.synth.job import MANIFEST, SYNTH_SCHEMA, synthetic_face_id, trained_folds
 from fersnet_ray.table import check_schema, read_faces
 
 
@@ -49,9 +50,10 @@ def verify_fold(store: Store, run: str, fold: Fold) -> list[str]:
     present_files = {p.rsplit("/", 1)[-1] for p in store.fs.ls(folder, detail=False)}
     for name in sorted(n for n in present_files if n.endswith(".parquet") and n not in listed):
         problems.append(f"{who}: {where}/{name} is not in the manifest (foreign or duplicate output)")
-    # Pairs are counted in numpy against the training faces' sorted ids, and face_ids kept as Arrow
-    # strings: the driver's memory stays a few bytes per synthetic row (Python sets of 540,000 tuples
-    # would take ~300 MB at 100k faces).
+    # Pairs are counted in numpy against the training faces' sorted ids: the driver keeps a few bytes per
+    # training face and target, nothing per synthetic row. A face_id is a function of its pair, checked
+    # row by row within each shard, so a duplicate face_id anywhere is a pair counted twice (keeping
+    # every face_id of the fold to count them took ~100 MB of the driver at 100k faces).
     faces = read_faces(store, manifest["dataset"], columns=["face_id", "label", "fold"])
     train = faces.filter(pa.array(training_mask(faces["fold"].to_numpy(), fold)))
     order = pc.sort_indices(train["face_id"])  # index order = face_id order, so the first missing pair is the least
@@ -59,8 +61,8 @@ def verify_fold(store: Store, run: str, fold: Fold) -> list[str]:
     labels = pc.take(train["label"], order).to_numpy()  # (n,)
     n, n_classes = len(ids), len(manifest["classes"])
     present = np.zeros(n * n_classes, dtype=np.int64)  # (n × C,) rows per (training face, target)
-    outside: set[tuple[str, int]] = set()  # pairs from faces outside the training split (rare: kept as Python)
-    face_ids = []
+    outside: Counter[tuple[str, int]] = Counter()  # pairs from faces outside the training split (rare)
+    mislabelled: list[str] = []  # face_ids that are not their pair's
     for name, info in sorted(listed.items()):
         path = layout.synthetic_file(fold, name)
         if name not in present_files:
@@ -76,7 +78,10 @@ def verify_fold(store: Store, run: str, fold: Fold) -> list[str]:
         except Exception as e:  # noqa: BLE001 - any read failure is a finding, named with its file
             problems.append(f"{who}: shard {where}/{name} is unreadable ({type(e).__name__}: {e})")
             continue
-        face_ids.append(table["face_id"].combine_chunks())
+        rows = zip(table["face_id"].to_pylist(), table["source_face_id"].to_pylist(), table["label"].to_pylist())
+        wrong = [f for f, src, t in rows if f != synthetic_face_id(src, t)]  # one shard's rows at a time
+        if wrong:
+            mislabelled.append(f"{where}/{name}: {len(wrong)}, e.g. {wrong[0]}")
         idx = pc.index_in(table["source_face_id"], value_set=ids)  # (rows,) position in `ids`, null outside
         target = table["label"].to_numpy()
         inside = pc.is_valid(idx).to_numpy(zero_copy_only=False) & (target >= 0) & (target < n_classes)
@@ -85,11 +90,14 @@ def verify_fold(store: Store, run: str, fold: Fold) -> list[str]:
         if not inside.all():
             sources = table["source_face_id"].to_numpy(zero_copy_only=False)
             outside.update(zip(sources[~inside].tolist(), target[~inside].tolist()))
-    if face_ids:
-        counts = pc.value_counts(pa.chunked_array(face_ids, pa.string()))  # first occurrence order
-        dups = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-        if len(dups):
-            problems.append(f"{who}: {len(dups)} duplicate face_id(s), e.g. {dups[0].as_py()}")
+    for m in mislabelled:
+        problems.append(f"{who}: face_id(s) that are not their (source face, target)'s in {m}")
+    twice = np.flatnonzero(present > 1)  # (training face, target) pairs written more than once
+    twice_outside = [p for p, k in outside.items() if k > 1]
+    if len(twice) or twice_outside:
+        i, t = divmod(int(twice[0]), n_classes) if len(twice) else (None, None)
+        example = synthetic_face_id(ids[i].as_py(), t) if i is not None else synthetic_face_id(*twice_outside[0])
+        problems.append(f"{who}: {len(twice) + len(twice_outside)} duplicate face_id(s), e.g. {example}")
 
     own = np.zeros((n, n_classes), dtype=bool)  # (n, C): the face's own expression, never a target
     own[np.arange(n), labels] = True
