@@ -10,6 +10,9 @@
 #
 # Here, once:   ../shared/tools/device-wheels.sh && mkdir -p .data && cp -r ../shared/data/ckplus48 .data/
 # Device run:   carry [".whl", ".data/ckplus48"], timeout_s 400, command: BUDGET=330 bash jobs/gpu_fesda.sh
+#               (session 7 ran EPOCHS=30 BUDGET=300: Table V 20.6%, README "Results"). The run that matters
+#               next is a long one for the generator: EPOCHS=400 BUDGET=540 with timeout_s 600 (about 300 s
+#               of training at the measured 1,100 img/s per fold, the rest as measured).
 # CPU dry run:  . .venv/bin/activate && DRY=1 bash jobs/gpu_fesda.sh   (tiny preset, 2 epochs, no GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
