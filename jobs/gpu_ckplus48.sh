@@ -18,19 +18,8 @@
 # CPU dry run:  . .venv/bin/activate && DRY=1 bash jobs/gpu_ckplus48.sh
 #               (tiny preset, 2 folds, 2 epochs, no GPU: the plumbing only)
 set -uo pipefail
-cd "$(dirname "$0")/.."
-start=$(date +%s)
 BUDGET=${BUDGET:-540}         # seconds for the whole command (a device call may run 600)
-left() { echo $(( BUDGET - ($(date +%s) - start) )); }
-if [ -d .whl ] && ! python3 -c "import ray" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=$PWD:/tmp/site
-fi
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/fersnet-gpu-out}
-mkdir -p "$OUT"
-SRC=${SRC:-.data/ckplus48}
-STORE=${STORE:-/tmp/fersnet-gpu-store}
+source "$(dirname "$0")/gpu_env.sh"   # cd to the root, wheels, OUT, SRC, STORE, left, within, log, save_results
 EPOCHS=${EPOCHS:-40}          # the paper trains 500; 40 × (fersnet + fersnet_hard) fits the budget
 FT_EPOCHS=${FT_EPOCHS:-3}     # fine-tuning epochs over real + synthetic faces (FES-DA) and the control
 PRESET=${PRESET:-ck48}        # 48×48 native faces (resize 54, random crop 48), full width, identity on
@@ -39,8 +28,6 @@ FOLDS=${FOLDS:-all}
 SYNTH_GPUS=0.2            # five recognisers or generator actors share the GPU at once
 if [ -n "${DRY:-}" ]; then EPOCHS=2; FT_EPOCHS=1; PRESET=tiny; GPUS=0; FOLDS=0,1; SYNTH_GPUS=0; fi
 RUN="ck48-e$EPOCHS"
-fersnet() { python3 -m fersnet_ray.cli "$@"; }
-log() { echo "[$(( $(date +%s) - start )) s] $*"; }
 
 {
   log "commit $(git rev-parse --short HEAD 2>/dev/null) EPOCHS=$EPOCHS FT_EPOCHS=$FT_EPOCHS PRESET=$PRESET"
@@ -65,5 +52,4 @@ log() { echo "[$(( $(date +%s) - start )) s] $*"; }
   fi
   log "done"
 } 2>&1 | tee "$OUT/log.txt"
-(cd "$STORE" 2>/dev/null && find runs \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.csv' \) \
-  -not -path '*/checkpoint-*' -print0 | tar czf "$OUT/results.tgz" --null -T -) || true
+save_results

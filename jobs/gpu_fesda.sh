@@ -15,19 +15,8 @@
 #               of training at the measured 1,100 img/s per fold, the rest as measured).
 # CPU dry run:  . .venv/bin/activate && DRY=1 bash jobs/gpu_fesda.sh   (tiny preset, 2 epochs, no GPU)
 set -uo pipefail
-cd "$(dirname "$0")/.."
-start=$(date +%s)
 BUDGET=${BUDGET:-330}
-left() { echo $(( BUDGET - ($(date +%s) - start) )); }
-if [ -d .whl ] && ! python3 -c "import ray" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=$PWD:/tmp/site
-fi
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/fersnet-gpu-out}
-mkdir -p "$OUT"
-SRC=${SRC:-.data/ckplus48}
-STORE=${STORE:-/tmp/fersnet-gpu-store}
+source "$(dirname "$0")/gpu_env.sh"   # cd to the root, wheels, OUT, SRC, STORE, left, within, log, save_results
 EPOCHS=${EPOCHS:-40}
 FT_EPOCHS=${FT_EPOCHS:-3}
 PRESET=${PRESET:-ck48}
@@ -35,8 +24,6 @@ FOLDS=${FOLDS:-0,1}
 GPUS=0.5 SYNTH_GPUS=0.25
 if [ -n "${DRY:-}" ]; then EPOCHS=2; FT_EPOCHS=1; PRESET=tiny; GPUS=0; SYNTH_GPUS=0; fi
 RUN="ck48-fesda-e$EPOCHS"
-log() { echo "[$(( $(date +%s) - start )) s] $*"; }
-within() { local t=$(( $(left) - $1 )); [ "$t" -gt 10 ] && timeout --signal=INT --kill-after=15 "$t" "${@:2}"; }
 
 {
   log "EPOCHS=$EPOCHS FT_EPOCHS=$FT_EPOCHS PRESET=$PRESET FOLDS=$FOLDS"
@@ -59,5 +46,4 @@ within() { local t=$(( $(left) - $1 )); [ "$t" -gt 10 ] && timeout --signal=INT 
   fi
   log "done"
 } 2>&1 | tee "$OUT/log.txt"
-(cd "$STORE" 2>/dev/null && find runs \( -name '*.json' -o -name '*.md' -o -name '*.png' -o -name '*.csv' \) \
-  -not -path '*/checkpoint-*' -print0 | tar czf "$OUT/results.tgz" --null -T -) || true
+save_results
