@@ -146,11 +146,21 @@ PresetOpt = Annotated[
 ]
 EpochsOpt = Annotated[Optional[int], typer.Option(help="Override the preset's training epochs.")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option(help="Override the preset's training batch size.")]
+CheckpointEveryOpt = Annotated[
+    Optional[int], typer.Option(help="Epochs between training checkpoints (default: the preset's; the last is always kept).")
+]
 MatchCapacityOpt = Annotated[
     Optional[bool],
     typer.Option(help="Enlarge ablations to the original's parameter count (ablation: yes by default)."),
 ]
 GanModeOpt = Annotated[Optional[str], _choice_option("--gan-mode", _gan_modes, "vanilla (eq. 6) | lsgan.")]
+SkipsOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        help="U-Net skips from the FES encoder to the decoder (not in the paper; default: the preset's, "
+        "on for cpu48 and tiny). They let the generator keep the face it translates (README, Results)."
+    ),
+]
 IdentityOpt = Annotated[
     Optional[str], typer.Option(help="Identity net for L_idt: train | none | URI of Light CNN-9 weights.")
 ]
@@ -361,6 +371,8 @@ def train(
     match_capacity: MatchCapacityOpt = False,
     gan_mode: GanModeOpt = None,
     identity: IdentityOpt = None,
+    skips: SkipsOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
     workers_per_fold: WorkersPerFoldOpt = 1,
     gpus_per_fold: GpusPerFoldOpt = 0.0,
     cpus_per_worker: CpusPerWorkerOpt = 1.0,
@@ -490,6 +502,8 @@ def _pipeline(
     batch_size: BatchSizeOpt = None,
     gan_mode: GanModeOpt = None,
     identity: IdentityOpt = None,
+    skips: SkipsOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
     match_capacity: MatchCapacityOpt = None,
     workers_per_fold: WorkersPerFoldOpt = 1,
     gpus_per_fold: GpusPerFoldOpt = 0.0,

@@ -99,6 +99,8 @@ class ExperimentSpec:
     epochs: int | None = None  # None: the preset's
     batch_size: int | None = None
     identity: str | None = None
+    skips: bool | None = None  # None: the preset's
+    checkpoint_every: int | None = None  # None: the preset's
 
     def build(self, card: dict) -> Experiment:
         """The Experiment for a prepared data set: its classes and channels (ValueError on an unknown name)."""
@@ -111,9 +113,11 @@ class ExperimentSpec:
             card["alignment"]["channels"],
             self.match_capacity,
             self.gan_mode,
+            self.skips,
             epochs=self.epochs,
             batch_size=self.batch_size,
             identity=self.identity,
+            checkpoint_every=self.checkpoint_every,
         )
 
 
@@ -129,6 +133,8 @@ def train_job(
     match_capacity: bool = False,
     gan_mode: str | None = None,
     identity: str | None = None,
+    skips: bool | None = None,
+    checkpoint_every: int | None = None,
     workers_per_fold: int = 1,
     gpus_per_fold: float = 0.0,
     cpus_per_worker: float = 1.0,
@@ -139,7 +145,9 @@ def train_job(
     from fersnet_ray.table import read_card
 
     card = read_card(Store.from_uri(store), dataset)
-    spec = ExperimentSpec(preset, variant, match_capacity, gan_mode, epochs, batch_size, identity)
+    spec = ExperimentSpec(
+        preset, variant, match_capacity, gan_mode, epochs, batch_size, identity, skips, checkpoint_every
+    )
     return TrainJob(
         store=store,
         dataset=dataset,
@@ -268,6 +276,8 @@ class PipelineConfig:
         batch_size: int | None = None,
         gan_mode: str | None = None,
         identity: str | None = None,
+        skips: bool | None = None,
+        checkpoint_every: int | None = None,
         match_capacity: bool | None = None,
         workers_per_fold: int = 1,
         gpus_per_fold: float = 0.0,
@@ -331,6 +341,8 @@ class PipelineConfig:
             epochs=epochs,
             batch_size=batch_size,
             identity=identity,
+            skips=skips,
+            checkpoint_every=checkpoint_every,
         )
         resources = {
             "workers_per_fold": workers_per_fold,

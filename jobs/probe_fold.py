@@ -54,6 +54,13 @@ def main() -> None:
         action="store_true",
         help="also score the synthesis of the test subjects (Table V) with a recogniser trained on the fold's real faces",
     )
+    ap.add_argument(
+        "--fidelity",
+        action="store_true",
+        help="also compare the test subjects' synthesis with their real faces of the target expression "
+        "(`synth.quality.paired_fidelity`), on the training faces too (fit)",
+    )
+    ap.add_argument("--sheet", default="", help="write each fold's contact sheet (test subjects) to SHEET-fold<k>.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     store = Store.from_uri(args.store)
@@ -84,8 +91,33 @@ def main() -> None:
                     flush=True,
                 )
         table_v = _table_v(state.model, train_set, test_set, fold_exp) if args.table_v else None
+        if args.sheet:
+            from fersnet_ray.synth.quality import sheet_image, synthesize_all_targets
+
+            images, src, tgt = synthesize_all_targets(state.model.eval(), test_set, fold_exp, torch.device("cpu"))
+            sheet_image(test_set, images, src, tgt, card["classes"]).save(f"{args.sheet}-fold{fold}.png")
         if table_v is not None:
-            print(f"[{args.tag}] fold {fold} Table V {table_v:.3f}", flush=True)
+            print(
+                f"[{args.tag}] fold {fold} Table V {table_v['accuracy']:.3f} per target {table_v['per_target']} "
+                f"read as source {table_v['read_as_source']:.3f}",
+                flush=True,
+            )
+        fidelity = None
+        if args.fidelity:
+            from fersnet_ray.synth.quality import paired_fidelity
+
+            cpu = torch.device("cpu")
+            fidelity = {
+                "test": paired_fidelity(state.model.eval(), test_set, train_set, fold_exp, cpu),
+                "train": paired_fidelity(state.model.eval(), train_set, train_set, fold_exp, cpu),
+            }
+            for split, f in fidelity.items():
+                print(
+                    f"[{args.tag}] fold {fold} fidelity {split}: mse fake {f['mse_fake']:.4f} copy {f['mse_copy']:.4f} "
+                    f"class-mean {f['mse_class_mean']:.4f} delta {f['mse_delta']:.4f} "
+                    f"beats copy {f['beats_copy']:.2f} ({f['pairs']} pairs)",
+                    flush=True,
+                )
         row = {
             "tag": args.tag,
             "variant": args.variant,
@@ -93,6 +125,7 @@ def main() -> None:
             "final": curve[fold_exp.train.epochs],
             "curve": curve,
             "table_v": table_v,
+            "fidelity": fidelity,
             "img_per_s": sum(ips) / len(ips),
             "seconds": time.perf_counter() - start,
             "experiment": fold_exp.to_dict(),
@@ -102,15 +135,26 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _table_v(model, train_set, test_set, exp: Experiment) -> float:
-    """Table V of the fold: the Table V recogniser (real training faces only) on the test subjects' synthesis."""
+def _table_v(model, train_set, test_set, exp: Experiment) -> dict:
+    """Table V of the fold: the Table V recogniser (real training faces only) on the test subjects' synthesis.
+
+    Also per target expression, and how often a synthesis is read as its *source* expression (a
+    generator that copies its input scores 0 on Table V and 1 there).
+    """
     from fersnet_ray.synth.quality import synthesize_all_targets
-    from fersnet_ray.synth.recognizer import accuracy_against, train_recognizer
+    from fersnet_ray.synth.recognizer import recognizer_logits, train_recognizer
 
     t = exp.train
     recognizer = train_recognizer(train_set, exp.model.num_classes, t.crop_size, seed=t.seed)
-    images, _, tgt = synthesize_all_targets(model.eval(), test_set, exp, torch.device("cpu"))
-    return accuracy_against(recognizer, images, torch.as_tensor(tgt), t.crop_size)
+    images, src, tgt = synthesize_all_targets(model.eval(), test_set, exp, torch.device("cpu"))
+    pred = recognizer_logits(recognizer, images, t.crop_size).argmax(1).numpy()
+    source = test_set.labels.numpy()[src]
+    per_target = {int(c): round(float((pred[tgt == c] == c).mean()), 3) for c in sorted(set(tgt.tolist()))}
+    return {
+        "accuracy": float((pred == tgt).mean()),
+        "per_target": per_target,
+        "read_as_source": float((pred == source).mean()),
+    }
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def trained_run(ray_local):
     uri = "s3://trained/fer"
     prepare(PrepareConfig(dataset="demo", store=uri, folds=3, options={"subjects": 6}))
     args = ["train", "--store", uri, "--dataset", "demo", "--run", "r", "--folds", "0,1", "--preset", "tiny"]
-    args += ["--epochs", "4"]
+    args += ["--checkpoint-every", "2", "--epochs", "4"]  # epochs last: a test changes it
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     return uri, args

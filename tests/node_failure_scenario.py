@@ -72,7 +72,7 @@ def train_with_node_loss(cluster, uri: str, result: dict) -> None:
     from fersnet_ray.train.job import TrainJob, train
 
     store = Store.from_uri(uri)
-    exp = make_experiment("tiny", epochs=4)
+    exp = make_experiment("tiny", epochs=4, checkpoint_every=2)
     job = TrainJob(store=uri, dataset="demo", run="r", experiment=exp.to_dict(), folds=(0,), max_failures=2)
     outcome: dict = {}
 

@@ -48,7 +48,7 @@ def test_the_cycle_pass_over_synthetic_faces_leaves_bn_statistics_alone(from_fak
     """One generator step runs the encoders on real faces, then on the fakes (cycle pass). By default
     only the real pass may move the recognition branch's running statistics."""
     exp = make_experiment("tiny", "fersnet", num_classes=3)
-    exp = Experiment(exp.model, replace(exp.train, batch_size=8, bn_stats_from_fakes=from_fakes))
+    exp = Experiment(exp.model, replace(exp.train, batch_size=8, bn_stats_from_fakes=from_fakes, lambda_cyc=0.5))
     state = FoldState.create(exp)
     momenta: list[float] = []  # BN momentum at every BN forward of the first FER block during one step
     bn = state.model.fer_blocks[0][1]
@@ -60,6 +60,20 @@ def test_the_cycle_pass_over_synthetic_faces_leaves_bn_statistics_alone(from_fak
     real, cycle = momenta[0::2], momenta[1::2]
     assert all(m == 0.1 for m in real)
     assert all(m == (0.1 if from_fakes else 0.0) for m in cycle)
+
+
+def test_no_cycle_weight_no_cycle_pass():
+    """λ_cyc = 0: the step skips G(z, G(z^t, I)) altogether (one encoder pass per step, no L_cyc)."""
+    exp = make_experiment("tiny", "fersnet", num_classes=3)
+    faces = toy_faces()
+    passes = {}
+    for cyc in (0.0, 0.5):
+        state = FoldState.create(Experiment(exp.model, replace(exp.train, batch_size=8, lambda_cyc=cyc)))
+        calls: list[int] = []
+        state.model.fer_blocks[0].register_forward_hook(lambda *_: calls.append(1))
+        m = train_epoch(state, faces, TargetSampler(faces.labels, faces.subjects, 0))
+        passes[cyc] = (len(calls) // (len(faces) // 8), "cyc" in m)
+    assert passes == {0.0: (1, False), 0.5: (2, True)}
 
 
 def test_the_fake_classification_term_trains_the_generator_not_the_classifier():

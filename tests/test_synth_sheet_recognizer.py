@@ -160,3 +160,49 @@ def test_train_recognizer_on_fewer_faces_than_a_batch():
     faces = demo_faces(range(1))  # 21 faces < batch 64: batches of 8 (at most an eighth of the faces)
     model = train_recognizer(faces, len(CLASSES), CROP, epochs=1, widths=(4, 8, 8, 8))
     assert 0.0 <= accuracy_against(model, faces.images, faces.labels, CROP) <= 1.0
+
+
+# --- paired fidelity ----------------------------------------------------------------------------
+
+
+def test_paired_fidelity_compares_each_synthesis_with_its_subjects_real_face():
+    from fersnet_ray.model import create_model
+    from fersnet_ray.synth.quality import paired_fidelity
+    from fersnet_ray.train.config import make_experiment
+    from fersnet_ray.train.data import center_crop, to_unit
+
+    exp = make_experiment("tiny", num_classes=len(CLASSES))
+    faces, reference = demo_faces(range(2)), demo_faces(range(10, 12))
+    # A third subject showing one expression only has no paired truth: it adds no pair.
+    lone = demo_faces(range(20, 21))
+    keep = torch.nonzero(lone.labels == 4).flatten()
+    faces = FaceSet(
+        torch.cat([faces.images, lone.images[keep]]),
+        torch.cat([faces.labels, lone.labels[keep]]),
+        np.concatenate([faces.subjects, lone.subjects[keep.numpy()]]),
+        faces.face_ids + [lone.face_ids[i] for i in keep.tolist()],
+    )
+    model = create_model(exp.model).eval()
+    f = paired_fidelity(model, faces, reference, exp, torch.device("cpu"))
+    e = len(CLASSES)
+    assert f["pairs"] == 2 * e * 3 * (e - 1)  # subjects x sources (expression x frame) x other expressions
+
+    # The baselines by hand: the truth of (subject, b) is the mean of the subject's frames of b.
+    x = to_unit(center_crop(faces.images, CROP))
+    ref = to_unit(center_crop(reference.images, CROP))
+    copy, class_mean = [], []
+    for i in range(len(faces) - len(keep)):
+        s, a = faces.subjects[i], int(faces.labels[i])
+        for b in range(e):
+            if b == a:
+                continue
+            truth = x[torch.as_tensor((faces.subjects == s) & (faces.labels.numpy() == b))].mean(0)
+            copy.append(float(((x[i] - truth) ** 2).mean()))
+            class_mean.append(float(((ref[reference.labels == b].mean(0) - truth) ** 2).mean()))
+    assert f["mse_copy"] == pytest.approx(np.mean(copy), rel=1e-5)
+    assert f["mse_class_mean"] == pytest.approx(np.mean(class_mean), rel=1e-5)
+    # An untrained generator is nowhere near the truth: worse than copying the source.
+    assert f["mse_fake"] > f["mse_copy"] and 0 <= f["beats_copy"] < 0.5
+
+    none = paired_fidelity(model, FaceSet(lone.images[keep], lone.labels[keep], lone.subjects[keep.numpy()], []), reference, exp, torch.device("cpu"))
+    assert none["pairs"] == 0 and np.isnan(none["mse_fake"])

@@ -63,7 +63,7 @@ def test_augment_gives_a_pair_the_same_geometry():
 
 
 def test_lr_and_lambda_idt_schedules_at_start_and_end():
-    exp = make_experiment("tiny", epochs=3, lambda_idt_start=0.1, lambda_idt_end=0.5)
+    exp = make_experiment("tiny", epochs=3, lambda_idt_start=0.1, lambda_idt_end=0.5, lambda_cyc=0.5)
     state = FoldState.create(exp)
     assert state.opt_g.param_groups[0]["lr"] == pytest.approx(1e-3)
     assert state.loss.lambda_idt(0.0) == pytest.approx(0.1) and state.loss.lambda_idt(1.0) == pytest.approx(0.5)

@@ -43,6 +43,8 @@ class ModelConfig:
             passing gradients back, so the synthesis losses (GAN, reconstruction, cycle, identity) never
             reach the FER encoder, while the FER branch still reads FES features (and trains the FES
             encoder through them). Off (the paper's shared gradients) by default.
+        fes_skips: not in the paper: U-Net skip connections from the FES encoder's blocks to the decoder
+            blocks of the same resolution (`layers.SynthesisHead`). Off (the paper's decoder) by default.
     """
 
     variant: str = "fersnet"
@@ -58,6 +60,7 @@ class ModelConfig:
     gan_mode: str = "vanilla"
     disc_widths: tuple[int, ...] = (64, 128, 256, 512)
     fes_reads_fer_detached: bool = False
+    fes_skips: bool = False
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise JSON-decoded values in place with object.__setattr__.

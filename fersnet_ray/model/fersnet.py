@@ -51,7 +51,8 @@ class ModelOutput(NamedTuple):
     gates: tuple[BlockGates, ...] | None = None
 
 
-Encoded = tuple[torch.Tensor, torch.Tensor | None, tuple[BlockGates, ...] | None]
+# (FER features (B, C, S, S), FES block outputs shallow to deep or None, gates or None)
+Encoded = tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[BlockGates, ...] | None]
 
 
 class FERSNetBase(nn.Module):
@@ -66,7 +67,9 @@ class FERSNetBase(nn.Module):
         self.f_cls = Classifier(widths[-1] * s * s, cfg.scale(cfg.cls_hidden), cfg.num_classes, cfg.cls_dropout)
         self.fes_head: SynthesisHead | None = None
         if self.has_synthesis:
-            self.fes_head = SynthesisHead(widths, cfg.num_classes, cfg.scale(cfg.tra_hidden), s, cfg.in_channels)
+            self.fes_head = SynthesisHead(
+                widths, cfg.num_classes, cfg.scale(cfg.tra_hidden), s, cfg.in_channels, skips=cfg.fes_skips
+            )
 
     def encode(self, images: torch.Tensor, return_gates: bool = False) -> Encoded:
         """Runs the encoder(s).
@@ -76,7 +79,8 @@ class FERSNetBase(nn.Module):
             return_gates: also return the ConvFLU gate maps (variants with ConvFLUs only).
 
         Returns:
-            FER features (B, C, S, S), FES features (B, C, S, S) or None, gates or None.
+            FER features (B, C, S, S); the FES branch's block outputs, shallow to deep, the last (B, C, S, S)
+            (None without synthesis); gates or None.
         """
         raise NotImplementedError
 
@@ -171,6 +175,7 @@ class FERSNet(FERSNetBase):
     def encode(self, images: torch.Tensor, return_gates: bool = False) -> Encoded:
         fer = fes = images  # (B, C_in, H, W)
         gates: list[BlockGates] = []
+        levels: list[torch.Tensor] = []
         for fer_block, fes_block, to_fer, to_fes in zip(
             self.fer_blocks, self.fes_blocks, self.flu_to_fer, self.flu_to_fes
         ):
@@ -179,9 +184,10 @@ class FERSNet(FERSNetBase):
             new_fer, fer_gates = to_fer(fer, fes)
             new_fes, fes_gates = to_fes(fes, fer.detach() if self.cfg.fes_reads_fer_detached else fer)
             fer, fes = new_fer, new_fes
+            levels.append(fes)
             if return_gates:
                 gates.append(BlockGates(fer_gates, fes_gates))
-        return fer, fes, tuple(gates) if return_gates else None
+        return fer, tuple(levels), tuple(gates) if return_gates else None
 
 
 @register_model("fersnet_hard")
@@ -194,9 +200,11 @@ class FERSNetHard(FERSNetBase):
 
     def encode(self, images: torch.Tensor, return_gates: bool = False) -> Encoded:
         x = images  # (B, C_in, H, W)
+        levels: list[torch.Tensor] = []
         for block in self.shared_blocks:
             x = block(x)
-        return x, x, None  # (B, C, S, S) for both tasks
+            levels.append(x)
+        return x, tuple(levels), None  # FER reads the last level (B, C, S, S); FES all of them
 
 
 @register_model("fer_only")

@@ -148,27 +148,43 @@ class SynthesisHead(nn.Module):
     f_dec mirrors the encoder widths with four `up_block`s. A final 3x3 conv maps the last decoder width to
     the image channels: a 2x2 stride-2 deconvolution alone as the output layer would give each pixel of a 2x2
     cell its own weights (checkerboard artefacts); the paper uses 3x3 kernels for all its convolutions.
+
+    With `skips` (not in the paper), every decoder block after the first also reads the FES encoder's
+    features of its own resolution (U-Net / pix2pix): the S x S bottleneck (3 x 3 for 48 px faces) then
+    carries the expression, and the skips the face's layout and identity, which the bottleneck alone
+    could not pass on at the budgets measured (README, "Why the generator failed").
     """
 
-    def __init__(self, widths: Sequence[int], num_classes: int, tra_hidden: int, size: int, out_ch: int) -> None:
+    def __init__(
+        self, widths: Sequence[int], num_classes: int, tra_hidden: int, size: int, out_ch: int, skips: bool = False
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.skips = skips
         self.f_tra = ExpressionTransformer(num_classes, tra_hidden, widths[-1], size)
         dec_widths = list(reversed(widths))  # e.g. (512, 256, 128, 64)
         in_chs = [2 * widths[-1]] + dec_widths[:-1]  # first block reads [FES features, f_tra map]
+        if skips:  # block j >= 1 also reads encoder block (n-1-j)'s output, dec_widths[j] channels
+            in_chs = [in_chs[0]] + [i + w for i, w in zip(in_chs[1:], dec_widths[1:])]
         self.f_dec = nn.Sequential(*(up_block(i, o) for i, o in zip(in_chs, dec_widths)))
         self.to_image = nn.Sequential(nn.Conv2d(dec_widths[-1], out_ch, 3, padding=1), nn.Tanh())
 
-    def forward(self, fes_features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, fes_levels: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Synthesises faces with the target expression.
 
         Args:
-            fes_features: FES encoder output, (B, C, S, S).
+            fes_levels: the FES encoder's block outputs, shallow to deep: (B, C_i, H / 2^(i+1), W / 2^(i+1));
+                the last, (B, C, S, S), is the bottleneck; the others are read only with `skips`.
             target: target-expression labels, (B,) indices or (B, E) vectors.
 
         Returns:
             Images in [-1, 1], (B, out_ch, H, W) with H = S * 2 ** len(widths).
         """
+        fes_features = fes_levels[-1]
         z_t = label_vector(target, self.num_classes, fes_features.dtype)  # (B, E)
-        fused = torch.cat([fes_features, self.f_tra(z_t)], dim=1)  # (B, 2C, S, S)
-        return self.to_image(self.f_dec(fused))  # (B, out_ch, H, W)
+        x = torch.cat([fes_features, self.f_tra(z_t)], dim=1)  # (B, 2C, S, S)
+        for j, block in enumerate(self.f_dec):
+            if self.skips and j > 0:
+                x = torch.cat([x, fes_levels[-1 - j]], dim=1)  # (B, C_dec + C_enc, 2^j S, 2^j S)
+            x = block(x)
+        return self.to_image(x)  # (B, out_ch, H, W)

@@ -68,6 +68,68 @@ def synthesize_all_targets(model, faces: FaceSet, exp: Experiment, device: torch
     return out, src, tgt
 
 
+@torch.no_grad()
+def paired_fidelity(model, faces: FaceSet, reference: FaceSet, exp: Experiment, device: torch.device) -> dict:
+    """How close the synthesis comes to the real face it should have produced, against simple baselines.
+
+    For every face (subject u, expression a) and every other expression b that u shows in `faces`, the
+    synthesis G(face, b) is compared with u's own real faces of b (their mean, centre crops in [-1, 1]):
+    the paired ground truth L_rec trains towards. A generator worth its cost beats three baselines that
+    need no network: "copy" (the source face unchanged), "class mean" (the mean face of b in
+    `reference`, e.g. the training faces) and "delta" (the source plus mean(b) - mean(a) of `reference`).
+
+    Args:
+        model: a FERSNet variant with synthesis, in eval mode.
+        faces: faces with subjects showing several expressions (CK+, the demo set).
+        reference: faces the class means come from (the fold's training faces, never `faces`' subjects).
+        exp: the experiment (crop size, amp).
+        device: where to run the generator.
+
+    Returns:
+        {"pairs": P, "mse_fake", "mse_copy", "mse_class_mean", "mse_delta": mean squared error per pixel,
+        "beats_copy": fraction of pairs where the synthesis is closer than the copy}; NaNs and 0 pairs when
+        no subject in `faces` shows two expressions.
+    """
+    t, e = exp.train, exp.model.num_classes
+    crop = lambda f: to_unit(center_crop(f.images.cpu(), t.crop_size))  # noqa: E731  (N, C, crop, crop)
+    x, ref = crop(faces), crop(reference)
+    labels, ref_labels = faces.labels.cpu().numpy(), reference.labels.cpu().numpy()
+    means = torch.stack([ref[torch.as_tensor(ref_labels == c)].mean(0) for c in range(e)])  # (E, C, crop, crop)
+    truth: dict[tuple[str, int], torch.Tensor] = {}
+    for s, y in {(str(s), int(y)) for s, y in zip(faces.subjects, labels)}:
+        pick = (faces.subjects.astype(str) == s) & (labels == y)
+        truth[(s, y)] = x[torch.as_tensor(pick)].mean(0)  # (C, crop, crop)
+    src, tgt = [], []
+    for i, (s, a) in enumerate(zip(faces.subjects.astype(str), labels)):
+        for b in range(e):
+            if b != a and (s, b) in truth:
+                src.append(i)
+                tgt.append(b)
+    if not src:
+        nan = float("nan")
+        return {"pairs": 0, "mse_fake": nan, "mse_copy": nan, "mse_class_mean": nan, "mse_delta": nan, "beats_copy": nan}
+    src_t, tgt_t = torch.as_tensor(src), torch.as_tensor(tgt)
+    fakes = []
+    for i in range(0, len(src), 256):
+        xb = x[src_t[i : i + 256]].to(device)
+        with autocast(device, t.amp):
+            fakes.append(model.synthesize(xb, tgt_t[i : i + 256].to(device)).float().clamp(-1, 1).cpu())
+    fake = torch.cat(fakes)  # (P, C, crop, crop)
+    gt = torch.stack([truth[(str(faces.subjects[i]), b)] for i, b in zip(src, tgt)])
+    source = x[src_t]
+    delta = (source + means[tgt_t] - means[torch.as_tensor(labels[src])]).clamp(-1, 1)
+    per_pair = lambda a: ((a - gt) ** 2).flatten(1).mean(1)  # noqa: E731  (P,)
+    err_fake, err_copy = per_pair(fake), per_pair(source)
+    return {
+        "pairs": len(src),
+        "mse_fake": float(err_fake.mean()),
+        "mse_copy": float(err_copy.mean()),
+        "mse_class_mean": float(per_pair(means[tgt_t]).mean()),
+        "mse_delta": float(per_pair(delta).mean()),
+        "beats_copy": float((err_fake < err_copy).float().mean()),
+    }
+
+
 def fold_quality(store_uri: str, run: str, fold: Fold, checkpoint: str, recognizer_epochs: int) -> dict:
     """Trains (or loads) the fold's recogniser, scores synthesis of the test subjects, writes the sheet.
 
@@ -147,6 +209,13 @@ def _one_per_class(faces: FaceSet, num_classes: int) -> FaceSet:
 
 def _write_sheet(store: Store, run: str, fold: Fold, faces: FaceSet, images, src, tgt, classes: list[str]) -> None:
     """Contact sheet: one face per class (where `faces` has one) as rows, every expression as columns."""
+    buf = io.BytesIO()
+    sheet_image(faces, images, src, tgt, classes).save(buf, format="PNG")
+    store.write_bytes(store.run(run).synthetic_file(fold, SHEET_FILE), buf.getvalue())
+
+
+def sheet_image(faces: FaceSet, images, src, tgt, classes: list[str]):
+    """The contact sheet of `synthesize_all_targets(faces)`' output: the first face of each class as a row."""
     labels = faces.labels.cpu().numpy()
     rows = []
     for c in range(len(classes)):
@@ -158,6 +227,4 @@ def _write_sheet(store: Store, run: str, fold: Fold, faces: FaceSet, images, src
         for k in np.flatnonzero(src == i):
             cells[int(tgt[k])] = images[k].numpy()
         rows.append({"source_label": c, "images": cells})
-    buf = io.BytesIO()
-    contact_sheet(rows, classes).save(buf, format="PNG")
-    store.write_bytes(store.run(run).synthetic_file(fold, SHEET_FILE), buf.getvalue())
+    return contact_sheet(rows, classes)

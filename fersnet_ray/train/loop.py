@@ -222,7 +222,9 @@ def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]
     state.disc.requires_grad_(False)  # D only passes gradients through to G here
     keep_stats = contextlib.nullcontext() if state.exp.train.bn_stats_from_fakes else frozen_bn_stats(state.model)
     with autocast(state.device, amp), keep_stats:
-        cycled = model(out.fake, y).fake  # G(z, G(z^t, I)), through the (DDP) forward; fakes leave BN stats alone
+        cycled = None
+        if state.loss.weights.cyc > 0:  # G(z, G(z^t, I)), through the (DDP) forward; fakes leave BN stats alone
+            cycled = model(out.fake, y).fake
         fake_logits = _fixed_logits(state.model, out.fake) if state.loss.weights.cls_fake > 0 else None
         g_total, g_parts = state.loss.generator_loss(
             out.logits.float(),
@@ -230,7 +232,7 @@ def _step(state, model, disc, x, y, xt, yt, progress) -> dict[str, torch.Tensor]
             fake=out.fake.float(),
             target_images=xt,
             source_images=x,
-            cycled=cycled.float(),
+            cycled=None if cycled is None else cycled.float(),
             d_fake=disc(out.fake, yt).float(),
             progress=progress,
             fake_logits=None if fake_logits is None else fake_logits.float(),

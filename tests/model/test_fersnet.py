@@ -120,3 +120,29 @@ def test_bf16_autocast_forward_and_backward(variant: str, batch: dict) -> None:
     assert torch.isfinite(out.logits.float()).all()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("variant", ["fersnet", "fersnet_hard"])
+def test_fes_skips_feed_every_decoder_block_but_the_first(variant: str, batch: dict) -> None:
+    plain = create_model(ModelConfig.tiny(variant=variant))
+    skips = create_model(ModelConfig.tiny(variant=variant, fes_skips=True))
+    widths = list(reversed(skips.cfg.scaled_widths))  # (64, 32, 16, 8)
+    for j, (p_block, s_block) in enumerate(zip(plain.fes_head.f_dec, skips.fes_head.f_dec)):
+        # Off, the paper's decoder: block j reads the previous block alone (checkpoints keep their shapes).
+        assert p_block[0].in_channels == (2 * widths[0] if j == 0 else widths[j - 1])
+        # On, block j >= 1 also reads the encoder's output of its resolution.
+        assert s_block[0].in_channels == (2 * widths[0] if j == 0 else widths[j - 1] + widths[j])
+    assert skips.synthesize(batch["src"], batch["tgt_labels"]).shape == batch["src"].shape
+
+    # Cut the bottleneck path (f_tra and the first decoder block output zeros): only the skips can then
+    # carry a gradient back to the encoder's first block.
+    def first_block_grad(model) -> float:
+        with torch.no_grad():
+            for p in [*model.fes_head.f_tra.parameters(), *model.fes_head.f_dec[0].parameters()]:
+                p.zero_()
+        model.synthesize(batch["src"], batch["tgt_labels"]).square().mean().backward()
+        encoder = model.fes_blocks if variant == "fersnet" else model.shared_blocks
+        return float(encoder[0][0].weight.grad.abs().sum())
+
+    assert first_block_grad(plain) == 0
+    assert first_block_grad(skips) > 0
