@@ -2,7 +2,7 @@
 
 Plain PyTorch, no Ray: the same pieces `fersnet run` chains (the demo drawing, `FoldState` +
 `train_epoch`, the Table V recogniser and `synthesize_all_targets`) on one subject-disjoint fold of
-12 demo subjects (8 to train on, 4 held out), with fewer epochs than the quick start's 30.
+12 demo subjects (8 to train on, 4 held out), with 15 of the quick start's 150 epochs.
 Chance is 1/7 = 14.3% for both numbers.
 """
 
@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from fersnet_ray.prepare import demo
-from fersnet_ray.synth.quality import synthesize_all_targets
+from fersnet_ray.synth.quality import paired_fidelity, synthesize_all_targets
 from fersnet_ray.synth.recognizer import accuracy_against, train_recognizer
 from fersnet_ray.train.config import make_experiment
 from fersnet_ray.train.data import FaceSet, TargetSampler
 from fersnet_ray.train.loop import FoldState, evaluate, train_epoch
 
-EPOCHS = 15  # half the quick start's: 8 subjects × 21 faces / batch 16 = 10 steps an epoch
+EPOCHS = 15  # a tenth of the quick start's: 8 subjects × 21 faces / batch 16 = 10 steps an epoch
 CHANCE = 1 / len(demo.CLASSES)
 
 
@@ -53,7 +53,8 @@ def short_run(one_thread):  # conftest's: one torch thread (tiny tensors), resto
     images, _, targets = synthesize_all_targets(state.model.eval(), test, exp, torch.device("cpu"))
     table_v = accuracy_against(recognizer, images, torch.as_tensor(targets), t.crop_size)
     real = accuracy_against(recognizer, test.images, test.labels, t.crop_size)
-    return {"accuracy": accuracy, "table_v": table_v, "recognizer_real": real}
+    fidelity = paired_fidelity(state.model.eval(), test, train, exp, torch.device("cpu"))
+    return {"accuracy": accuracy, "table_v": table_v, "recognizer_real": real, **fidelity}
 
 
 def test_short_tiny_run_recognises_held_out_subjects(short_run):
@@ -62,6 +63,14 @@ def test_short_tiny_run_recognises_held_out_subjects(short_run):
 
 def test_short_tiny_run_synthesises_recognisable_expressions(short_run):
     # Table V: the recogniser (trained on real faces only) reads the target expression in faces the
-    # generator made from held-out subjects. 2× chance is a clear margin for half the quick start's epochs.
+    # generator made from held-out subjects. 2× chance is a clear margin for a tenth of the quick start's epochs
+    # (this run: 35.5%; fakes closer to the real target than the source for 77% of pairs).
     assert short_run["recognizer_real"] >= 3 * CHANCE, short_run
     assert short_run["table_v"] >= 2 * CHANCE, short_run
+
+
+def test_short_tiny_run_keeps_the_face_it_translates(short_run):
+    # The synthesis is closer to the subject's own real face with the target expression than the
+    # source face, and than the source moved by the mean expression change: a generator that paints
+    # class-coded texture (the paper's decoder at this budget) or copies its input fails this.
+    assert short_run["mse_fake"] < min(short_run["mse_copy"], short_run["mse_delta"]), short_run

@@ -149,7 +149,7 @@ PRESETS: dict[str, Experiment] = {
     # - λ_cyc = 0 (the paired L_rec already says what the face must become) skips the cycle pass:
     #   110 → 196 img/s, so 200 epochs cost about what 110 did: 0.939 / 0.926, fakes closer to the
     #   real target face than the source for 73% / 90% of pairs.
-    # - no gain at fold 0 with skips: λ_GAN 0 (0.42), 1 (0.65), 3 (0.54); L1 for L_rec (0.67);
+    # - no gain at fold 0 with skips (60 epochs): λ_GAN 0 (0.42), 1 (0.65), 3 (0.54);
     #   StarGAN's fake classification (0.72, fakes turn into texture again).
     # Sized for the demo's two folds of 8 training subjects (README, quick start); not the paper's recipe.
     "tiny": Experiment(
