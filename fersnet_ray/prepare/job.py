@@ -175,11 +175,51 @@ def _listing_table(faces: list[SourceFace], table_name: str) -> pa.Table:
     return pa.table(columns)
 
 
+def _first_duplicate(ids: pa.ChunkedArray) -> str | None:
+    """A value that `ids` holds more than once (the one seen first), or None; ids must not be null.
+
+    Ids of one width (face_id's 20 hex digits) are sorted as a fixed-width numpy view of Arrow's bytes,
+    one 2 MB copy at 100k faces; `pc.value_counts` cost ~28 MB there, kept by Arrow's allocator.
+    """
+    if len(ids) < 2:
+        return None
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    offsets = np.frombuffer(ids.buffers()[1], np.int64 if pa.types.is_large_string(ids.type) else np.int32)
+    offsets = offsets[ids.offset : ids.offset + len(ids) + 1]
+    width = int(offsets[1] - offsets[0])
+    if width > 0 and (np.diff(offsets) == width).all():
+        view = np.frombuffer(ids.buffers()[2], f"S{width}", count=len(ids), offset=int(offsets[0]))
+        ordered = np.sort(view)  # the copy; the view is Arrow's buffer
+        same = ordered[1:] == ordered[:-1]
+        twice = pa.array(np.unique(ordered[1:][same]).tolist(), pa.binary()).cast(ids.type) if same.any() else None
+        del ordered, same
+    else:  # ids of mixed widths (NUL-padded bytes would compare wrongly): Arrow's sort
+        ordered = ids.take(pc.array_sort_indices(ids))
+        same = pc.equal(ordered[1:], ordered[:-1])
+        twice = pc.unique(pc.filter(ordered[1:], same)) if pc.any(same).as_py() else None
+        del ordered, same
+    if twice is None:
+        return None
+    return ids[pc.index(pc.is_in(ids, value_set=twice), True).as_py()].as_py()
+
+
 def _fate(batch: pa.Table) -> pa.Table:
-    """A loaded block → what the driver needs to assign folds: source, subject, label, reject, PNG size."""
-    return batch.select(["source", "subject", "label", "reject"]).append_column(
-        "png_bytes", pc.binary_length(batch["image"])
-    )
+    """A loaded block → what the driver needs to assign folds: subject, label, reject, PNG size, and the
+    source of rejected faces only (null for kept ones, so the driver never holds every face's path).
+
+    One chunk a column: a loaded block is made of 32-row batches, and at 100k faces the driver's copies
+    of those thousands of small chunks cost ~24 MB more than the same data in one chunk a block.
+    """
+    kept = pc.equal(batch["reject"], "")
+    return pa.table(
+        {
+            "source": pc.if_else(kept, pa.scalar(None, batch["source"].type), batch["source"]),
+            "subject": batch["subject"],
+            "label": batch["label"],
+            "reject": batch["reject"],
+            "png_bytes": pc.binary_length(batch["image"]),
+        }
+    ).combine_chunks()
 
 
 def _counts(classes: list[str], k: int, labels: list[int], folds: list[int]) -> dict:
@@ -216,10 +256,9 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
 
     listed_faces = _listing_table(listing.faces, cfg.table_name)  # one Arrow column per field
     listing.faces = []  # the listing's Python objects cost ~1 KB a face on the driver; the table is ~0.1
-    counts = pc.value_counts(listed_faces["face_id"])
-    dup = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
-    if len(dup):
-        raise PrepareError(f"source lists the same file twice ({dup[0].as_py()})")
+    dup = _first_duplicate(listed_faces["face_id"])
+    if dup is not None:
+        raise PrepareError(f"source lists the same file twice ({dup})")
 
     gpus = cfg.gpus_per_actor
     if gpus is None:
@@ -250,22 +289,41 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     # The columns are picked in Ray tasks: a driver reading whole blocks maps their image bytes from the
     # object store into its own memory (at 100k faces its peak RSS grew 1.66× from 10k, with it).
     fates = loaded.map_batches(_fate, batch_format="pyarrow", batch_size=None)
-    meta = pa.concat_tables(fates.iter_batches(batch_format="pyarrow", batch_size=None)).to_pandas()
-    failed = meta[meta["reject"] != ""]
-    rejects += [Reject(s, r) for s, r in zip(failed["source"], failed["reject"])]
-    kept = meta[meta["reject"] == ""]
-    print(f"prepare: {len(meta)} faces loaded and aligned, {len(failed)} rejected", flush=True)
-    if kept.empty:
+    # Kept as Arrow: converting the whole table to pandas made Python strings of every face's source,
+    # subject and reject (~24 MB more at 100k faces than at 10k). Only the rejected rows and the kept
+    # subjects (as codes into their distinct names) become Python objects.
+    meta = pa.concat_tables(fates.iter_batches(batch_format="pyarrow", batch_size=None))
+    n_loaded = len(meta)
+    ok = pc.equal(meta["reject"], "")
+    failed = meta.filter(pc.invert(ok)).select(["source", "reject"])
+    kept = (meta.filter(ok) if len(failed) else meta).select(["subject", "label", "png_bytes"])
+    del meta, ok
+    failed_sources, failed_reasons = failed["source"].to_pylist(), failed["reject"].to_pylist()
+    del failed
+    rejects += [Reject(s, r) for s, r in zip(failed_sources, failed_reasons)]
+    print(f"prepare: {n_loaded} faces loaded and aligned, {len(failed_sources)} rejected", flush=True)
+    if not len(kept):
         raise PrepareError(
-            f"no usable face in source {redact(str(cfg.source))}: all {len(meta)} faces rejected"
-            f" (first: {failed['source'].iloc[0]}: {failed['reject'].iloc[0]})"
+            f"no usable face in source {redact(str(cfg.source))}: all {n_loaded} faces rejected"
+            f" (first: {failed_sources[0]}: {failed_reasons[0]})"
         )
+    del failed_sources, failed_reasons
+    num_faces = len(kept)
+    subject_codes = pc.dictionary_encode(kept["subject"].combine_chunks())
+    names = subject_codes.dictionary.to_pylist()  # each distinct subject once
+    codes = subject_codes.indices.to_numpy()
+    del subject_codes
+    labels = kept["label"].to_pylist()
+    group_rows = row_group_rows(pc.mean(kept["png_bytes"]).as_py())
+    del kept
     try:
-        fold_of = assign_folds(kept["subject"].tolist(), kept["label"].tolist(), cfg.folds, cfg.seed)
+        # one list entry a face, all pointing at the few distinct name strings
+        fold_of = assign_folds([names[c] for c in codes], labels, cfg.folds, cfg.seed)
     except ValueError as e:
         raise PrepareError(str(e)) from None
-    folds = [fold_of[s] for s in kept["subject"]]
-    group_rows = row_group_rows(kept["png_bytes"].mean())
+    folds = np.array([fold_of[name] for name in names], np.int64)[codes].tolist()
+    num_subjects = len(names)
+    del codes, names
 
     out_dir = store.dataset(cfg.table_name).dir
     # The card is the commit marker (written last): remove it first, so an interrupted re-run never
@@ -297,11 +355,11 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         "dataset": cfg.dataset,
         "source": redact(str(cfg.source)) if cfg.source else None,
         "classes": classes,
-        "num_faces": len(kept),
-        "num_subjects": int(kept["subject"].nunique()),
+        "num_faces": num_faces,
+        "num_subjects": num_subjects,
         "folds": cfg.folds,
         "seed": cfg.seed,
-        "counts": _counts(classes, cfg.folds, kept["label"].tolist(), folds),
+        "counts": _counts(classes, cfg.folds, labels, folds),
         "alignment": {"method": method, "size": cfg.aligned_size, "channels": cfg.channels},
         "rejects": [{"source": r.source, "reason": r.reason} for r in rejects],
         "notes": listing.notes,
