@@ -90,12 +90,15 @@ def main() -> None:
                     f"({m['images_per_s']:.0f} img/s)",
                     flush=True,
                 )
-        table_v = _table_v(state.model, train_set, test_set, fold_exp) if args.table_v else None
-        if args.sheet:
+        table_v = None
+        if args.table_v or args.sheet:  # every test face × every other expression, synthesised once
             from fersnet_ray.synth.quality import sheet_image, synthesize_all_targets
 
-            images, src, tgt = synthesize_all_targets(state.model.eval(), test_set, fold_exp, torch.device("cpu"))
-            sheet_image(test_set, images, src, tgt, card["classes"]).save(f"{args.sheet}-fold{fold}.png")
+            synth = synthesize_all_targets(state.model.eval(), test_set, fold_exp, torch.device("cpu"))
+            if args.table_v:
+                table_v = _table_v(synth, train_set, test_set, fold_exp)
+            if args.sheet:
+                sheet_image(test_set, *synth, card["classes"]).save(f"{args.sheet}-fold{fold}.png")
         if table_v is not None:
             print(
                 f"[{args.tag}] fold {fold} Table V {table_v['accuracy']:.3f} per target {table_v['per_target']} "
@@ -135,18 +138,18 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _table_v(model, train_set, test_set, exp: Experiment) -> dict:
+def _table_v(synth, train_set, test_set, exp: Experiment) -> dict:
     """Table V of the fold: the Table V recogniser (real training faces only) on the test subjects' synthesis.
 
-    Also per target expression, and how often a synthesis is read as its *source* expression (a
-    generator that copies its input scores 0 on Table V and 1 there).
+    synth: `synthesize_all_targets`' (images, source index, target) of the test faces. Also per target
+    expression, and how often a synthesis is read as its *source* expression (a generator that copies
+    its input scores 0 on Table V and 1 there).
     """
-    from fersnet_ray.synth.quality import synthesize_all_targets
     from fersnet_ray.synth.recognizer import recognizer_logits, train_recognizer
 
     t = exp.train
+    images, src, tgt = synth
     recognizer = train_recognizer(train_set, exp.model.num_classes, t.crop_size, seed=t.seed)
-    images, src, tgt = synthesize_all_targets(model.eval(), test_set, exp, torch.device("cpu"))
     pred = recognizer_logits(recognizer, images, t.crop_size).argmax(1).numpy()
     source = test_set.labels.numpy()[src]
     per_target = {int(c): round(float((pred[tgt == c] == c).mean()), 3) for c in sorted(set(tgt.tolist()))}
