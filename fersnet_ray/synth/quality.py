@@ -94,13 +94,13 @@ def paired_fidelity(model, faces: FaceSet, reference: FaceSet, exp: Experiment, 
     crop = lambda f: to_unit(center_crop(f.images.cpu(), t.crop_size))  # noqa: E731  (N, C, crop, crop)
     x, ref = crop(faces), crop(reference)
     labels, ref_labels = faces.labels.cpu().numpy(), reference.labels.cpu().numpy()
+    subjects = faces.subjects.astype(str)  # (N,)
     means = torch.stack([ref[torch.as_tensor(ref_labels == c)].mean(0) for c in range(e)])  # (E, C, crop, crop)
     truth: dict[tuple[str, int], torch.Tensor] = {}
-    for s, y in {(str(s), int(y)) for s, y in zip(faces.subjects, labels)}:
-        pick = (faces.subjects.astype(str) == s) & (labels == y)
-        truth[(s, y)] = x[torch.as_tensor(pick)].mean(0)  # (C, crop, crop)
+    for s, y in {(s, int(y)) for s, y in zip(subjects, labels)}:
+        truth[(s, y)] = x[torch.as_tensor((subjects == s) & (labels == y))].mean(0)  # (C, crop, crop)
     src, tgt = [], []
-    for i, (s, a) in enumerate(zip(faces.subjects.astype(str), labels)):
+    for i, (s, a) in enumerate(zip(subjects, labels)):
         for b in range(e):
             if b != a and (s, b) in truth:
                 src.append(i)
@@ -115,7 +115,7 @@ def paired_fidelity(model, faces: FaceSet, reference: FaceSet, exp: Experiment, 
         with autocast(device, t.amp):
             fakes.append(model.synthesize(xb, tgt_t[i : i + 256].to(device)).float().clamp(-1, 1).cpu())
     fake = torch.cat(fakes)  # (P, C, crop, crop)
-    gt = torch.stack([truth[(str(faces.subjects[i]), b)] for i, b in zip(src, tgt)])
+    gt = torch.stack([truth[(subjects[i], b)] for i, b in zip(src, tgt)])
     source = x[src_t]
     delta = (source + means[tgt_t] - means[torch.as_tensor(labels[src])]).clamp(-1, 1)
     per_pair = lambda a: ((a - gt) ** 2).flatten(1).mean(1)  # noqa: E731  (P,)
