@@ -91,7 +91,7 @@ def paired_fidelity(model, faces: FaceSet, reference: FaceSet, exp: Experiment, 
         no subject in `faces` shows two expressions.
     """
     t, e = exp.train, exp.model.num_classes
-    crop = lambda f: to_unit(center_crop(f.images.cpu(), t.crop_size))  # noqa: E731  (N, C, crop, crop)
+    crop = lambda f: to_unit(center_crop(f.images.cpu(), t.crop_size))  # (N, C, crop, crop)
     x, ref = crop(faces), crop(reference)
     labels, ref_labels = faces.labels.cpu().numpy(), reference.labels.cpu().numpy()
     subjects = faces.subjects.astype(str)  # (N,)
@@ -118,7 +118,7 @@ def paired_fidelity(model, faces: FaceSet, reference: FaceSet, exp: Experiment, 
     gt = torch.stack([truth[(subjects[i], b)] for i, b in zip(src, tgt)])
     source = x[src_t]
     delta = (source + means[tgt_t] - means[torch.as_tensor(labels[src])]).clamp(-1, 1)
-    per_pair = lambda a: ((a - gt) ** 2).flatten(1).mean(1)  # noqa: E731  (P,)
+    per_pair = lambda a: ((a - gt) ** 2).flatten(1).mean(1)  # (P,)
     err_fake, err_copy = per_pair(fake), per_pair(source)
     return {
         "pairs": len(src),
@@ -137,8 +137,8 @@ def fold_quality(store_uri: str, run: str, fold: Fold, checkpoint: str, recogniz
     synthetic rows: there are no held-out subjects, so there is no Table V number (None, and said so),
     and the contact sheet shows training faces.
     """
-    from fersnet_ray.model import create_model
     from fersnet_ray.checkpoint import read_checkpoint
+    from fersnet_ray.model import create_model
 
     store = Store.from_uri(store_uri)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
