@@ -1,6 +1,6 @@
 """Scale benchmark: prepare → synthesize → verify → one streamed fine-tuning epoch, at N and N/10 faces.
 
-    python jobs/bench_scale.py --faces 100000 --store both --out scale.json      # the issue's run (not yet measured)
+    python jobs/bench_scale.py --faces 100000 --store both --out scale.json      # the issue's run (README: "At scale")
     python jobs/bench_scale.py --faces 2100 --folds 5 --store both --out /tmp/scale-small.json
     python jobs/bench_scale.py --faces 420 --folds 3 --shrink 1 --store local --nodes 3 --out /tmp/scale-nodes.json
 

@@ -45,6 +45,11 @@ class ModelConfig:
             encoder through them). Off (the paper's shared gradients) by default.
         fes_skips: not in the paper: U-Net skip connections from the FES encoder's blocks to the decoder
             blocks of the same resolution (`layers.SynthesisHead`). Off (the paper's decoder) by default.
+        flu_gate_bias: not in the paper: "fersnet" only: the ConvFLUs' update gates z get a bias, set to
+            this at initialisation, so that with e.g. -4 (z ≈ 0.02) each branch starts as a network of its
+            own and opens its gates to the other task's features as they prove useful. None: the paper's
+            bias-free 1x1 kernels (z ≈ 0.5 at initialisation, so half of every block's features are
+            replaced by the tanh mixture from the first step).
     """
 
     variant: str = "fersnet"
@@ -61,12 +66,15 @@ class ModelConfig:
     disc_widths: tuple[int, ...] = (64, 128, 256, 512)
     fes_reads_fer_detached: bool = False
     fes_skips: bool = False
+    flu_gate_bias: float | None = None
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise JSON-decoded values in place with object.__setattr__.
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "disc_widths", tuple(int(w) for w in self.disc_widths))
         object.__setattr__(self, "width_mult", float(self.width_mult))
+        if self.flu_gate_bias is not None:
+            object.__setattr__(self, "flu_gate_bias", float(self.flu_gate_bias))
         if self.gan_mode not in GAN_MODES:
             raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}")
         if not self.widths or not self.disc_widths:

@@ -169,8 +169,9 @@ class FERSNet(FERSNetBase):
         widths = cfg.scaled_widths
         self.fer_blocks = _encoder(cfg.in_channels, widths)
         self.fes_blocks = _encoder(cfg.in_channels, widths)
-        self.flu_to_fer = nn.ModuleList(ConvFLU(w) for w in widths)  # FER <- FES
-        self.flu_to_fes = nn.ModuleList(ConvFLU(w) for w in widths)  # FES <- FER
+        bias = cfg.flu_gate_bias
+        self.flu_to_fer = nn.ModuleList(ConvFLU(w, bias) for w in widths)  # FER <- FES
+        self.flu_to_fes = nn.ModuleList(ConvFLU(w, bias) for w in widths)  # FES <- FER
 
     def encode(self, images: torch.Tensor, return_gates: bool = False) -> Encoded:
         fer = fes = images  # (B, C_in, H, W)

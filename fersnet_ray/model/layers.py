@@ -69,11 +69,15 @@ class ConvFLU(nn.Module):
     reading of Fig. 3 (z near 0 -> the branch keeps its own features) both say (1 - z) weighs F_x.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, gate_bias: float | None = None) -> None:
+        """gate_bias: None, the paper's bias-free kernels; a number: W_z gets a bias initialised to it
+        (negative: z starts near 0, so the branch starts with its own features alone)."""
         super().__init__()
         # Names follow the paper: W_r, W_z act on [F_x, F_y]; W acts on r . F_y; U acts on F_x.
         self.w_r = nn.Conv2d(2 * channels, channels, 1, bias=False)
-        self.w_z = nn.Conv2d(2 * channels, channels, 1, bias=False)
+        self.w_z = nn.Conv2d(2 * channels, channels, 1, bias=gate_bias is not None)
+        if gate_bias is not None:
+            nn.init.constant_(self.w_z.bias, gate_bias)
         self.w = nn.Conv2d(channels, channels, 1, bias=False)
         self.u = nn.Conv2d(channels, channels, 1, bias=False)
 

@@ -47,3 +47,25 @@ def test_memory_gate_direction() -> None:
         opened, gates = flu(f_x, f_y)
         assert gates.z.min() > 1 - 1e-6
         torch.testing.assert_close(opened, torch.tanh(flu.w(gates.r * f_y) + flu.u(f_x)))
+
+
+def test_gate_bias_starts_the_branches_apart() -> None:
+    # flu_gate_bias (not in the paper): W_z alone gets a bias, so z starts near sigmoid(bias) and the
+    # block's output is almost its own features; the paper's bias-free kernels start at z ≈ 0.5.
+    from fersnet_ray.model import create_model
+    from fersnet_ray.model.config import ModelConfig
+
+    torch.manual_seed(0)
+    flu = ConvFLU(4, gate_bias=-4.0)
+    assert flu.w_z.bias is not None and flu.w_r.bias is None and flu.w.bias is None and flu.u.bias is None
+    f_x, f_y = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    out, gates = flu(f_x, f_y)
+    assert 0.005 < gates.z.mean() < 0.05
+    assert (out - f_x).abs().mean() < 0.1 * f_x.abs().mean()
+
+    x = torch.randn(2, 1, 32, 32)
+    for bias, low, high in ((None, 0.4, 0.6), (-4.0, 0.005, 0.05)):
+        model = create_model(ModelConfig.tiny(flu_gate_bias=bias)).eval()
+        gates = model.encode(x, return_gates=True)[2]
+        for block in gates:
+            assert low < float(block.fer.z.mean()) < high and low < float(block.fes.z.mean()) < high
