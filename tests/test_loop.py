@@ -127,3 +127,30 @@ def test_bf16_detection_reads_the_cpu_flags(cpu_bf16, monkeypatch):
     with open("/proc/cpuinfo") as f:
         flags = next(line for line in f if line.startswith("flags")).split()
     assert cpu_has_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+@pytest.mark.parametrize("forced", [None, "0"])
+def test_cpu_layout_nhwc_unless_forced_off_and_scores_as_loaded(monkeypatch, forced):
+    # oneDNN's NHWC convolutions are the faster CPU path (see `channels_last`); FERSNET_CHANNELS_LAST=0
+    # turns them off. Either way a model as trained and the same weights loaded into a fresh (NCHW)
+    # model predict the same: `predict` puts weights and input in one layout.
+    from fersnet_ray.model import create_model
+    from fersnet_ray.train.loop import channels_last, predict
+
+    if forced is None:
+        monkeypatch.delenv("FERSNET_CHANNELS_LAST", raising=False)
+    else:
+        monkeypatch.setenv("FERSNET_CHANNELS_LAST", forced)
+    cpu = torch.device("cpu")
+    assert channels_last(cpu, amp=False) == (forced is None)
+    assert channels_last(torch.device("cuda"), amp=False) is False  # a GPU: NHWC only with bf16 autocast
+    exp = make_experiment("tiny", "fersnet", num_classes=3)
+    exp = Experiment(exp.model, replace(exp.train, batch_size=8))
+    state = FoldState.create(exp)
+    conv = next(m for m in state.model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == (forced is None)
+    faces = toy_faces()
+    train_epoch(state, faces, TargetSampler(faces.labels, faces.subjects, 0))
+    fresh = create_model(exp.model)
+    fresh.load_state_dict(state.model.state_dict())
+    torch.testing.assert_close(predict(fresh, faces, exp.train.crop_size), predict(state.model, faces, exp.train.crop_size))

@@ -31,7 +31,7 @@ from fersnet_ray.finetune.classifiers import (
 )
 from fersnet_ray.train.config import Experiment
 from fersnet_ray.train.data import augment, to_unit
-from fersnet_ray.train.loop import autocast
+from fersnet_ray.train.loop import autocast, nhwc
 
 
 FINETUNE_DATA = ("real+synthetic", "real")
@@ -171,9 +171,7 @@ class FinetuneState:
                 model.load_state_dict(model_state)
             else:
                 load_weights_into(model, cfg.classifier, model_state, where=cfg.weights or "weights")
-        model = model.to(device)
-        if device.type == "cuda" and exp.train.amp:
-            model = model.to(memory_format=torch.channels_last)
+        model = nhwc(model.to(device), device, exp.train.amp)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr_min)
         return cls(exp, cfg, model, opt, sched, device)
@@ -213,8 +211,7 @@ def finetune_epoch(
         x_u8 = batch["image"].to(state.device, non_blocking=True)  # (B, C, L, L) uint8
         y = batch["label"].to(state.device, non_blocking=True).long()  # (B,)
         x = augment([to_unit(x_u8)], t.crop_size, t.rotations, gen)[0]  # (B, C, crop, crop) in [-1, 1]
-        if state.device.type == "cuda" and t.amp:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = nhwc(x, state.device, t.amp)
         with autocast(state.device, t.amp):
             logits = logits_of(model(x))  # (B, E); FERSNet without a target: the FES decoder does not run
         loss = F.cross_entropy(logits.float(), y)

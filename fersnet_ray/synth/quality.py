@@ -32,7 +32,7 @@ from fersnet_ray.synth.recognizer import (
 from fersnet_ray.synth.sheet import contact_sheet
 from fersnet_ray.train.config import Experiment
 from fersnet_ray.train.data import FaceSet, center_crop, load_fold, to_unit
-from fersnet_ray.train.loop import autocast
+from fersnet_ray.train.loop import autocast, nhwc
 
 SHEET_FILE = "_contact_sheet.png"
 
@@ -52,6 +52,7 @@ def synthesize_all_targets(model, faces: FaceSet, exp: Experiment, device: torch
     output has the face table's framing.
     """
     t, e = exp.train, exp.model.num_classes
+    model = nhwc(model, device, t.amp)
     labels = faces.labels.cpu().numpy()
     src = np.repeat(np.arange(len(labels)), e - 1)
     tgt = np.array([y for lab in labels for y in range(e) if y != lab], dtype=np.int64)
@@ -61,6 +62,7 @@ def synthesize_all_targets(model, faces: FaceSet, exp: Experiment, device: torch
         for i in range(0, len(src), batch_size):
             j = slice(i, i + batch_size)
             x = to_unit(center_crop(faces.images[torch.as_tensor(src[j])], t.crop_size).to(device))
+            x = nhwc(x, device, t.amp)  # (B, C, crop, crop), NHWC on CPUs (oneDNN's faster layout)
             with autocast(device, t.amp):
                 fake = model.synthesize(x, torch.as_tensor(tgt[j], device=device))
             u8 = ((fake.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()

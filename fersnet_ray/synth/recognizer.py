@@ -19,7 +19,7 @@ from torch import nn
 
 from fersnet_ray.train.config import ROTATIONS
 from fersnet_ray.train.data import FaceSet, center_crop, to_unit
-from fersnet_ray.train.loop import autocast
+from fersnet_ray.train.loop import autocast, nhwc
 from fersnet_ray.train.supervised import fit_supervised
 
 
@@ -122,9 +122,10 @@ def recognizer_logits(
     """images (N, C, L, L) uint8 at load size → logits (N, E) float32 on the CPU, centre-cropped to `crop`."""
     model.eval()
     device = next(model.parameters()).device
+    model = nhwc(model, device, amp)  # weights in the input's layout: as trained and as loaded score the same
     out = []
     for i in range(0, len(images), batch_size):
-        x = to_unit(center_crop(images[i : i + batch_size], crop).to(device))
+        x = nhwc(to_unit(center_crop(images[i : i + batch_size], crop).to(device)), device, amp)
         with autocast(device, amp):
             out.append(model(x).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.cfg.num_classes)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fersnet_ray.train.data import augment, to_unit
-from fersnet_ray.train.loop import autocast
+from fersnet_ray.train.loop import autocast, nhwc
 
 
 def fit_supervised(
@@ -52,6 +52,7 @@ def fit_supervised(
         amp: bf16 autocast where the device supports it.
     """
     device = images.device
+    model = nhwc(model, device, amp)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1), eta_min=lr_min)
     gen = torch.Generator().manual_seed(seed)
@@ -63,6 +64,7 @@ def fit_supervised(
         for step in range(steps):
             idx = order[step * batch_size : (step + 1) * batch_size].to(device)
             (x,) = augment([to_unit(images[idx])], crop, rotations, gen)  # (B, C, crop, crop) in [-1, 1]
+            x = nhwc(x, device, amp)
             with autocast(device, amp):
                 logits = forward(model, x) if forward else model(x)  # (B, E)
             loss = F.cross_entropy(logits.float(), targets[idx], weight=weight)

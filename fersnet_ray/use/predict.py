@@ -130,12 +130,13 @@ def classify(
     Same input and precision as `train.loop.evaluate` (centre crop, [-1, 1], bf16 autocast on a GPU
     when the run trained with it), so argmax gives the prediction `evaluate` recorded.
     """
-    from fersnet_ray.train.loop import autocast
+    from fersnet_ray.train.loop import autocast, nhwc
 
     device = next(models[0].parameters()).device
+    models = [nhwc(m, device, amp) for m in models]  # as `evaluate` scores: weights and input in one layout
     out = []
     for i in range(0, len(faces), batch_size):
-        x = prep.model_input(faces[i : i + batch_size].to(device))  # (B, C, S, S) in [-1, 1]
+        x = nhwc(prep.model_input(faces[i : i + batch_size].to(device)), device, amp)  # (B, C, S, S) in [-1, 1]
         with autocast(device, amp):
             probs = torch.stack([m(x).float().softmax(1) for m in models])  # (M, B, E)
         out.append(probs.mean(0).cpu())
@@ -162,9 +163,9 @@ class Classifier:
     ):
         self.classes = classes
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.models = [load_recognizer(store, ModelRef(**r))[0].to(self.device) for r in refs]
-        if self.device.type == "cuda" and amp:
-            self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
+        from fersnet_ray.train.loop import nhwc
+
+        self.models = [nhwc(load_recognizer(store, ModelRef(**r))[0].to(self.device), self.device, amp) for r in refs]
         self.prep, self.amp, self.batch_size = prep, amp, batch_size
 
     def __call__(self, batch: dict) -> dict:
