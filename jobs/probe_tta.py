@@ -96,7 +96,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     store = Store.from_uri(args.store)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     tests: dict[tuple[str, int], object] = {}
 
     def test_faces(run: str, fold: int, exp: Experiment):
@@ -139,7 +141,9 @@ def main() -> None:
             d = [100 * (per_fold[k][view] - per_fold[k]["centre"]) for k in per_fold]
             better = sum(x > 1e-9 for x in d)
             worse = sum(x < -1e-9 for x in d)
-            print(f"{view} − centre: {statistics.mean(d):+.2f} points, {better} / {len(d) - better - worse} / {worse} better / tied / worse")
+            print(
+                f"{view} − centre: {statistics.mean(d):+.2f} points, {better} / {len(d) - better - worse} / {worse} better / tied / worse"
+            )
         with open(args.out, "a") as f:
             f.write(json.dumps({"model": label, "commit": commit, "folds": per_fold}) + "\n")
 

@@ -132,7 +132,7 @@ def channels_last(device: torch.device, amp: bool) -> bool:
     On a GPU with bf16 autocast (tensor cores want NHWC). On every CPU, fp32 or bf16: oneDNN's NHWC
     convolutions ran FERSNet's `cpu48` training step 1.24x faster than NCHW (88 -> 110 img/s, one
     thread, side by side), fer_only 1.28x and fersnet_hard 1.35x, its evaluation 1.5x (280 -> 430
-    img/s). FERSNET_CHANNELS_LAST=1 or 0 overrides (benchmarks use it for side-by-side runs).
+    img/s; `jobs/bench_layout.py`). FERSNET_CHANNELS_LAST=1 or 0 overrides.
     """
     forced = os.environ.get("FERSNET_CHANNELS_LAST")
     if forced is not None:
