@@ -130,9 +130,9 @@ def channels_last(device: torch.device, amp: bool) -> bool:
     """Whether convolution weights and inputs use the NHWC layout (`torch.channels_last`).
 
     On a GPU with bf16 autocast (tensor cores want NHWC). On every CPU, fp32 or bf16: oneDNN's NHWC
-    convolutions ran FERSNet's `cpu48` training step 1.24x faster than NCHW (88 -> 110 img/s, one
-    thread, side by side), fer_only 1.28x and fersnet_hard 1.35x, its evaluation 1.5x (280 -> 430
-    img/s; `jobs/bench_layout.py`). FERSNET_CHANNELS_LAST=1 or 0 overrides.
+    convolutions ran FERSNet's `cpu48` training step 1.25x faster than NCHW (88 -> 112 img/s, one
+    thread, side by side), fer_only 1.39x and fersnet_hard 1.3x, its evaluation 1.56-1.96x
+    (`jobs/bench_layout.py`, 2 cores without bf16). FERSNET_CHANNELS_LAST=1 or 0 overrides.
     """
     forced = os.environ.get("FERSNET_CHANNELS_LAST")
     if forced is not None:
