@@ -27,9 +27,10 @@ import torch
 
 from fersnet_ray.checkpoint import latest_checkpoint_in, read_checkpoint
 from fersnet_ray.store import Store
+from fersnet_ray.synth.quality import load_fold_recognizer
 from fersnet_ray.train.config import Experiment
 from fersnet_ray.train.data import load_test, to_unit
-from fersnet_ray.use.recognizer import Recognizer, build_recognizer
+from fersnet_ray.use.recognizer import recognizer_from_state
 
 VIEWS = ("centre", "flip", "ten-crop")
 
@@ -62,28 +63,13 @@ def accuracies(model: torch.nn.Module, faces, crop: int) -> dict[str, float]:
 def model_of(store: Store, run: str, stage: str | None, fold: int) -> tuple[torch.nn.Module, Experiment] | None:
     """The newest complete checkpoint of `fold` in runs/<run>[/<stage>] as a Recognizer; None if none is there."""
     path = latest_checkpoint_in(store, store.run(run).fold(fold, stage))
-    if path is None:
-        return None
-    state = read_checkpoint(store, path)
-    exp = Experiment.from_dict(state["experiment"])
-    classifier = state.get("classifier", "fersnet")
-    if classifier == "fersnet":
-        return Recognizer.from_checkpoint_state(exp.model, state["model"]), exp
-    rec = build_recognizer(classifier, exp)
-    rec.net.load_state_dict(state["model"])
-    return rec.eval(), exp
+    return recognizer_from_state(read_checkpoint(store, path)) if path is not None else None
 
 
-def recognizer_of(store: Store, run: str, fold: int):
-    from fersnet_ray.synth.recognizer import load_recognizer
-
+def recognizer_of(store: Store, run: str, fold: int, exp: Experiment) -> tuple[torch.nn.Module, Experiment] | None:
+    """Fold `fold`'s Table V recogniser (it takes the run's crops, as FERSNet does); None if none is there."""
     path = store.run(run).recognizer(fold)
-    if not store.exists(path):
-        return None
-    import io
-
-    state = torch.load(io.BytesIO(store.read_bytes(path)), weights_only=True)
-    return load_recognizer(state)
+    return (load_fold_recognizer(store, path), exp) if store.exists(path) else None
 
 
 def main() -> None:
@@ -99,10 +85,9 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    tests: dict[tuple[str, int], object] = {}
+    tests: dict[tuple[str, int, int], object] = {}  # (data set, fold, load size) -> test faces, decoded once
 
-    def test_faces(run: str, fold: int, exp: Experiment):
-        dataset = store.run(run).read_config()["dataset"]
+    def test_faces(dataset: str, fold: int, exp: Experiment):
         key = (dataset, fold, exp.train.load_size)
         if key not in tests:
             tests[key] = load_test(store, dataset, fold, exp.train.load_size)
@@ -111,22 +96,15 @@ def main() -> None:
     jobs = [(m, False) for m in args.model] + [(r, True) for r in args.recognizer]
     for name, is_recognizer in jobs:
         run, _, stage = name.partition("/")
-        folds = store.run(run).folds()
+        config = store.run(run).read_config()
+        run_exp = Experiment.from_dict(config["experiment"]) if is_recognizer else None
         per_fold: dict[int, dict[str, float]] = {}
-        for fold in folds:
-            if is_recognizer:
-                rec = recognizer_of(store, run, fold)
-                if rec is None:
-                    continue
-                exp = Experiment.from_dict(store.run(run).read_config()["experiment"])
-                model = rec
-                # the recogniser returns logits of (N, C, crop, crop) inputs in [-1, 1], as FERSNet does
-            else:
-                found = model_of(store, run, stage or None, fold)
-                if found is None:
-                    continue
-                model, exp = found
-            per_fold[fold] = accuracies(model, test_faces(run, fold, exp), exp.train.crop_size)
+        for fold in store.run(run).folds():
+            found = recognizer_of(store, run, fold, run_exp) if is_recognizer else model_of(store, run, stage or None, fold)
+            if found is None:
+                continue
+            model, exp = found
+            per_fold[fold] = accuracies(model, test_faces(config["dataset"], fold, exp), exp.train.crop_size)
         if not per_fold:
             print(f"{name}: no finished fold")
             continue

@@ -197,13 +197,12 @@ class Generator:
         from fersnet_ray.model import create_model
         from fersnet_ray.synth.quality import load_fold_recognizer
         from fersnet_ray.train.config import Experiment
-        from fersnet_ray.train.loop import nhwc
         from fersnet_ray.checkpoint import read_checkpoint
 
         state = read_checkpoint(store, checkpoint)
         self.exp = Experiment.from_dict(state["experiment"])
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = nhwc(create_model(self.exp.model).to(self.device).eval(), self.device, self.exp.train.amp)
+        self.model = create_model(self.exp.model).to(self.device).eval()  # layout: synthesize_all_targets'
         self.model.load_state_dict(state["model"])
         if self.model.fes_head is None:
             raise SynthError(f"checkpoint {checkpoint} is a {self.exp.model.variant!r} model: it has no FES branch")

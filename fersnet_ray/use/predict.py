@@ -163,9 +163,7 @@ class Classifier:
     ):
         self.classes = classes
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        from fersnet_ray.train.loop import nhwc
-
-        self.models = [nhwc(load_recognizer(store, ModelRef(**r))[0].to(self.device), self.device, amp) for r in refs]
+        self.models = [load_recognizer(store, ModelRef(**r))[0].to(self.device) for r in refs]  # layout: classify's
         self.prep, self.amp, self.batch_size = prep, amp, batch_size
 
     def __call__(self, batch: dict) -> dict:

@@ -128,18 +128,23 @@ class Preprocessing:
         return {**asdict(self), "mode": self.mode, "steps": self.steps()}
 
 
-def load_recognizer(store, ref) -> tuple[Recognizer, Preprocessing, Experiment]:
-    """A finished checkpoint (`use.checkpoints.ModelRef`) -> its Recognizer (eval, CPU), preprocessing, experiment."""
-    from fersnet_ray.checkpoint import read_checkpoint
-    from fersnet_ray.table import read_card
-
-    state = read_checkpoint(store, ref.path)
+def recognizer_from_state(state: dict) -> tuple[Recognizer, Experiment]:
+    """A loaded training or fine-tuning checkpoint (`checkpoint.read_checkpoint`) -> its Recognizer (eval), experiment."""
     exp = Experiment.from_dict(state["experiment"])
-    card = read_card(store, store.run(ref.run).read_config()["dataset"])
     classifier = state.get("classifier", "fersnet")  # training checkpoints name none: FERSNet
     if classifier == "fersnet":
         rec = Recognizer.from_checkpoint_state(exp.model, state["model"])
     else:
         rec = build_recognizer(classifier, exp)
         rec.net.load_state_dict(state["model"])  # strict: the classifier's own names, as fine-tuning saved them
-    return rec.eval(), Preprocessing.of(card, exp), exp
+    return rec.eval(), exp
+
+
+def load_recognizer(store, ref) -> tuple[Recognizer, Preprocessing, Experiment]:
+    """A finished checkpoint (`use.checkpoints.ModelRef`) -> its Recognizer (eval, CPU), preprocessing, experiment."""
+    from fersnet_ray.checkpoint import read_checkpoint
+    from fersnet_ray.table import read_card
+
+    rec, exp = recognizer_from_state(read_checkpoint(store, ref.path))
+    card = read_card(store, store.run(ref.run).read_config()["dataset"])
+    return rec, Preprocessing.of(card, exp), exp
