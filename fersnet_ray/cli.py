@@ -161,6 +161,14 @@ SkipsOpt = Annotated[
         "on for cpu48 and tiny). They let the generator keep the face it translates (README, Results)."
     ),
 ]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set",
+        help="Override one setting of the preset, model.KEY=VALUE or train.KEY=VALUE (repeatable), e.g. "
+        "--set train.lambda_rec=10 --set model.disc_widths=16,32,64,128. Keys: ModelConfig and TrainConfig.",
+    ),
+]
 IdentityOpt = Annotated[
     Optional[str], typer.Option(help="Identity net for L_idt: train | none | URI of Light CNN-9 weights.")
 ]
@@ -373,6 +381,7 @@ def train(
     identity: IdentityOpt = None,
     skips: SkipsOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
+    overrides: SetOpt = None,
     workers_per_fold: WorkersPerFoldOpt = 1,
     gpus_per_fold: GpusPerFoldOpt = 0.0,
     cpus_per_worker: CpusPerWorkerOpt = 1.0,
@@ -504,6 +513,7 @@ def _pipeline(
     identity: IdentityOpt = None,
     skips: SkipsOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
+    overrides: SetOpt = None,
     match_capacity: MatchCapacityOpt = None,
     workers_per_fold: WorkersPerFoldOpt = 1,
     gpus_per_fold: GpusPerFoldOpt = 0.0,

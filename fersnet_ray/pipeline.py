@@ -17,6 +17,7 @@ the data set's card) live here once.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -101,12 +102,14 @@ class ExperimentSpec:
     identity: str | None = None
     skips: bool | None = None  # None: the preset's
     checkpoint_every: int | None = None  # None: the preset's
+    overrides: tuple[str, ...] = ()  # --set model.KEY=VALUE / train.KEY=VALUE, applied last
 
     def build(self, card: dict) -> Experiment:
-        """The Experiment for a prepared data set: its classes and channels (ValueError on an unknown name)."""
-        from fersnet_ray.train.config import make_experiment
+        """The Experiment for a prepared data set: its classes and channels, then the overrides
+        (ValueError on an unknown name or a bad setting)."""
+        from fersnet_ray.train.config import make_experiment, with_overrides
 
-        return make_experiment(
+        exp = make_experiment(
             self.preset,
             self.variant,
             len(card["classes"]),
@@ -119,6 +122,7 @@ class ExperimentSpec:
             identity=self.identity,
             checkpoint_every=self.checkpoint_every,
         )
+        return with_overrides(exp, self.overrides)
 
 
 def train_job(
@@ -135,6 +139,7 @@ def train_job(
     identity: str | None = None,
     skips: bool | None = None,
     checkpoint_every: int | None = None,
+    overrides: Sequence[str] | None = None,
     workers_per_fold: int = 1,
     gpus_per_fold: float = 0.0,
     cpus_per_worker: float = 1.0,
@@ -146,7 +151,16 @@ def train_job(
 
     card = read_card(Store.from_uri(store), dataset)
     spec = ExperimentSpec(
-        preset, variant, match_capacity, gan_mode, epochs, batch_size, identity, skips, checkpoint_every
+        preset,
+        variant,
+        match_capacity,
+        gan_mode,
+        epochs,
+        batch_size,
+        identity,
+        skips,
+        checkpoint_every,
+        tuple(overrides or ()),
     )
     return TrainJob(
         store=store,
@@ -278,6 +292,7 @@ class PipelineConfig:
         identity: str | None = None,
         skips: bool | None = None,
         checkpoint_every: int | None = None,
+        overrides: Sequence[str] | None = None,
         match_capacity: bool | None = None,
         workers_per_fold: int = 1,
         gpus_per_fold: float = 0.0,
@@ -343,7 +358,10 @@ class PipelineConfig:
             identity=identity,
             skips=skips,
             checkpoint_every=checkpoint_every,
+            overrides=tuple(overrides or ()),
         )
+        if spec.overrides:  # a bad --set fails here, before prepare, as any other bad option does
+            spec.build({"classes": [""] * 7, "alignment": {"channels": 3 if rgb else 1}})
         resources = {
             "workers_per_fold": workers_per_fold,
             "gpus_per_fold": gpus_per_fold,

@@ -11,7 +11,8 @@
 # Run:     . .venv/bin/activate && nohup bash jobs/cpu_ckplus48.sh > cpu_ckplus48.log 2>&1 &
 # Resume:  the same command; every finished fold and stage is skipped.
 # Knobs:   SRC, STORE, RUN, EPOCHS (default: the preset's), FT_EPOCHS, MIN_SCORE (default 0.5; empty:
-#          no score-filtered row), FOLDS (default all; e.g. 0,1,2,3 for a first look in a third of the time).
+#          no score-filtered row), FOLDS (default all; e.g. 0,1,2,3 for a first look in a third of the time),
+#          SET (space-separated overrides of the preset, each passed as --set: SET="train.lambda_rec=10").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
@@ -24,6 +25,7 @@ extra=()
 if [ -n "${EPOCHS:-}" ]; then extra+=(--epochs "$EPOCHS"); fi
 if [ -n "${FOLDS:-}" ]; then extra+=(--train-folds "$FOLDS"); fi
 if [ -n "${MIN_SCORE:-}" ]; then extra+=(--finetune-min-score "$MIN_SCORE"); fi
+for setting in ${SET:-}; do extra+=(--set "$setting"); done
 echo "commit $(git rev-parse --short HEAD) $(git diff --quiet || echo '(with local changes)'), $(date -u +%FT%TZ)"
 start=$(date +%s)
 fersnet ablation --dataset ckplus48 --source "$SRC" --store "$STORE" --run "$RUN" --folds 10 \

@@ -1,21 +1,20 @@
 """One fold of the quick start in plain PyTorch (no Ray): FERSNet accuracy, Table V, a contact sheet.
 
     python jobs/probe_demo.py                                        # the tiny preset on 16 demo subjects
-    python jobs/probe_demo.py --subjects 12 --epochs 60 --model "widths=(8,16,32,64)" \
-        --set lambda_rec=1.0 --set lambda_cyc=0.5 --sheet /tmp/sheet.png
+    python jobs/probe_demo.py --subjects 12 --epochs 60 --set model.widths=8,16,32,64 \
+        --set train.lambda_rec=1.0 --set train.lambda_cyc=0.5 --sheet /tmp/sheet.png
 
-Subjects s with s % folds == fold are held out. Trains FERSNet with the `tiny` preset (overrides:
---set TrainConfig field=value, --model ModelConfig field=value), then the Table V recogniser on the
+Subjects s with s % folds == fold are held out. Trains FERSNet with the `tiny` preset (--set takes
+model.KEY=VALUE or train.KEY=VALUE, as `fersnet train --set` does), then the Table V recogniser on the
 training faces, then scores the held-out subjects' syntheses. For choosing demo and preset settings
 without the pipeline's fixed costs; `fersnet run` is the real thing.
 """
 
 import argparse
 import time
-from dataclasses import replace
 import numpy as np, torch, torch.nn.functional as F
 from fersnet_ray.prepare import demo
-from fersnet_ray.train.config import make_experiment, Experiment
+from fersnet_ray.train.config import make_experiment, with_overrides
 from fersnet_ray.train.data import FaceSet, TargetSampler
 from fersnet_ray.train.loop import FoldState, train_epoch, evaluate
 from fersnet_ray.synth.recognizer import train_recognizer, accuracy_against
@@ -33,8 +32,7 @@ p.add_argument("--aligned", type=int, default=110)
 p.add_argument("--fold", type=int, default=0)
 p.add_argument("--folds", type=int, default=2)
 p.add_argument("--threads", type=int, default=1)
-p.add_argument("--set", action="append", default=[])
-p.add_argument("--model", action="append", default=[])
+p.add_argument("--set", action="append", default=[], help="model.KEY=VALUE or train.KEY=VALUE")
 p.add_argument("--sheet", default="")
 p.add_argument("--trainbn", action="store_true")
 p.add_argument("--save", default="")
@@ -64,16 +62,8 @@ def faces(subjects):
 test_s = [s for s in range(a.subjects) if s % a.folds == a.fold]
 train_s = [s for s in range(a.subjects) if s % a.folds != a.fold]
 tr, te = faces(train_s), faces(test_s)
-ov = {}
-for kv in a.set:
-    k, v = kv.split("=")
-    ov[k] = type(getattr(make_experiment("tiny").train, k))(eval(v))
-exp = make_experiment("tiny", epochs=a.epochs, batch_size=a.batch, load_size=a.load, crop_size=a.crop, **ov)
-mo = {}
-for kv in a.model:
-    k, v = kv.split("=")
-    mo[k] = eval(v)
-exp = Experiment(replace(exp.model, image_size=a.crop, **mo), exp.train)
+exp = make_experiment("tiny", epochs=a.epochs, batch_size=a.batch, load_size=a.load, crop_size=a.crop)
+exp = with_overrides(exp, [f"model.image_size={a.crop}", *a.set])
 state = FoldState.create(exp, "cpu")
 sampler = TargetSampler(tr.labels, tr.subjects, 0)
 t0 = time.time()

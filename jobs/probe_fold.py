@@ -19,23 +19,9 @@ import torch
 
 from fersnet_ray.store import Store
 from fersnet_ray.table import read_card
-from fersnet_ray.train.config import Experiment, make_experiment
+from fersnet_ray.train.config import Experiment, make_experiment, with_overrides
 from fersnet_ray.train.data import TargetSampler, load_fold
 from fersnet_ray.train.loop import FoldState, evaluate, train_epoch
-
-
-def _value(text: str):
-    if "," in text:  # a tuple, e.g. model.disc_widths=16,32,64,128
-        return tuple(_value(t) for t in text.split(","))
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def main() -> None:
@@ -66,14 +52,7 @@ def main() -> None:
     store = Store.from_uri(args.store)
     card = read_card(store, args.dataset)
     exp = make_experiment(args.preset, args.variant, len(card["classes"]), card["alignment"]["channels"])
-    for item in args.set:
-        key, value = item.split("=", 1)
-        part, field = key.split(".", 1)
-        value = _value(value)
-        if part == "model":
-            exp = Experiment(replace(exp.model, **{field: value}), exp.train)
-        else:
-            exp = Experiment(exp.model, replace(exp.train, **{field: value}))
+    exp = with_overrides(exp, args.set)  # what `fersnet train --set` does
     for fold in (int(f) for f in args.folds.split(",")):
         train_set, test_set, _ = load_fold(store, args.dataset, fold, exp.train.load_size)
         fold_exp = Experiment(exp.model, replace(exp.train, seed=exp.train.seed + fold))

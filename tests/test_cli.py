@@ -109,6 +109,11 @@ def test_run_options_reach_the_stage_configs(built, tmp_path):
     assert cfg.train.folds == cfg.synth.folds == cfg.finetune.folds == (0, "final")
     assert {cfg.prepare.store, cfg.train.store, cfg.synth.store, cfg.finetune.store} == {store}
     assert cfg.run_name == cfg.train.run == cfg.synth.run == cfg.finetune.run == "ckplus"
+    sets = ["--set", "train.lambda_rec=10", "--set", "model.fes_skips=false"]
+    cfg = built("ablation", "--store", store, "--preset", "cpu48", *sets)
+    assert cfg.experiment.overrides == ("train.lambda_rec=10", "model.fes_skips=false")
+    exp = cfg.experiment.build({"classes": list("abcdefg"), "alignment": {"channels": 1}})
+    assert (exp.train.lambda_rec, exp.model.fes_skips) == (10.0, False)
     cfg = built("run", "--store", store, "--overwrite", "--cache", "--quality")
     assert (cfg.overwrite, FinetuneConfig(**cfg.finetune.config).cache, cfg.synth.quality) == (True, True, True)
 
@@ -134,6 +139,7 @@ def test_bad_values_fail_before_any_stage(built, tmp_path):
         (["--train-folds", "0,x"], "--folds '0,x'"),
         (["--classifiers", "nope"], "nope"),
         (["--finetune-lr", "1e-6", "--finetune-lr-min", "1e-3"], "lr_min"),
+        (["--set", "train.lamda_rec=10"], "train has no setting 'lamda_rec'"),
     ):
         out = runner.invoke(cli.app, ["run", "--store", str(tmp_path / "st"), *args])
         assert out.exit_code == 1 and out.output.startswith("error: ") and message in out.output, out.output
@@ -181,6 +187,9 @@ def test_train_builds_its_experiment_like_run_does(tmp_path):
     card = {"classes": list("abc"), "alignment": {"channels": 3}, "folds": 2}
     exp = pipeline.ExperimentSpec(preset="tiny", variant="fer_only", epochs=3).build(card)
     assert (exp.model.num_classes, exp.model.in_channels, exp.model.variant, exp.train.epochs) == (3, 3, "fer_only", 3)
+    sets = ("train.lambda_rec=2", "model.cls_dropout=0.5")
+    job = pipeline.ExperimentSpec(preset="tiny", overrides=sets).build(card).to_dict()
+    assert (job["train"]["lambda_rec"], job["model"]["cls_dropout"]) == (2.0, 0.5)
 
 
 def test_the_clis_variant_names_are_the_registrys():

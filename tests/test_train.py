@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from fersnet_ray.checkpoint import latest_checkpoint, read_checkpoint
 from fersnet_ray.cli import app
 from fersnet_ray.store import Store
-from fersnet_ray.train.config import Experiment, make_experiment
+from fersnet_ray.train.config import Experiment, make_experiment, with_overrides
 from fersnet_ray.train.data import FaceSet, TargetSampler, augment
 from fersnet_ray.train.loop import FoldState, train_epoch
 
@@ -36,6 +36,42 @@ def test_experiment_round_trip_and_presets():
         assert Experiment.from_dict(exp.to_dict()) == exp
     with pytest.raises(ValueError, match="unknown variant 'resnet'"):
         make_experiment("tiny", variant="resnet")
+
+
+def test_set_overrides_parse_to_the_fields_types_and_name_what_is_wrong():
+    """`--set section.key=value`: each value typed by its field; errors name the setting, before any work."""
+    base = make_experiment("cpu48")
+    exp = with_overrides(
+        base,
+        [
+            "train.lambda_rec=10",  # float field from an int literal
+            "train.epochs=7",
+            "train.betas=0.9,0.999",  # tuple[float, float]
+            "model.disc_widths=8,16,32,64",  # tuple[int, ...]
+            "model.fes_skips=false",
+            "model.flu_gate_bias=-4",  # float | None
+            "train.lambda_rec=3",  # the last of a key set twice wins
+        ],
+    )
+    assert (exp.train.lambda_rec, exp.train.epochs, exp.train.betas) == (3.0, 7, (0.9, 0.999))
+    assert type(exp.train.lambda_rec) is float and type(exp.train.epochs) is int
+    assert (exp.model.disc_widths, exp.model.fes_skips, exp.model.flu_gate_bias) == ((8, 16, 32, 64), False, -4.0)
+    assert with_overrides(exp, ["model.flu_gate_bias=none"]).model.flu_gate_bias is None
+    assert Experiment.from_dict(exp.to_dict()) == exp  # what config.json and checkpoints store
+    assert with_overrides(base, []) == base
+    # Checked once all settings are in: crop and image size change together.
+    both = with_overrides(base, ["train.load_size=72", "train.crop_size=64", "model.image_size=64"])
+    assert (both.train.crop_size, both.model.image_size) == (64, 64)
+    for sets, message in (
+        (["train.lamda_rec=1"], "train has no setting 'lamda_rec'; known: epochs"),
+        (["train.epochs=x"], "--set 'train.epochs=x'"),
+        (["model.fes_skips=maybe"], "not a boolean"),
+        (["lambda_rec=1"], "expected model.KEY=VALUE or train.KEY=VALUE"),
+        (["train.lambda_rec"], "expected model.KEY=VALUE"),
+        (["train.crop_size=64"], "crop_size 64 exceeds load_size 54"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            with_overrides(base, sets)
 
 
 def test_target_sampler_uses_expressions_the_subject_shows():

@@ -16,7 +16,10 @@ Presets:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from fersnet_ray.model.config import ModelConfig
@@ -211,6 +214,52 @@ def make_experiment(
     )
     train = replace(base.train, **{k: v for k, v in train_overrides.items() if v is not None})
     return Experiment(model, train)
+
+
+def _parse(text: str, hint: Any) -> Any:
+    """`text` as a value of the type `hint` (a field's annotation): bool, int, float, str, a tuple of
+    them written comma-separated, or `X | None` where "none" is None. ValueError when it does not parse."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        if text.strip().lower() in ("none", "null"):
+            return None
+        return _parse(text, next(a for a in args if a is not type(None)))
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]
+        return tuple(_parse(t, args[0]) for t in text.split(",") if t.strip())
+    if hint is bool:
+        low = text.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"{text!r} is not a boolean (true/false)")
+        return low in ("true", "1", "yes", "on")
+    return hint(text.strip())
+
+
+def with_overrides(exp: Experiment, sets: Sequence[str]) -> Experiment:
+    """`exp` with `section.key=value` settings applied, e.g. `train.lambda_rec=10`,
+    `model.disc_widths=16,32,64,128`, `model.flu_gate_bias=none` (`--set` of train, run and ablation).
+
+    Each value is parsed to its field's type; a key set twice keeps the last. ValueError names the
+    setting and the keys there are. The dataclasses' own checks run on the result, once every setting
+    is in (so `train.crop_size=64 model.image_size=64` is one consistent change).
+    """
+    parts = {"model": exp.model, "train": exp.train}
+    changes: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for item in sets:
+        key, eq, text = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        if not eq or section not in parts or not name:
+            raise ValueError(f"--set {item!r}: expected model.KEY=VALUE or train.KEY=VALUE")
+        known = [f.name for f in fields(parts[section])]
+        if name not in known:
+            raise ValueError(f"--set {item!r}: {section} has no setting {name!r}; known: {', '.join(known)}")
+        try:
+            changes[section][name] = _parse(text, typing.get_type_hints(type(parts[section]))[name])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--set {item!r}: {e}") from None
+    try:
+        return Experiment(replace(exp.model, **changes["model"]), replace(exp.train, **changes["train"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--set {' '.join(sets)}: {e}") from None
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> str:
