@@ -151,16 +151,16 @@ def train_job(
 
     card = read_card(Store.from_uri(store), dataset)
     spec = ExperimentSpec(
-        preset,
-        variant,
-        match_capacity,
-        gan_mode,
-        epochs,
-        batch_size,
-        identity,
-        skips,
-        checkpoint_every,
-        tuple(overrides or ()),
+        preset=preset,
+        variant=variant,
+        match_capacity=match_capacity,
+        gan_mode=gan_mode,
+        epochs=epochs,
+        batch_size=batch_size,
+        identity=identity,
+        skips=skips,
+        checkpoint_every=checkpoint_every,
+        overrides=tuple(overrides or ()),
     )
     return TrainJob(
         store=store,
