@@ -445,6 +445,21 @@ def finetune(
         Optional[float],
         typer.Option(help="Use only synthetic rows the recogniser scored ≥ this (runs/<run>/finetune-fes-da@X/)."),
     ] = None,
+    synthetic_weight: Annotated[
+        float,
+        typer.Option(
+            help="Loss weight of a synthetic face, a real one's being 1: below 1 the fakes still balance the "
+            "classes but count less (runs/<run>/finetune-fes-da-wX/)."
+        ),
+    ] = 1.0,
+    score_weighted: Annotated[
+        bool,
+        typer.Option(
+            "--weight-by-score",
+            help="Also weight each synthetic face by its recogniser score, a soft --min-score "
+            "(runs/<run>/finetune-fes-da-wscore/).",
+        ),
+    ] = False,
     classifier: Annotated[
         str,
         typer.Option(

@@ -179,3 +179,29 @@ def test_report_pairs_each_classifier_with_its_own_control():
     assert small["mean_diff"] == pytest.approx(0.05)
     assert pairs[("resnet18+fes-da", "resnet18+real-only")]["worse"] == 2
     assert ("fersnet+fes-da", "fersnet") in pairs and len(pairs) == 3
+
+
+def test_report_pairs_fersnets_filtered_and_weighted_rows_with_the_control_and_names_them():
+    from fersnet_ray.report.job import _row_title
+
+    def row(key, accs):
+        return {"key": key, "per_fold": dict(enumerate(accs))}
+
+    rows = [
+        row("fersnet", [0.5, 0.6]),
+        row("fersnet+fes-da", [0.6, 0.6]),
+        row("fersnet+fes-da@0.5", [0.7, 0.6]),
+        row("fersnet+fes-da-wscore", [0.8, 0.5]),
+        row("fersnet+real-only", [0.6, 0.6]),
+    ]
+    pairs = {(p["row"], p["baseline"]): p for p in paired(rows)}
+    assert pairs[("fersnet+fes-da@0.5", "fersnet+real-only")]["improved"] == 1
+    assert pairs[("fersnet+fes-da-wscore", "fersnet+real-only")]["mean_diff"] == pytest.approx(0.05)
+    assert "synthetic rows weighted their score" in pairs[("fersnet+fes-da-wscore", "fersnet+real-only")]["what"]
+    assert len(pairs) == 4  # and FES-DA against fersnet and against the control
+    assert _row_title("fersnet+fes-da@0.5") == "FERSNet w/ FES-DA, synthetic rows scored ≥ 0.5"
+    assert _row_title("fersnet+fes-da@0.5-w0.25xscore") == (
+        "FERSNet w/ FES-DA, synthetic rows scored ≥ 0.5, synthetic rows weighted 0.25 × their score"
+    )
+    assert _row_title("small-cnn+fes-da-w0.5") == "small-cnn on real + synthetic faces, synthetic rows weighted 0.5"
+    assert _row_title("small-cnn+fes-da") == "small-cnn on real + synthetic faces"

@@ -60,3 +60,60 @@ def test_decode_batch_turns_shard_rows_into_model_input():
 def test_config_is_validated():
     with pytest.raises(ValueError, match="lr_min"):
         FinetuneConfig(lr=1e-4, lr_min=1e-3)
+    with pytest.raises(ValueError, match="synthetic_weight must be positive"):
+        FinetuneConfig(synthetic_weight=0)
+    with pytest.raises(ValueError, match="not for data 'real'"):
+        FinetuneConfig(data="real", score_weighted=True)
+
+
+def test_weighted_synthetic_rows_name_their_row_and_weigh_the_loss():
+    assert [FinetuneConfig(**kw).row_key for kw in ({}, {"synthetic_weight": 0.25}, {"score_weighted": True})] == [
+        "fes-da",
+        "fes-da-w0.25",
+        "fes-da-wscore",
+    ]
+    both = FinetuneConfig(min_score=0.5, synthetic_weight=0.25, score_weighted=True)
+    assert both.row_key == "fes-da@0.5-w0.25xscore" and both.folder == "finetune-fes-da@0.5-w0.25xscore"
+    assert both.weighted and both.needs_scores and not FinetuneConfig().weighted
+
+    # The loss is the weighted mean of the row losses: weights of 1 change nothing; a row of weight 0 is
+    # as good as absent.
+    exp = make_experiment("tiny")
+    weights = create_model(exp.model).state_dict()
+    batch = _batches(1)[0]  # 16 rows
+
+    def first_loss(b):
+        torch.manual_seed(1)  # dropout draws from the global generator
+        return finetune_epoch(FinetuneState.create(exp, FinetuneConfig(), weights), [b])["cls"]
+
+    plain = first_loss(batch)
+    assert first_loss({**batch, "weight": torch.ones(16)}) == pytest.approx(plain, rel=1e-6)
+    zeroed = first_loss({**batch, "weight": torch.cat([torch.ones(8), torch.zeros(8)])})
+    assert zeroed != pytest.approx(plain, rel=1e-3)
+    # The same forward pass of all 16 rows (batch-norm sees all of them), the loss of the first 8 only.
+    torch.manual_seed(1)
+    state = FinetuneState.create(exp, FinetuneConfig(), weights)
+    state.model.train()
+    assert zeroed == pytest.approx(_half_loss(state, batch, 8), rel=1e-5)
+
+
+def _half_loss(state, batch, n):
+    """The first-batch loss over the first n rows of `batch`, augmented as `finetune_epoch` augments all of it."""
+    import torch.nn.functional as F
+
+    from fersnet_ray.finetune.classifiers import logits_of
+    from fersnet_ray.train.data import augment, to_unit
+
+    t = state.exp.train
+    gen = torch.Generator().manual_seed(state.cfg.seed * 100_003 + state.epoch)
+    x = augment([to_unit(batch["image"])], t.crop_size, t.rotations, gen)[0]
+    with torch.no_grad():
+        logits = logits_of(state.model(x))
+    return float(F.cross_entropy(logits[:n].float(), batch["label"][:n].long()))
+
+
+def test_decode_batch_passes_row_weights_on():
+    faces = [render_face(0, i, i % 7, 0, 48) for i in range(2)]
+    rows = {"image": np.array([encode_png(f) for f in faces], dtype=object), "label": [1, 2], "weight": [1.0, 0.3]}
+    out = decode_batch(rows, 36)
+    assert out["weight"].dtype == np.float32 and out["weight"].tolist() == pytest.approx([1.0, 0.3])

@@ -115,3 +115,33 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path):
     ):
         synthesize(SynthJob(store=trained, run="r", overwrite=False, rows_per_shard=61))
     store.fs.rm(f"{store.run('r').synthetic(0)}/part-09999.parquet")
+
+
+def test_weighted_fine_tuning_rows_carry_their_weight_and_need_scores(trained):
+    """FES-DA with weighted synthetic rows (`fersnet finetune --synthetic-weight --weight-by-score`): real
+    rows weigh 1, each synthetic row synthetic_weight × its recogniser score, read through Ray Data."""
+    from fersnet_ray.finetune.job import FinetuneError, fold_dataset, fold_inputs
+    from fersnet_ray.finetune.loop import FinetuneConfig
+
+    store = Store.from_uri(trained)
+    synthesize(SynthJob(store=trained, run="r", rows_per_shard=60, recognizer_epochs=2))  # skipped if complete
+    config = store.read_json(store.run("r").config())
+    manifest_path = f"{store.run('r').synthetic(0)}/{MANIFEST}"
+    manifest = store.read_json(manifest_path)
+    cfg = FinetuneConfig(synthetic_weight=0.5, score_weighted=True)
+    load = config["experiment"]["train"]["load_size"]
+    ds = fold_dataset(store, config["dataset"], "r", 0, load, 1, manifest, cache=False, cfg=cfg)
+    weights = np.sort(np.asarray([r["weight"] for r in ds.select_columns(["weight"]).take_all()]))
+    real = sum(manifest["real_per_class"].values())
+    scores = pq.read_table(store.run("r").synthetic(0), filesystem=store.arrow_fs, columns=["score"])["score"]
+    want = np.sort(np.concatenate([np.ones(real), 0.5 * scores.to_numpy()]))
+    assert len(weights) == real + manifest["rows"] and np.allclose(weights, want)
+
+    # Shards synthesised without the recogniser have no scores to weigh by: said before anything runs.
+    store.write_json(manifest_path, {**manifest, "quality": None})
+    try:
+        with pytest.raises(FinetuneError, match=r"fold 0: its synthetic rows carry no recogniser score .*--quality"):
+            fold_inputs(store, "r", 0, train_epochs=0, data="real+synthetic", needs_scores=True)
+        assert fold_inputs(store, "r", 0, train_epochs=0, data="real+synthetic")[1]["quality"] is None
+    finally:
+        store.write_json(manifest_path, manifest)

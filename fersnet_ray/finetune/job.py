@@ -35,6 +35,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import torch
 
 from fersnet_ray import foldkey
@@ -79,11 +80,15 @@ class FinetuneJob:
 # --- Ray marked place 1 of 3: the data pipeline ----------------------------------------------------
 
 
-def _training_rows(batch, fold: Fold):
-    """Face table rows of the fold's training split (fold ≠ k; every row for the final model), image and label."""
+def _training_rows(batch, fold: Fold, weighted: bool = False):
+    """Face table rows of the fold's training split (fold ≠ k; every row for the final model), image and
+    label (and weight 1 when synthetic rows are weighted, so that both unite under one schema)."""
     import pyarrow as pa
 
-    return batch.filter(pa.array(training_mask(batch["fold"].to_numpy(), fold))).select(["image", "label"])
+    batch = batch.filter(pa.array(training_mask(batch["fold"].to_numpy(), fold))).select(["image", "label"])
+    if weighted:
+        batch = batch.append_column("weight", pa.array(np.ones(batch.num_rows, dtype=np.float32)))
+    return batch
 
 
 @contextlib.contextmanager
@@ -107,13 +112,21 @@ def _parquet_reader_v1():
         ctx.use_datasource_v2 = before
 
 
-def _scored_rows(batch, min_score: float | None):
-    """Synthetic rows whose score is at least `min_score` (all rows when None), image and label only."""
+def _scored_rows(batch, cfg: FinetuneConfig):
+    """Synthetic rows whose score is at least `cfg.min_score` (all rows when None), image and label, and with
+    `cfg.weighted` their loss weight: synthetic_weight (× the recogniser's score when score_weighted)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    if min_score is not None:
-        batch = batch.filter(pc.greater_equal(batch["score"], min_score))
-    return batch.select(["image", "label"])
+    if cfg.min_score is not None:
+        batch = batch.filter(pc.greater_equal(batch["score"], cfg.min_score))
+    out = batch.select(["image", "label"])
+    if cfg.weighted:
+        weight = np.full(batch.num_rows, cfg.synthetic_weight, dtype=np.float32)
+        if cfg.score_weighted:  # scores are present: fold_inputs refused a fold synthesised without them
+            weight *= batch["score"].to_numpy(zero_copy_only=False).astype(np.float32)
+        out = out.append_column("weight", pa.array(weight))
+    return out
 
 
 def real_repeats(manifest: dict | None) -> int:
@@ -157,7 +170,9 @@ def fold_dataset(
     with _parquet_reader_v1():
         real = ray.data.read_parquet(
             table_files(store, dataset), filesystem=store.arrow_fs, columns=["image", "label", "fold"]
-        ).map_batches(_training_rows, fn_kwargs={"fold": fold}, batch_format="pyarrow", batch_size=None)
+        ).map_batches(
+            _training_rows, fn_kwargs={"fold": fold, "weighted": cfg.weighted}, batch_format="pyarrow", batch_size=None
+        )
         if cfg.data == "real":
             repeats = real_repeats(manifest)
             both = real.union(*[real] * (repeats - 1)) if repeats > 1 else real
@@ -165,7 +180,7 @@ def fold_dataset(
             shards = [store.run(run).synthetic_file(fold, s["file"]) for s in manifest["shards"]]
             synthetic = ray.data.read_parquet(shards, filesystem=store.arrow_fs, columns=["image", "label", "score"])
             synthetic = synthetic.map_batches(
-                _scored_rows, fn_kwargs={"min_score": cfg.min_score}, batch_format="pyarrow", batch_size=None
+                _scored_rows, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=None
             )
             both = real.union(synthetic)
     decoded = both.map_batches(decode_batch, fn_kwargs={"load_size": load_size}, batch_format="numpy", batch_size=256)
@@ -262,6 +277,8 @@ def finetune_fold(config: dict) -> None:
             classifier=cfg.classifier,
             data=cfg.data,
             min_score=cfg.min_score,
+            synthetic_weight=cfg.synthetic_weight,
+            score_weighted=cfg.score_weighted,
             training_rows=config["rows"],
             synthetic_rows=config["synthetic_rows"],
         )
@@ -325,12 +342,19 @@ def _absolute_uris(cfg: FinetuneConfig) -> FinetuneConfig:
 
 
 def fold_inputs(
-    store: Store, run: str, fold: Fold, train_epochs: int, data: str, needs_checkpoint: bool = True
+    store: Store,
+    run: str,
+    fold: Fold,
+    train_epochs: int,
+    data: str,
+    needs_checkpoint: bool = True,
+    needs_scores: bool = False,
 ) -> tuple[str | None, dict | None]:
     """The fold's final training checkpoint and its verified synthetic manifest, or a FinetuneError.
 
     The real-only control needs no shards; it reads the manifest where there is one, to match FES-DA's steps.
     A classifier that does not start from the fold's FERSNet (`needs_checkpoint` False) needs no checkpoint.
+    `needs_scores` (--min-score, --weight-by-score): the shards must carry the recogniser's scores.
     """
     from fersnet_ray.checkpoint import checkpoint_epoch, latest_checkpoint
     from fersnet_ray.synth.verify import verify_fold
@@ -358,7 +382,14 @@ def fold_inputs(
             f"{foldkey.label(fold)}: synthetic shards fail verify: {problems[0]}{more}; "
             "re-run `fersnet synthesize` to repair"
         )
-    return ckpt, store.read_json(manifest)
+    manifest = store.read_json(manifest)
+    if needs_scores and not manifest.get("quality"):
+        raise FinetuneError(
+            f"{foldkey.label(fold)}: its synthetic rows carry no recogniser score (synthesised with --no-quality), "
+            f"so --min-score and --weight-by-score have nothing to read; run `fersnet synthesize --run {run} "
+            f"--folds {fold} --quality --overwrite` first"
+        )
+    return ckpt, manifest
 
 
 def _save_config(store: Store, job: FinetuneJob, run_config: dict, folder: str) -> None:
@@ -428,7 +459,9 @@ def finetune(job: FinetuneJob) -> dict:
     for fold in folds:  # check every fold before anything runs: a bad fold fails the job at once
         if not job.overwrite and store.exists(run.evaluation(fold, cfg.folder)):
             continue
-        inputs[fold] = fold_inputs(store, job.run, fold, exp.train.epochs, cfg.data, cfg.from_fold_checkpoint)
+        inputs[fold] = fold_inputs(
+            store, job.run, fold, exp.train.epochs, cfg.data, cfg.from_fold_checkpoint, cfg.needs_scores
+        )
     if inputs:
         check_classifier_config(store, cfg, exp)
     _save_config(store, job, run_config, cfg.folder)

@@ -56,6 +56,11 @@ class FinetuneConfig:
             steps as real + synthetic would, with the same schedule and starting checkpoint).
         min_score: FES-DA with only the synthetic rows whose recogniser score (probability of the
             target expression) is at least this; None keeps every row.
+        synthetic_weight: each synthetic row's weight in the recognition loss, a real row's being 1
+            (the loss is the weighted mean over the batch). 1: the paper's FES-DA, every face alike;
+            below 1, the synthetic faces still balance the classes but count less than real ones.
+        score_weighted: also multiply each synthetic row's weight by its recogniser score, a soft
+            `min_score`: a fake that does not show its target expression counts little.
         classifier: what is trained (`classifiers.CLASSIFIERS`): "fersnet" (the fold's trained
             FERSNet), "small-cnn", "resnet18", "timm:NAME" or "torchscript:URI".
         weights: a state dict (path or s3:// URI) the classifier starts from; None: from scratch
@@ -72,6 +77,8 @@ class FinetuneConfig:
     cache: bool | None = None
     data: str = "real+synthetic"
     min_score: float | None = None
+    synthetic_weight: float = 1.0
+    score_weighted: bool = False
     classifier: str = "fersnet"
     weights: str | None = None
 
@@ -83,6 +90,10 @@ class FinetuneConfig:
             raise ValueError(f"finetune data must be one of {', '.join(FINETUNE_DATA)}, got {self.data!r}")
         if self.data == "real" and self.min_score is not None:
             raise ValueError("finetune min_score filters synthetic faces; it does not apply to data 'real'")
+        if not 0 < self.synthetic_weight < float("inf"):
+            raise ValueError(f"finetune synthetic_weight must be positive, got {self.synthetic_weight}")
+        if self.data == "real" and self.weighted:
+            raise ValueError("finetune synthetic_weight and score_weighted weigh synthetic faces; not for data 'real'")
         if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("finetune epochs, batch_size and checkpoint_every must be positive")
         if not 0 < self.lr_min <= self.lr:
@@ -103,11 +114,26 @@ class FinetuneConfig:
         return parse_classifier(self.classifier)[1].from_fold_checkpoint
 
     @property
+    def weighted(self) -> bool:
+        """Synthetic rows weigh other than real ones in the loss (batches carry a `weight` column)."""
+        return self.synthetic_weight != 1 or self.score_weighted
+
+    @property
+    def needs_scores(self) -> bool:
+        """Reads the synthetic rows' recogniser scores (filtered or weighted by them)."""
+        return self.min_score is not None or self.score_weighted
+
+    @property
     def row_key(self) -> str:
-        """The report's name for what this config trains on, e.g. "fes-da", "real-only", "fes-da@0.5"."""
+        """The report's name for what this config trains on: "fes-da", "real-only", "fes-da@0.5", and with
+        weighted synthetic rows "fes-da-w0.25" (synthetic_weight), "fes-da-wscore", "fes-da@0.5-w0.25xscore"."""
         if self.data == "real":
             return "real-only"
-        return "fes-da" if self.min_score is None else f"fes-da@{self.min_score:g}"
+        key = "fes-da" if self.min_score is None else f"fes-da@{self.min_score:g}"
+        weights = ([f"{self.synthetic_weight:g}"] if self.synthetic_weight != 1 else []) + (
+            ["score"] if self.score_weighted else []
+        )
+        return f"{key}-w{'x'.join(weights)}" if weights else key
 
     @property
     def label(self) -> str:
@@ -200,7 +226,8 @@ def finetune_epoch(
 ) -> dict[str, float]:
     """One pass over `batches`; returns the mean loss, training accuracy, rows seen and throughput.
 
-    `model` is the DDP-wrapped network under several workers (its state is `state.model`'s).
+    `model` is the DDP-wrapped network under several workers (its state is `state.model`'s). Batches
+    with a `weight` column (B,) (`FinetuneConfig.weighted`) give the weighted mean of the row losses.
     """
     t = state.exp.train
     model = model or state.model
@@ -214,7 +241,11 @@ def finetune_epoch(
         x = nhwc(x, state.device, t.amp)
         with autocast(state.device, t.amp):
             logits = logits_of(model(x))  # (B, E); FERSNet without a target: the FES decoder does not run
-        loss = F.cross_entropy(logits.float(), y)
+        if "weight" in batch:  # real rows 1, synthetic rows synthetic_weight (× score)
+            w = batch["weight"].to(state.device, non_blocking=True).float()  # (B,)
+            loss = (F.cross_entropy(logits.float(), y, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+        else:
+            loss = F.cross_entropy(logits.float(), y)
         state.opt.zero_grad(set_to_none=True)
         loss.backward()
         state.opt.step()
@@ -240,7 +271,8 @@ def finetune_epoch(
 
 
 def decode_batch(batch: dict, load_size: int) -> dict:
-    """Ray Data batch of Parquet rows → model input: PNG `image` bytes → (B, C, L, L) uint8, `label`.
+    """Ray Data batch of Parquet rows → model input: PNG `image` bytes → (B, C, L, L) uint8, `label`
+    (and `weight`, when the rows carry one).
 
     Runs in Ray Data's CPU tasks, ahead of the training workers, so decoding overlaps training.
     """
@@ -249,4 +281,7 @@ def decode_batch(batch: dict, load_size: int) -> dict:
     from fersnet_ray.train.data import decode_faces
 
     images = decode_faces(list(batch["image"]), load_size).numpy()
-    return {"image": images, "label": np.asarray(batch["label"], dtype=np.int64)}
+    out = {"image": images, "label": np.asarray(batch["label"], dtype=np.int64)}
+    if "weight" in batch:
+        out["weight"] = np.asarray(batch["weight"], dtype=np.float32)
+    return out

@@ -246,28 +246,46 @@ def _is_other_classifier(key: str) -> bool:
     return key.split("+", 1)[0] not in ROW_PREFIXES
 
 
+def _data_title(data: str) -> str:
+    """What an FES-DA row key's data part trains on: "fes-da@0.5-w0.25xscore" → "synthetic rows scored ≥ 0.5,
+    weighted 0.25 × their score" (row keys: `FinetuneConfig.row_key`)."""
+    base, _, weights = data.partition("-w")
+    parts = [f"synthetic rows scored ≥ {base.split('@')[1]}"] if "@" in base else []
+    if weights:
+        factors = ["their score" if w == "score" else w for w in weights.split("x")]
+        parts.append(f"synthetic rows weighted {' × '.join(factors)}")
+    return ", ".join(parts)
+
+
 def _row_title(key: str) -> str:
     """The report's name of a fine-tuning row key ("fersnet+fes-da@0.5", "small-cnn+real-only")."""
     if key in ROW_TITLES:
         return ROW_TITLES[key]
     model, data = key.split("+", 1)
     if not _is_other_classifier(key):
-        return f"FERSNet w/ FES-DA, synthetic rows scored ≥ {data.split('@')[1]}"
+        return f"FERSNet w/ FES-DA, {_data_title(data)}"
     if data == "real-only":
         return f"{model} on real faces only (control)"
-    scored = f", synthetic rows scored ≥ {data.split('@')[1]}" if "@" in data else ""
-    return f"{model} on real + synthetic faces{scored}"
+    variant = _data_title(data)
+    return f"{model} on real + synthetic faces{', ' + variant if variant else ''}"
 
 
 def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
-    """For each classifier other than FERSNet with both rows: real + synthetic against its real-only control."""
+    """Each fine-tuning on real + synthetic faces against its classifier's real-only control, beyond `PAIRS`:
+    FERSNet's filtered or weighted FES-DA rows ("fersnet+fes-da@0.5") and every other classifier's rows."""
     keys = {r["key"] for r in rows}
     out = []
     for key in sorted(keys):
         model, data = key.split("+", 1) if "+" in key else (key, "")
-        if _is_other_classifier(key) and data.startswith("fes-da") and f"{model}+real-only" in keys:
+        if not data.startswith("fes-da") or f"{model}+real-only" not in keys:
+            continue
+        if _is_other_classifier(key):
             what = f"{model}: real + synthetic against real faces only, the same steps"
-            out.append((key, f"{model}+real-only", what))
+        elif key != "fersnet+fes-da" and model == "fersnet":
+            what = f"FES-DA with {_data_title(data)} against the control"
+        else:
+            continue
+        out.append((key, f"{model}+real-only", what))
     return out
 
 
