@@ -46,8 +46,16 @@ def main() -> None:
         help="also compare the test subjects' synthesis with their real faces of the target expression "
         "(`synth.quality.paired_fidelity`), on the training faces too (fit)",
     )
+    ap.add_argument(
+        "--table-v-at",
+        default="",
+        help="also score Table V at these epochs of the run (e.g. 30,60,90), one recogniser per fold, so one "
+        "long run shows whether the synthesis still improves; implies --table-v at the last epoch",
+    )
     ap.add_argument("--sheet", default="", help="write each fold's contact sheet (test subjects) to SHEET-fold<k>.png")
     args = ap.parse_args()
+    table_v_at = {int(e) for e in args.table_v_at.split(",") if e}
+    args.table_v = args.table_v or bool(table_v_at)
     torch.set_num_threads(args.threads)
     store = Store.from_uri(args.store)
     card = read_card(store, args.dataset)
@@ -59,9 +67,18 @@ def main() -> None:
         state = FoldState.create(fold_exp, "cpu")
         sampler = TargetSampler(train_set.labels, train_set.subjects, fold_exp.train.seed)
         curve, start, ips = {}, time.perf_counter(), []
+        recognizer, table_v_curve = None, {}
         while state.epoch < fold_exp.train.epochs:
             m = train_epoch(state, train_set, sampler)
             ips.append(m["images_per_s"])
+            if state.epoch in table_v_at and state.epoch < fold_exp.train.epochs:
+                from fersnet_ray.synth.quality import synthesize_all_targets
+
+                synth = synthesize_all_targets(state.model.eval(), test_set, fold_exp, torch.device("cpu"))
+                state.model.train()
+                tv, recognizer = _table_v(synth, train_set, test_set, fold_exp, recognizer)
+                table_v_curve[state.epoch] = tv["accuracy"]
+                print(f"[{args.tag}] fold {fold} epoch {state.epoch} Table V {tv['accuracy']:.3f}", flush=True)
             if state.epoch % 5 == 0 or state.epoch == fold_exp.train.epochs:
                 curve[state.epoch] = evaluate(state.model, test_set, fold_exp.train.crop_size)["accuracy"]
                 print(
@@ -75,7 +92,8 @@ def main() -> None:
 
             synth = synthesize_all_targets(state.model.eval(), test_set, fold_exp, torch.device("cpu"))
             if args.table_v:
-                table_v = _table_v(synth, train_set, test_set, fold_exp)
+                table_v, recognizer = _table_v(synth, train_set, test_set, fold_exp, recognizer)
+                table_v_curve[state.epoch] = table_v["accuracy"]
             if args.sheet:
                 sheet_image(test_set, *synth, card["classes"]).save(f"{args.sheet}-fold{fold}.png")
         if table_v is not None:
@@ -107,6 +125,7 @@ def main() -> None:
             "final": curve[fold_exp.train.epochs],
             "curve": curve,
             "table_v": table_v,
+            "table_v_curve": table_v_curve,
             "fidelity": fidelity,
             "img_per_s": sum(ips) / len(ips),
             "seconds": time.perf_counter() - start,
@@ -117,26 +136,29 @@ def main() -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _table_v(synth, train_set, test_set, exp: Experiment) -> dict:
+def _table_v(synth, train_set, test_set, exp: Experiment, recognizer=None) -> tuple[dict, torch.nn.Module]:
     """Table V of the fold: the Table V recogniser (real training faces only) on the test subjects' synthesis.
 
     synth: `synthesize_all_targets`' (images, source index, target) of the test faces. Also per target
     expression, and how often a synthesis is read as its *source* expression (a generator that copies
-    its input scores 0 on Table V and 1 there).
+    its input scores 0 on Table V and 1 there). Returns the scores and the recogniser, which depends on
+    the fold's real faces only, so later epochs of the same fold reuse it.
     """
     from fersnet_ray.synth.recognizer import recognizer_logits, train_recognizer
 
     t = exp.train
     images, src, tgt = synth
-    recognizer = train_recognizer(train_set, exp.model.num_classes, t.crop_size, seed=t.seed)
+    if recognizer is None:
+        recognizer = train_recognizer(train_set, exp.model.num_classes, t.crop_size, seed=t.seed)
     pred = recognizer_logits(recognizer, images, t.crop_size).argmax(1).numpy()
     source = test_set.labels.numpy()[src]
     per_target = {int(c): round(float((pred[tgt == c] == c).mean()), 3) for c in sorted(set(tgt.tolist()))}
-    return {
+    scores = {
         "accuracy": float((pred == tgt).mean()),
         "per_target": per_target,
         "read_as_source": float((pred == source).mean()),
     }
+    return scores, recognizer
 
 
 if __name__ == "__main__":

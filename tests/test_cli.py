@@ -111,11 +111,11 @@ def test_run_options_reach_the_stage_configs(built, tmp_path):
     assert cfg.train.folds == cfg.synth.folds == cfg.finetune.folds == (0, "final")
     assert {cfg.prepare.store, cfg.train.store, cfg.synth.store, cfg.finetune.store} == {store}
     assert cfg.run_name == cfg.train.run == cfg.synth.run == cfg.finetune.run == "ckplus"
-    sets = ["--set", "train.lambda_rec=10", "--set", "model.fes_skips=false"]
+    sets = ["--set", "train.lambda_rec=3", "--set", "model.fes_skips=false"]
     cfg = built("ablation", "--store", store, "--preset", "cpu48", *sets)
-    assert cfg.experiment.overrides == ("train.lambda_rec=10", "model.fes_skips=false")
+    assert cfg.experiment.overrides == ("train.lambda_rec=3", "model.fes_skips=false")
     exp = cfg.experiment.build({"classes": list("abcdefg"), "alignment": {"channels": 1}})
-    assert (exp.train.lambda_rec, exp.model.fes_skips) == (10.0, False)
+    assert (exp.train.lambda_rec, exp.model.fes_skips) == (3.0, False)
     cfg = built("run", "--store", store, "--overwrite", "--cache", "--quality")
     assert (cfg.overwrite, FinetuneConfig(**cfg.finetune.config).cache, cfg.synth.quality) == (True, True, True)
 
