@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -205,3 +206,37 @@ def test_report_pairs_fersnets_filtered_and_weighted_rows_with_the_control_and_n
     )
     assert _row_title("small-cnn+fes-da-w0.5") == "small-cnn on real + synthetic faces, synthetic rows weighted 0.5"
     assert _row_title("small-cnn+fes-da") == "small-cnn on real + synthetic faces"
+
+
+def test_paired_comparisons_carry_a_confidence_interval_and_a_sign_test():
+    def row(key, accs):
+        return {"key": key, "per_fold": dict(enumerate(accs))}
+
+    # differences 0.01, 0.02, 0.03, 0.04: mean 0.025, std 0.0129, t(3, 0.975) = 3.182
+    rows = [row("fer_only", [0.5, 0.5, 0.5, 0.5]), row("fersnet", [0.51, 0.52, 0.53, 0.54])]
+    (p,) = paired(rows)
+    half = 3.1824 * np.std([0.01, 0.02, 0.03, 0.04], ddof=1) / 2
+    assert p["ci95"] == pytest.approx([0.025 - half, 0.025 + half], abs=1e-4)
+    assert p["p_sign"] == pytest.approx(0.125)  # 4 of 4 improved: 2 × (1/2)^4
+    # ten folds, 2 improved, 8 worse, 0 tied: 2 × P(X ≤ 2 | n = 10) = 2 × 56/1024; the CI spans 0 here
+    rows = [row("fer_only", [0.5] * 10), row("fersnet", [0.6, 0.6] + [0.49] * 8)]
+    (p,) = paired(rows)
+    assert p["p_sign"] == pytest.approx(112 / 1024)
+    assert p["ci95"][0] < 0 < p["ci95"][1]
+    # one fold: nothing to test, said as None rather than a number
+    (p,) = paired([row("fer_only", [0.5]), row("fersnet", [0.6])])
+    assert p["ci95"] is None and p["p_sign"] is None
+
+
+def test_bench_table_shows_the_paired_interval_and_sign_test():
+    from fersnet_ray.finetune.bench import bench_table
+
+    real = {"per_fold": {0: 0.5, 1: 0.5, 2: 0.5}, "mean": 0.5, "std": 0.0}
+    both = {"per_fold": {0: 0.6, 1: 0.7, 2: 0.8}, "mean": 0.7, "std": 0.1}
+    rows = [{"key": "small-cnn+real-only", **real}, {"key": "small-cnn+fes-da", **both}]
+    (pair,) = paired(rows)
+    walls = {"real": 1.0, "real+synthetic": 2.0}
+    result = {"classifier": "small-cnn", "real": real, "real+synthetic": both, "paired": pair, "wall_s": walls}
+    last = bench_table(result).splitlines()[-1]  # differences 0.1, 0.2, 0.3: t(2, 0.975) = 4.303
+    assert "+20.00 ± 10.00 (95% CI -4.84 to +44.84)" in last
+    assert "improved 3 / tied 0 / worse 0, sign test p 0.250" in last  # 2 × (1/2)^3

@@ -135,8 +135,10 @@ def bench_table(result: dict) -> str:
         lines.append(f"| {label} | {cells} | {spread} | {result['wall_s'][data]:.0f} s |")
     diff = " | ".join(pct(both[k] - real[k]) if k in both and k in real else "–" for k in folds)
     p = result["paired"]
+    ci = "" if p["ci95"] is None else f" (95% CI {100 * p['ci95'][0]:+.2f} to {100 * p['ci95'][1]:+.2f})"
+    sign_p = "" if p["p_sign"] is None else f", sign test p {p['p_sign']:.3f}"
     lines.append(
-        f"| difference | {diff} | {100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f} | "
-        f"improved {p['improved']} / tied {p['tied']} / worse {p['worse']} |"
+        f"| difference | {diff} | {100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f}{ci} | "
+        f"improved {p['improved']} / tied {p['tied']} / worse {p['worse']}{sign_p} |"
     )
     return "\n".join(lines)
