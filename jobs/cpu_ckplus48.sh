@@ -13,6 +13,9 @@
 # Knobs:   SRC, STORE, RUN, EPOCHS (default: the preset's), FT_EPOCHS, MIN_SCORE (default 0.5; empty:
 #          no score-filtered row), FOLDS (default all; e.g. 0,1,2,3 for a first look in a third of the time),
 #          SET (space-separated overrides of the preset, each passed as --set: SET="train.lambda_rec=10").
+# Noise:   one run's accuracy on a fold of ~96 faces varies by ±3-4 points with the seed (or the CPU
+#          type, README); to settle a difference of 1-2 points, repeat with RUN=<name>-s1
+#          SET="train.seed=1" and so on, and compare the runs' reports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
