@@ -41,5 +41,6 @@ if [ -n "$MIN_SCORE" ]; then
 fi
 stage "report"
 fersnet report --store "$STORE" --run "$RUN"
-sed -n '/Paired per-fold/,/^A difference/p;/Table V/,+14p' "$STORE/runs/$RUN/report/report.md" | head -60
+sed -n '/^## Recognition accuracy/,/^!\[accuracy/p;/^## Quality of the synthetic/,/^### Contact/p' \
+  "$STORE/runs/$RUN/report/report.md"
 echo "wall time: $(( $(date +%s) - start )) s"
