@@ -18,6 +18,7 @@ from dataclasses import replace
 import torch
 
 from fersnet_ray.store import Store
+from fersnet_ray.synth.quality import sheet_image, synthesize_all_targets
 from fersnet_ray.table import read_card
 from fersnet_ray.train.config import Experiment, make_experiment, with_overrides
 from fersnet_ray.train.data import TargetSampler, load_fold
@@ -38,7 +39,8 @@ def main() -> None:
     ap.add_argument(
         "--table-v",
         action="store_true",
-        help="also score the synthesis of the test subjects (Table V) with a recogniser trained on the fold's real faces",
+        help="also score the synthesis of the test subjects (Table V) with a recogniser trained on the fold's "
+        "real faces",
     )
     ap.add_argument(
         "--fidelity",
@@ -71,9 +73,7 @@ def main() -> None:
         while state.epoch < fold_exp.train.epochs:
             m = train_epoch(state, train_set, sampler)
             ips.append(m["images_per_s"])
-            if state.epoch in table_v_at and state.epoch < fold_exp.train.epochs:
-                from fersnet_ray.synth.quality import synthesize_all_targets
-
+            if state.epoch in table_v_at and state.epoch < fold_exp.train.epochs:  # the last epoch: below
                 synth = synthesize_all_targets(state.model.eval(), test_set, fold_exp, torch.device("cpu"))
                 state.model.train()
                 tv, recognizer = _table_v(synth, train_set, test_set, fold_exp, recognizer)
@@ -88,8 +88,6 @@ def main() -> None:
                 )
         table_v = None
         if args.table_v or args.sheet:  # every test face × every other expression, synthesised once
-            from fersnet_ray.synth.quality import sheet_image, synthesize_all_targets
-
             synth = synthesize_all_targets(state.model.eval(), test_set, fold_exp, torch.device("cpu"))
             if args.table_v:
                 table_v, recognizer = _table_v(synth, train_set, test_set, fold_exp, recognizer)

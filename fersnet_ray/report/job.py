@@ -444,8 +444,10 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
             md += [
                 "### Paired per-fold comparisons",
                 "",
-                "| comparison | folds | mean difference ± std (points) | 95% CI | improved / tied / worse "
-                "| sign test p |",
+                (
+                    "| comparison | folds | mean difference ± std (points) | 95% CI | improved / tied / worse "
+                    "| sign test p |"
+                ),
                 "|---|---|---|---|---|---|",
             ]
             for p in pairs:
@@ -458,10 +460,12 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
                 )
             md += [
                 "",
-                "A difference counts as an effect when its 95% confidence interval (Student's t over the "
-                "folds) excludes 0; the sign test asks the same of the count of folds improved against "
-                "worse, without assuming the differences are normal. On folds of ~100 faces a single "
-                "training run varies by several points a fold.",
+                (
+                    "A difference counts as an effect when its 95% confidence interval (Student's t over the "
+                    "folds) excludes 0; the sign test asks the same of the count of folds improved against "
+                    "worse, without assuming the differences are normal. On folds of ~100 faces a single "
+                    "training run varies by several points a fold."
+                ),
                 "",
             ]
         md += ["![accuracy per model](accuracy.png)", "", "### Confusion matrices (all folds pooled)", ""]
