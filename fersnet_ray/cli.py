@@ -460,15 +460,6 @@ def finetune(
             "(runs/<run>/finetune-fes-da-wscore/).",
         ),
     ] = False,
-    keep_bn_stats: Annotated[
-        bool,
-        typer.Option(
-            "--keep-bn-stats",
-            help="Keep the starting checkpoint's batch-norm running statistics (from real faces) instead of "
-            "letting the mostly synthetic batches move them (runs/<run>/finetune-keepbn/, "
-            "finetune-real-keepbn/ for the control).",
-        ),
-    ] = False,
     classifier: Annotated[
         str,
         typer.Option(

@@ -208,43 +208,6 @@ def test_report_pairs_fersnets_filtered_and_weighted_rows_with_the_control_and_n
     assert _row_title("small-cnn+fes-da") == "small-cnn on real + synthetic faces"
 
 
-def test_report_pairs_rows_that_kept_batch_norm_statistics_with_the_control_that_kept_them():
-    from fersnet_ray.report.job import _row_title
-
-    def row(key, accs):
-        return {"key": key, "per_fold": dict(enumerate(accs))}
-
-    rows = [
-        row("fersnet", [0.5, 0.6]),
-        row("fersnet+fes-da", [0.6, 0.6]),
-        row("fersnet+real-only", [0.6, 0.7]),
-        row("fersnet+fes-da-keepbn", [0.7, 0.8]),
-        row("fersnet+real-only-keepbn", [0.6, 0.6]),
-    ]
-    pairs = {(p["row"], p["baseline"]): p for p in paired(rows)}
-    assert pairs[("fersnet+fes-da-keepbn", "fersnet+real-only-keepbn")]["mean_diff"] == pytest.approx(0.15)
-    assert "statistics kept too" in pairs[("fersnet+fes-da-keepbn", "fersnet+real-only-keepbn")]["what"]
-    assert pairs[("fersnet+fes-da-keepbn", "fersnet+fes-da")]["improved"] == 2  # what --keep-bn-stats does
-    assert pairs[("fersnet+real-only-keepbn", "fersnet+real-only")]["worse"] == 1
-    assert ("fersnet+fes-da-keepbn", "fersnet+real-only") not in pairs  # never across the two recipes
-    assert len(pairs) == 5
-    assert (
-        _row_title("fersnet+fes-da-keepbn")
-        == "FERSNet w/ FES-DA (fine-tuned on synthetic faces), batch-norm statistics kept"
-    )
-    assert (
-        _row_title("fersnet+real-only-keepbn")
-        == "FERSNet fine-tuned on real faces only (control), batch-norm statistics kept"
-    )
-    assert (
-        _row_title("fersnet+fes-da@0.5-keepbn")
-        == "FERSNet w/ FES-DA, synthetic rows scored ≥ 0.5, batch-norm statistics kept"
-    )
-    assert (
-        _row_title("resnet18+real-only-keepbn") == "resnet18 on real faces only (control), batch-norm statistics kept"
-    )
-
-
 def test_paired_comparisons_carry_a_confidence_interval_and_a_sign_test():
     def row(key, accs):
         return {"key": key, "per_fold": dict(enumerate(accs))}

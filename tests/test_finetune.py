@@ -97,40 +97,6 @@ def test_weighted_synthetic_rows_name_their_row_and_weigh_the_loss():
     assert zeroed == pytest.approx(_half_loss(state, batch, 8), rel=1e-5)
 
 
-def test_keep_bn_stats_trains_the_weights_but_leaves_the_running_statistics_alone():
-    """FES-DA's batches are mostly synthetic: with keep_bn_stats the statistics real test faces are
-    normalised with stay the checkpoint's, while every weight (batch norm's affine ones too) still learns."""
-    exp = make_experiment("tiny")
-    weights = create_model(exp.model).state_dict()
-    batches = _batches(2)
-
-    def after_one_epoch(**kw):
-        state = FinetuneState.create(exp, FinetuneConfig(lr=3e-3, **kw), weights)
-        finetune_epoch(state, batches)
-        return state.model.state_dict()
-
-    kept, moved = after_one_epoch(keep_bn_stats=True), after_one_epoch()
-    stats = [k for k in weights if k.endswith(("running_mean", "running_var"))]
-    affine = [k.replace("running_mean", "weight") for k in stats if k.endswith("running_mean")]
-    assert stats and all(torch.equal(kept[k], weights[k]) for k in stats)
-    assert not all(torch.equal(moved[k], weights[k]) for k in stats)  # without it, the batches move them
-    assert not all(torch.equal(kept[k], weights[k]) for k in affine)  # the affine weights still train
-    assert not torch.equal(kept["f_cls.net.4.weight"], weights["f_cls.net.4.weight"])
-
-
-def test_keep_bn_stats_names_its_rows_and_needs_a_starting_checkpoint():
-    fes_da, control = FinetuneConfig(keep_bn_stats=True), FinetuneConfig(data="real", keep_bn_stats=True)
-    assert (fes_da.row_key, fes_da.folder) == ("fes-da-keepbn", "finetune-keepbn")
-    assert (control.row_key, control.folder) == ("real-only-keepbn", "finetune-real-keepbn")
-    filtered = FinetuneConfig(min_score=0.5, synthetic_weight=0.5, keep_bn_stats=True)
-    assert filtered.folder == "finetune-fes-da@0.5-w0.5-keepbn"
-    with pytest.raises(ValueError, match="small-cnn starts from scratch here"):
-        FinetuneConfig(classifier="small-cnn", keep_bn_stats=True)
-    assert (
-        FinetuneConfig(classifier="resnet18", weights="w.pt", keep_bn_stats=True).folder == "finetune-resnet18-keepbn"
-    )
-
-
 def _half_loss(state, batch, n):
     """The first-batch loss over the first n rows of `batch`, augmented as `finetune_epoch` augments all of it."""
     import torch.nn.functional as F

@@ -14,7 +14,6 @@ Batches come from any iterable of {"image": (B, C, L, L) uint8, "label": (B,) in
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,11 +31,10 @@ from fersnet_ray.finetune.classifiers import (
 )
 from fersnet_ray.train.config import Experiment
 from fersnet_ray.train.data import augment, to_unit
-from fersnet_ray.train.loop import autocast, frozen_bn_stats, nhwc
+from fersnet_ray.train.loop import autocast, nhwc
 
 
 FINETUNE_DATA = ("real+synthetic", "real")
-KEEP_BN = "-keepbn"  # row-key suffix of a fine-tuning that kept its starting batch-norm statistics
 
 
 @dataclass(frozen=True)
@@ -63,11 +61,6 @@ class FinetuneConfig:
             below 1, the synthetic faces still balance the classes but count less than real ones.
         score_weighted: also multiply each synthetic row's weight by its recogniser score, a soft
             `min_score`: a fake that does not show its target expression counts little.
-        keep_bn_stats: batch norm normalises each batch with its own statistics, as in training, but
-            keeps the running statistics the classifier started with (`loop.frozen_bn_stats`). FES-DA's
-            batches are mostly synthetic (six fakes to one real face on CK+), so otherwise the
-            statistics real test faces are normalised with drift towards those of the fakes. Needs a
-            starting checkpoint (the fold's FERSNet or --weights) whose statistics came from real faces.
         classifier: what is trained (`classifiers.CLASSIFIERS`): "fersnet" (the fold's trained
             FERSNet), "small-cnn", "resnet18", "timm:NAME" or "torchscript:URI".
         weights: a state dict (path or s3:// URI) the classifier starts from; None: from scratch
@@ -86,7 +79,6 @@ class FinetuneConfig:
     min_score: float | None = None
     synthetic_weight: float = 1.0
     score_weighted: bool = False
-    keep_bn_stats: bool = False
     classifier: str = "fersnet"
     weights: str | None = None
 
@@ -102,11 +94,6 @@ class FinetuneConfig:
             raise ValueError(f"finetune synthetic_weight must be positive, got {self.synthetic_weight}")
         if self.data == "real" and self.weighted:
             raise ValueError("finetune synthetic_weight and score_weighted weigh synthetic faces; not for data 'real'")
-        if self.keep_bn_stats and not (entry.from_fold_checkpoint or self.weights):
-            raise ValueError(
-                f"finetune keep_bn_stats keeps the starting weights' batch-norm statistics, but {self.classifier} "
-                "starts from scratch here (give --weights)"
-            )
         if self.epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError("finetune epochs, batch_size and checkpoint_every must be positive")
         if not 0 < self.lr_min <= self.lr:
@@ -139,16 +126,14 @@ class FinetuneConfig:
     @property
     def row_key(self) -> str:
         """The report's name for what this config trains on: "fes-da", "real-only", "fes-da@0.5", and with
-        weighted synthetic rows "fes-da-w0.25" (synthetic_weight), "fes-da-wscore", "fes-da@0.5-w0.25xscore";
-        `KEEP_BN` ends the key of a run that kept its batch-norm statistics ("fes-da-keepbn", "real-only-keepbn")."""
-        bn = KEEP_BN if self.keep_bn_stats else ""
+        weighted synthetic rows "fes-da-w0.25" (synthetic_weight), "fes-da-wscore", "fes-da@0.5-w0.25xscore"."""
         if self.data == "real":
-            return "real-only" + bn
+            return "real-only"
         key = "fes-da" if self.min_score is None else f"fes-da@{self.min_score:g}"
         weights = ([f"{self.synthetic_weight:g}"] if self.synthetic_weight != 1 else []) + (
             ["score"] if self.score_weighted else []
         )
-        return (f"{key}-w{'x'.join(weights)}" if weights else key) + bn
+        return f"{key}-w{'x'.join(weights)}" if weights else key
 
     @property
     def label(self) -> str:
@@ -165,13 +150,11 @@ class FinetuneConfig:
         """Folder of runs/<run>/ this config's checkpoints and evaluations go to (one per classifier and row).
 
         fersnet: finetune, finetune-real, finetune-fes-da@0.5; others: finetune-<classifier>,
-        finetune-<classifier>-real, finetune-<classifier>-fes-da@0.5 (e.g. finetune-small-cnn-real); with
-        keep_bn_stats "-keepbn" appended (finetune-keepbn, finetune-real-keepbn).
+        finetune-<classifier>-real, finetune-<classifier>-fes-da@0.5 (e.g. finetune-small-cnn-real).
         """
         prefix = "finetune" if self.classifier == "fersnet" else f"finetune-{classifier_slug(self.classifier)}"
-        key = self.row_key.removesuffix(KEEP_BN)
-        suffix = {"fes-da": "", "real-only": "-real"}.get(key, f"-{key}")
-        return prefix + suffix + (KEEP_BN if self.keep_bn_stats else "")
+        suffix = {"fes-da": "", "real-only": "-real"}.get(self.row_key, f"-{self.row_key}")
+        return prefix + suffix
 
     def classifier_input(self, exp: Experiment) -> ClassifierInput:
         """What the classifier is fed: the run's channels and crop side, its expressions."""
@@ -250,28 +233,26 @@ def finetune_epoch(
     model = model or state.model
     gen = torch.Generator().manual_seed(state.cfg.seed * 100_003 + state.epoch)
     state.model.train()
-    keep_stats = frozen_bn_stats(state.model) if state.cfg.keep_bn_stats else contextlib.nullcontext()
     loss_sum, correct, seen, steps, start = 0.0, 0, 0, 0, time.perf_counter()
-    with keep_stats:
-        for batch in batches:
-            x_u8 = batch["image"].to(state.device, non_blocking=True)  # (B, C, L, L) uint8
-            y = batch["label"].to(state.device, non_blocking=True).long()  # (B,)
-            x = augment([to_unit(x_u8)], t.crop_size, t.rotations, gen)[0]  # (B, C, crop, crop) in [-1, 1]
-            x = nhwc(x, state.device, t.amp)
-            with autocast(state.device, t.amp):
-                logits = logits_of(model(x))  # (B, E); FERSNet without a target: the FES decoder does not run
-            if "weight" in batch:  # real rows 1, synthetic rows synthetic_weight (× score)
-                w = batch["weight"].to(state.device, non_blocking=True).float()  # (B,)
-                loss = (F.cross_entropy(logits.float(), y, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
-            else:
-                loss = F.cross_entropy(logits.float(), y)
-            state.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            state.opt.step()
-            loss_sum += float(loss.detach())
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            steps += 1
+    for batch in batches:
+        x_u8 = batch["image"].to(state.device, non_blocking=True)  # (B, C, L, L) uint8
+        y = batch["label"].to(state.device, non_blocking=True).long()  # (B,)
+        x = augment([to_unit(x_u8)], t.crop_size, t.rotations, gen)[0]  # (B, C, crop, crop) in [-1, 1]
+        x = nhwc(x, state.device, t.amp)
+        with autocast(state.device, t.amp):
+            logits = logits_of(model(x))  # (B, E); FERSNet without a target: the FES decoder does not run
+        if "weight" in batch:  # real rows 1, synthetic rows synthetic_weight (× score)
+            w = batch["weight"].to(state.device, non_blocking=True).float()  # (B,)
+            loss = (F.cross_entropy(logits.float(), y, reduction="none") * w).sum() / w.sum().clamp_min(1e-12)
+        else:
+            loss = F.cross_entropy(logits.float(), y)
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        state.opt.step()
+        loss_sum += float(loss.detach())
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        steps += 1
     if state.device.type == "cuda":
         torch.cuda.synchronize(state.device)
     elapsed = time.perf_counter() - start

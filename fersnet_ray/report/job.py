@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from scipy import stats
 
-from fersnet_ray.finetune.loop import KEEP_BN
 from fersnet_ray.foldkey import FINAL, NO_HELD_OUT
 from fersnet_ray.report import charts
 from fersnet_ray.store import REPORT_JSON, REPORT_MD, Run, Store, StoreError
@@ -238,7 +237,6 @@ def _finetune_folders(run: Run) -> list[tuple[str, str]]:
         # FERSNet's rows first (Table VI), then each other classifier's; within one, FES-DA first, the control last.
         model, data = folder_key[1].split("+", 1)
         other = _is_other_classifier(folder_key[1])
-        data = data.removesuffix(KEEP_BN)
         return (other, model if other else "", {"fes-da": 0, "real-only": 2}.get(data, 1), folder_key[1])
 
     return sorted(found, key=order)
@@ -252,13 +250,11 @@ def _is_other_classifier(key: str) -> bool:
 def _data_title(data: str) -> str:
     """What an FES-DA row key's data part trains on: "fes-da@0.5-w0.25xscore" → "synthetic rows scored ≥ 0.5,
     weighted 0.25 × their score" (row keys: `FinetuneConfig.row_key`)."""
-    base, _, weights = data.removesuffix(KEEP_BN).partition("-w")
+    base, _, weights = data.partition("-w")
     parts = [f"synthetic rows scored ≥ {base.split('@')[1]}"] if "@" in base else []
     if weights:
         factors = ["their score" if w == "score" else w for w in weights.split("x")]
         parts.append(f"synthetic rows weighted {' × '.join(factors)}")
-    if data.endswith(KEEP_BN):
-        parts.append("batch-norm statistics kept")
     return ", ".join(parts)
 
 
@@ -266,39 +262,31 @@ def _row_title(key: str) -> str:
     """The report's name of a fine-tuning row key ("fersnet+fes-da@0.5", "small-cnn+real-only")."""
     if key in ROW_TITLES:
         return ROW_TITLES[key]
-    if key.endswith(KEEP_BN) and key.removesuffix(KEEP_BN) in ROW_TITLES:  # "fersnet+real-only-keepbn"
-        return f"{ROW_TITLES[key.removesuffix(KEEP_BN)]}, batch-norm statistics kept"
     model, data = key.split("+", 1)
     if not _is_other_classifier(key):
         return f"FERSNet w/ FES-DA, {_data_title(data)}"
-    if data.removesuffix(KEEP_BN) == "real-only":
-        return f"{model} on real faces only (control){', batch-norm statistics kept' if data.endswith(KEEP_BN) else ''}"
+    if data == "real-only":
+        return f"{model} on real faces only (control)"
     variant = _data_title(data)
     return f"{model} on real + synthetic faces{', ' + variant if variant else ''}"
 
 
 def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
     """Each fine-tuning on real + synthetic faces against its classifier's real-only control, beyond `PAIRS`:
-    FERSNet's filtered or weighted FES-DA rows ("fersnet+fes-da@0.5") and every other classifier's rows. A
-    row that kept its batch-norm statistics ("-keepbn") is compared with the control that kept them too,
-    and with the same row that did not (what --keep-bn-stats does)."""
+    FERSNet's filtered or weighted FES-DA rows ("fersnet+fes-da@0.5") and every other classifier's rows."""
     keys = {r["key"] for r in rows}
     out = []
     for key in sorted(keys):
         model, data = key.split("+", 1) if "+" in key else (key, "")
-        bn = KEEP_BN if data.endswith(KEEP_BN) else ""
-        if bn and key.removesuffix(bn) in keys:
-            out.append((key, key.removesuffix(bn), f"{_row_title(key)}: against the same fine-tuning without it"))
-        control = f"{model}+real-only{bn}"
-        if not data.startswith("fes-da") or control not in keys:
+        if not data.startswith("fes-da") or f"{model}+real-only" not in keys:
             continue
         if _is_other_classifier(key):
             what = f"{model}: real + synthetic against real faces only, the same steps"
         elif key != "fersnet+fes-da" and model == "fersnet":
-            what = f"FES-DA with {_data_title(data)} against the control{' (statistics kept too)' if bn else ''}"
+            what = f"FES-DA with {_data_title(data)} against the control"
         else:
             continue
-        out.append((key, control, what))
+        out.append((key, f"{model}+real-only", what))
     return out
 
 
