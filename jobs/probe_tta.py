@@ -13,12 +13,16 @@ averaged over the views:
 - ten-crop: the four corner crops and the centre crop, each with its mirror.
 
 --recognizer RUN also scores each fold's Table V recogniser (the project's small CNN on real faces).
+--recalibrate-bn adds the view "centre, BN real": the centre crop after batch norm's running statistics
+were re-estimated on the fold's real training faces (centre crops, one pass, an exact average), which
+tells whether statistics moved by synthetic fine-tuning faces cost accuracy on real test faces.
 Prints a per-fold table with the paired differences and appends one JSON line per model to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -29,7 +33,7 @@ from fersnet_ray.checkpoint import latest_checkpoint_in, read_checkpoint
 from fersnet_ray.store import Store
 from fersnet_ray.synth.quality import load_fold_recognizer
 from fersnet_ray.train.config import Experiment
-from fersnet_ray.train.data import load_test, to_unit
+from fersnet_ray.train.data import load_fold, load_test, to_unit
 from fersnet_ray.use.recognizer import recognizer_from_state
 
 VIEWS = ("centre", "flip", "ten-crop")
@@ -60,6 +64,24 @@ def accuracies(model: torch.nn.Module, faces, crop: int) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def recalibrated(model: torch.nn.Module, faces, crop: int, batch: int = 256) -> torch.nn.Module:
+    """A copy of `model` whose batch-norm running statistics are the exact mean and variance over `faces`
+    (N, C, L, L) uint8, centre-cropped to `crop` (momentum None: a cumulative average over the batches)."""
+    model = copy.deepcopy(model)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.eval()
+    for m in bns:
+        m.train()
+    x = crops(faces.images, crop, "centre")[0]  # (N, C, crop, crop) in [-1, 1]
+    for i in range(0, len(x), batch):
+        model(x[i : i + batch])
+    return model.eval()
+
+
 def model_of(store: Store, run: str, stage: str | None, fold: int) -> tuple[torch.nn.Module, Experiment] | None:
     """The newest complete checkpoint of `fold` in runs/<run>[/<stage>] as a Recognizer; None if none is there."""
     path = latest_checkpoint_in(store, store.run(run).fold(fold, stage))
@@ -78,6 +100,9 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="RUN or RUN/STAGE (a fine-tuning folder)")
     ap.add_argument("--recognizer", action="append", default=[], help="RUN whose Table V recognisers to score")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--recalibrate-bn", action="store_true", help="also score after re-estimating BN on real training faces"
+    )
     ap.add_argument("--out", default="probe-tta.jsonl")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,6 +111,14 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     tests: dict[tuple[str, int, int], object] = {}  # (data set, fold, load size) -> test faces, decoded once
+
+    trains: dict[tuple[str, int, int], object] = {}  # the same for the real training faces
+
+    def train_faces(dataset: str, fold: int, exp: Experiment):
+        key = (dataset, fold, exp.train.load_size)
+        if key not in trains:
+            trains[key] = load_fold(store, dataset, fold, exp.train.load_size)[0]
+        return trains[key]
 
     def test_faces(dataset: str, fold: int, exp: Experiment):
         key = (dataset, fold, exp.train.load_size)
@@ -100,22 +133,29 @@ def main() -> None:
         run_exp = Experiment.from_dict(config["experiment"]) if is_recognizer else None
         per_fold: dict[int, dict[str, float]] = {}
         for fold in store.run(run).folds():
-            found = recognizer_of(store, run, fold, run_exp) if is_recognizer else model_of(store, run, stage or None, fold)
+            found = (
+                recognizer_of(store, run, fold, run_exp) if is_recognizer else model_of(store, run, stage or None, fold)
+            )
             if found is None:
                 continue
             model, exp = found
-            per_fold[fold] = accuracies(model, test_faces(config["dataset"], fold, exp), exp.train.crop_size)
+            test = test_faces(config["dataset"], fold, exp)
+            per_fold[fold] = accuracies(model, test, exp.train.crop_size)
+            if args.recalibrate_bn:
+                real = recalibrated(model, train_faces(config["dataset"], fold, exp), exp.train.crop_size)
+                per_fold[fold]["centre, BN real"] = accuracies(real, test, exp.train.crop_size)["centre"]
         if not per_fold:
             print(f"{name}: no finished fold")
             continue
         label = f"{name} (Table V recogniser)" if is_recognizer else name
         print(f"\n{label}: {len(per_fold)} folds, commit {commit}")
-        print("view      " + " ".join(f"f{k:<5}" for k in per_fold) + "  mean ± std")
-        for view in VIEWS:
+        print("view             " + " ".join(f"f{k:<5}" for k in per_fold) + "  mean ± std")
+        views = [*VIEWS, "centre, BN real"] if args.recalibrate_bn else list(VIEWS)
+        for view in views:
             accs = [100 * per_fold[k][view] for k in per_fold]
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            print(f"{view:<9} " + " ".join(f"{a:6.2f}" for a in accs) + f"  {statistics.mean(accs):.2f} ± {sd:.2f}")
-        for view in VIEWS[1:]:
+            print(f"{view:<16} " + " ".join(f"{a:6.2f}" for a in accs) + f"  {statistics.mean(accs):.2f} ± {sd:.2f}")
+        for view in views[1:]:
             d = [100 * (per_fold[k][view] - per_fold[k]["centre"]) for k in per_fold]
             better = sum(x > 1e-9 for x in d)
             worse = sum(x < -1e-9 for x in d)
