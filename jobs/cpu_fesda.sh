@@ -6,8 +6,9 @@
 # the same steps, the control (real faces only) and FES-DA on the synthetic rows scored ≥ MIN_SCORE;
 # then the report (runs/$RUN/report/report.md: Table V, the rows and their paired comparisons).
 # Without the ablation rows (`fer_only`, `fersnet_hard`) of jobs/cpu_ckplus48.sh, so a longer-trained
-# generator fits: the default is 90 epochs, where Table V on folds 0 / 1 rose from 58.9 / 56.1% at
-# epoch 30 to 69.4 / 71.5% at epoch 60 (`jobs/probe_fold.py --set train.epochs=90 --table-v-at 30,60`).
+# generator fits: the default is 90 epochs. On all ten folds (pairs 0,1 .. 8,9; README, "Results on real
+# faces") Table V rose from 59.2% at 30 epochs to 72.7%, and FES-DA tied the control (-0.91 points,
+# 5 folds better, 4 worse). 24-26 minutes a pair on an Intel 2-core machine, about 48 on an AMD one.
 #
 # Once:    mkdir -p .data && cp -r ../shared/data/ckplus48 .data/      (.data/ is git-ignored)
 # Run:     . .venv/bin/activate && nohup bash jobs/cpu_fesda.sh > cpu_fesda.log 2>&1 &
