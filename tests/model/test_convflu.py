@@ -66,6 +66,7 @@ def test_gate_bias_starts_the_branches_apart() -> None:
     x = torch.randn(2, 1, 32, 32)
     for bias, low, high in ((None, 0.4, 0.6), (-4.0, 0.005, 0.05)):
         model = create_model(ModelConfig.tiny(flu_gate_bias=bias)).eval()
-        gates = model.encode(x, return_gates=True)[2]
+        with torch.no_grad():
+            gates = model.encode(x, return_gates=True)[2]
         for block in gates:
             assert low < float(block.fer.z.mean()) < high and low < float(block.fes.z.mean()) < high
