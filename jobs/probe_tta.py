@@ -110,21 +110,17 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    tests: dict[tuple[str, int, int], object] = {}  # (data set, fold, load size) -> test faces, decoded once
+    decoded: dict[tuple[str, int, int], tuple] = {}  # (data set, fold, load size) -> (train, test), decoded once
 
-    trains: dict[tuple[str, int, int], object] = {}  # the same for the real training faces
-
-    def train_faces(dataset: str, fold: int, exp: Experiment):
+    def fold_faces(dataset: str, fold: int, exp: Experiment):
+        """The fold's (real training faces, test faces); the training faces only for --recalibrate-bn, else None."""
         key = (dataset, fold, exp.train.load_size)
-        if key not in trains:
-            trains[key] = load_fold(store, dataset, fold, exp.train.load_size)[0]
-        return trains[key]
-
-    def test_faces(dataset: str, fold: int, exp: Experiment):
-        key = (dataset, fold, exp.train.load_size)
-        if key not in tests:
-            tests[key] = load_test(store, dataset, fold, exp.train.load_size)
-        return tests[key]
+        if key not in decoded:
+            if args.recalibrate_bn:
+                decoded[key] = load_fold(store, dataset, fold, exp.train.load_size)[:2]
+            else:
+                decoded[key] = (None, load_test(store, dataset, fold, exp.train.load_size))
+        return decoded[key]
 
     jobs = [(m, False) for m in args.model] + [(r, True) for r in args.recognizer]
     for name, is_recognizer in jobs:
@@ -139,10 +135,10 @@ def main() -> None:
             if found is None:
                 continue
             model, exp = found
-            test = test_faces(config["dataset"], fold, exp)
+            train, test = fold_faces(config["dataset"], fold, exp)
             per_fold[fold] = accuracies(model, test, exp.train.crop_size)
             if args.recalibrate_bn:
-                real = recalibrated(model, train_faces(config["dataset"], fold, exp), exp.train.crop_size)
+                real = recalibrated(model, train, exp.train.crop_size)
                 per_fold[fold]["centre, BN real"] = accuracies(real, test, exp.train.crop_size)["centre"]
         if not per_fold:
             print(f"{name}: no finished fold")
