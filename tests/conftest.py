@@ -20,6 +20,12 @@ os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 # 2 s after its last epoch to notice the end; 0.5 s keeps the same checks (set before Ray starts, so its
 # actors inherit it).
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# fp32 on every CPU, so a test gives the same numbers on every machine CI lands on: on CPUs with
+# AVX512-BF16 or AMX the loops autocast to bf16, which moves a barely trained model's logits by ~1e-2,
+# enough to flip an argmax between a bf16 evaluation and the fp32 export of the same weights. The bf16
+# path has its own tests (test_loop's `cpu_bf16` fixture turns it on). Set before Ray starts: its workers
+# and the test clusters' job drivers inherit it.
+os.environ.setdefault("FERSNET_CPU_BF16", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -103,11 +103,14 @@ def _half_loss(state, batch, n):
 
     from fersnet_ray.finetune.classifiers import logits_of
     from fersnet_ray.train.data import augment, to_unit
+    from fersnet_ray.train.loop import autocast, nhwc
 
     t = state.exp.train
     gen = torch.Generator().manual_seed(state.cfg.seed * 100_003 + state.epoch)
     x = augment([to_unit(batch["image"])], t.crop_size, t.rotations, gen)[0]
-    with torch.no_grad():
+    # The loop's layout and precision (bf16 on CPUs that have it): fp32 here differs by ~1e-3 there.
+    x = nhwc(x, state.device, t.amp)
+    with torch.no_grad(), autocast(state.device, t.amp):
         logits = logits_of(state.model(x))
     return float(F.cross_entropy(logits[:n].float(), batch["label"][:n].long()))
 

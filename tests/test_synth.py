@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -136,6 +135,21 @@ def test_weighted_fine_tuning_rows_carry_their_weight_and_need_scores(trained):
     scores = pq.read_table(store.run("r").synthetic(0), filesystem=store.arrow_fs, columns=["score"])["score"]
     want = np.sort(np.concatenate([np.ones(real), 0.5 * scores.to_numpy()]))
     assert len(weights) == real + manifest["rows"] and np.allclose(weights, want)
+
+    # The control (`--data real`): the fold's real training faces alone, each repeated as often as makes an
+    # epoch as long as FES-DA's, so both fine-tunings take the same steps.
+    from fersnet_ray.finetune.job import real_repeats
+
+    repeats = real_repeats(manifest)
+    assert repeats == round((real + manifest["rows"]) / real) > 1
+    control = fold_dataset(
+        store, config["dataset"], "r", 0, load, 1, manifest, cache=False, cfg=FinetuneConfig(data="real")
+    )
+    labels = np.bincount(
+        [r["label"] for r in control.select_columns(["label"]).take_all()], minlength=len(manifest["classes"])
+    )
+    per_class = [manifest["real_per_class"][name] for name in manifest["classes"]]
+    assert labels.tolist() == [repeats * n for n in per_class] and labels.sum() == repeats * real
 
     # Shards synthesised without the recogniser have no scores to weigh by: said before anything runs.
     store.write_json(manifest_path, {**manifest, "quality": None})
