@@ -5,7 +5,7 @@
     python jobs/bench_scale.py --faces 420 --folds 3 --shrink 1 --store local --nodes 3 --out /tmp/scale-nodes.json
 
 --store local writes under --local-store; s3 starts moto's S3 server on 127.0.0.1 in a child process
-(needs `pip install 'moto[server]'`) before Ray, so Ray's workers reach it. Each store × size runs in
+(needs `pip install 'moto[s3]' flask flask-cors`, part of `.[test]`) before Ray, so Ray's workers reach it. Each store × size runs in
 its own process; results go to --out after each, and the same command resumes. --nodes N runs each
 again on a simulated cluster (a head with no CPUs and N worker nodes on this machine) and reports the
 tasks per node of each stage and whether the synthetic output equals one node's. See
