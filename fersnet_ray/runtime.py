@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 
 
 def quiet_environment() -> None:
@@ -29,6 +30,17 @@ def quiet_environment() -> None:
     # Ray Data warns once per process that its bars are off (ours draw progress instead): not an error
     # line a user should read before the one that matters.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    # Ray Train's own DataConfig hands Ray Data's deprecated `exclude_resources` option on (Ray 2.60), so
+    # each fine-tuned fold printed a two-line RayDeprecationWarning about code that is not ours. Hidden
+    # here and, through PYTHONWARNINGS (read at start-up), in the Ray processes this one starts.
+    warnings.filterwarnings("ignore", message=_RAY_OWN_DEPRECATION)
+    ignore = f"ignore:{_RAY_OWN_DEPRECATION}"
+    current = os.environ.get("PYTHONWARNINGS", "")
+    if ignore not in current.split(","):
+        os.environ["PYTHONWARNINGS"] = f"{current},{ignore}" if current else ignore
+
+
+_RAY_OWN_DEPRECATION = "`ExecutionOptions.exclude_resources` is deprecated"
 
 
 @contextlib.contextmanager

@@ -33,3 +33,28 @@ def test_torch_threads_are_restored_after_the_block_even_when_it_fails(one_threa
     with pytest.raises(RuntimeError, match="boom"), torch_threads(3):
         raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+def test_rays_own_deprecation_warning_is_hidden_in_the_processes_ray_starts(monkeypatch):
+    # Ray Train hands Ray Data's deprecated `exclude_resources` on by itself; the processes a local Ray starts
+    # inherit PYTHONWARNINGS, which hides that warning and no other, and a second call adds nothing.
+    import os
+    import subprocess
+    import sys
+
+    from fersnet_ray.runtime import quiet_environment
+
+    monkeypatch.setenv("PYTHONWARNINGS", "default::ResourceWarning")
+    quiet_environment()
+    quiet_environment()
+    assert (
+        os.environ["PYTHONWARNINGS"]
+        == "default::ResourceWarning,ignore:`ExecutionOptions.exclude_resources` is deprecated"
+    )
+    code = (
+        "import warnings\n"
+        "warnings.warn('`ExecutionOptions.exclude_resources` is deprecated and will be removed', FutureWarning)\n"
+        "warnings.warn('another warning', FutureWarning)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "exclude_resources" not in out.stderr and "another warning" in out.stderr
