@@ -11,6 +11,9 @@ import logging
 import os
 import warnings
 
+# The start of a RayDeprecationWarning that Ray Train raises about its own use of Ray Data (quiet_environment).
+_RAY_OWN_DEPRECATION = "`ExecutionOptions.exclude_resources` is deprecated"
+
 
 def quiet_environment() -> None:
     """The environment that keeps Ray's logs to what a user should read; set before Ray (or a node) starts."""
@@ -38,9 +41,6 @@ def quiet_environment() -> None:
     current = os.environ.get("PYTHONWARNINGS", "")
     if ignore not in current.split(","):
         os.environ["PYTHONWARNINGS"] = f"{current},{ignore}" if current else ignore
-
-
-_RAY_OWN_DEPRECATION = "`ExecutionOptions.exclude_resources` is deprecated"
 
 
 @contextlib.contextmanager
