@@ -112,25 +112,23 @@ def _parquet_reader_v1():
         ctx.use_datasource_v2 = before
 
 
-class _NoCpuAlarm(logging.Filter):
-    """Drops Ray Data's "The Ray cluster currently does not have any available CPUs. The Dataset job will
-    hang unless more CPUs are freed up" (logger `ray.data.dataset`, raised whenever a dataset starts while
-    no CPU is free). Cached, the folds' faces are read side by side (one fold's read tasks may hold every
-    CPU as the next fold's read starts: they finish), and are in the object store before any trainer
-    starts, so the folds' workers may then hold every CPU with nothing left for Ray Data to do. The
-    warning was a false alarm at every parallel fine-tuning (2 folds on 2 cores). Streaming keeps it:
-    there it can be true."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "does not have any available CPUs" not in record.getMessage()
-
-
 @contextlib.contextmanager
 def _without_cpu_alarm(cached: bool):
+    """Drops Ray Data's "The Ray cluster currently does not have any available CPUs. The Dataset job will
+    hang unless more CPUs are freed up" (logger `ray.data.dataset`, raised whenever a dataset starts while
+    no CPU is free) for the block, when the folds' faces are cached. Then they are read side by side (one
+    fold's read tasks may hold every CPU as the next fold's read starts: they finish), and are in the
+    object store before any trainer starts, so the folds' workers may then hold every CPU with nothing
+    left for Ray Data to do. The warning was a false alarm at every parallel fine-tuning (2 folds on 2
+    cores). Streaming keeps it: there it can be true."""
     if not cached:
         yield
         return
-    logger, alarm = logging.getLogger("ray.data.dataset"), _NoCpuAlarm()
+    logger = logging.getLogger("ray.data.dataset")
+
+    def alarm(record: logging.LogRecord) -> bool:
+        return "does not have any available CPUs" not in record.getMessage()
+
     logger.addFilter(alarm)
     try:
         yield
@@ -513,11 +511,6 @@ def finetune(job: FinetuneJob) -> dict:
             cfg,
         )
 
-    # Cached: every fold's faces are read and decoded before any trainer starts, so no fold's Ray Data
-    # read waits for CPUs that other folds' training workers hold.
-    with _without_cpu_alarm(cache), ThreadPoolExecutor(max_workers=max(1, len(inputs))) as pool:
-        cached = dict(zip(inputs, pool.map(dataset, inputs))) if cache else {}
-
     def run_fold(fold: Fold) -> None:
         if fold not in inputs:
             name = "" if cfg.classifier == "fersnet" else f" ({cfg.classifier}, {cfg.data})"
@@ -540,6 +533,10 @@ def finetune(job: FinetuneJob) -> dict:
         fit(trainer, FinetuneError, f"finetune {foldkey.label(fold)}")
 
     with _without_cpu_alarm(cache):
+        # Cached: every fold's faces are read and decoded before any trainer starts, so no fold's Ray Data
+        # read waits for CPUs that other folds' training workers hold.
+        with ThreadPoolExecutor(max_workers=max(1, len(inputs))) as pool:
+            cached = dict(zip(inputs, pool.map(dataset, inputs))) if cache else {}
         fit_folds("finetune", folds, run_fold, FinetuneError, parallel)
     summary = summarize_folds(run, cfg.folder)
     if summary is None:
