@@ -147,7 +147,8 @@ PresetOpt = Annotated[
 EpochsOpt = Annotated[Optional[int], typer.Option(help="Override the preset's training epochs.")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option(help="Override the preset's training batch size.")]
 CheckpointEveryOpt = Annotated[
-    Optional[int], typer.Option(help="Epochs between training checkpoints (default: the preset's; the last is always kept).")
+    Optional[int],
+    typer.Option(help="Epochs between training checkpoints (default: the preset's; the last is always kept)."),
 ]
 MatchCapacityOpt = Annotated[
     Optional[bool],
@@ -182,9 +183,7 @@ ParallelFoldsOpt = Annotated[
 ]
 MaxFailuresOpt = Annotated[int, typer.Option(help="Worker-group restarts per fold before giving up.")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue an existing run with its stored config.")]
-OverwriteRunOpt = Annotated[
-    bool, typer.Option(help="Delete an existing run (every stage's output) and start again.")
-]
+OverwriteRunOpt = Annotated[bool, typer.Option(help="Delete an existing run (every stage's output) and start again.")]
 
 # synthesize
 SynthActorsOpt = Annotated[int, typer.Option(help="Generator actors (each loads the fold's FES branch once).")]
@@ -489,12 +488,20 @@ def report(
     run: Annotated[str, typer.Option(help="Run to report on.")] = "demo",
     store: StoreOpt = "./fersnet-store",
     compare: CompareOpt = "",
+    seeds: Annotated[
+        str,
+        typer.Option(
+            help="Seed replicates of --run (the same protocol with another train.seed), e.g. r-s1,r-s2: every "
+            "row averaged per fold over the runs and compared on those means."
+        ),
+    ] = "",
 ) -> None:
     """Write the Markdown results report with PNG charts into the store (runs/<run>/report/)."""
     from fersnet_ray.report.job import write_report
 
-    uri = _run(write_report, store, run, tuple(r for r in compare.split(",") if r.strip()))
-    print_results(store, run)
+    replicates = tuple(r.strip() for r in seeds.split(",") if r.strip())
+    uri = _run(write_report, store, run, tuple(r for r in compare.split(",") if r.strip()), False, replicates)
+    print_results(store, run, replicates)
     console.print(f"report: {uri}", highlight=False, soft_wrap=True)
 
 
@@ -590,12 +597,12 @@ app.command(
 )(_pipeline)
 
 
-def print_results(store: str, run: str) -> None:
-    """The report's Table VI rows as a console table."""
+def print_results(store: str, run: str, seeds: tuple[str, ...] = ()) -> None:
+    """The report's Table VI rows as a console table (and averaged over `seeds`, the run's seed replicates)."""
     from fersnet_ray.report.job import collect
     from fersnet_ray.store import Store
 
-    data = collect(Store.from_uri(store), run)
+    data = collect(Store.from_uri(store), run, seeds=seeds)
     table = Table("model", "run", "folds", "mean ± std", "pooled", box=box.SIMPLE_HEAD, pad_edge=False)
     for r in data["rows"]:
         table.add_row(
@@ -625,6 +632,23 @@ def print_results(store: str, run: str) -> None:
             highlight=False,
             soft_wrap=True,
         )
+    if "seeds" in data:
+        across = data["seeds"]
+        table = Table(
+            "model", "folds", "mean ± std", *(f"seed {s}" for s in across["runs"].values()), box=box.SIMPLE_HEAD
+        )
+        for r in across["rows"]:
+            each = [f"{100 * r['per_run'][n]:.2f}%" if n in r["per_run"] else "–" for n in across["runs"]]
+            table.add_row(r["name"], str(len(r["per_fold"])), f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}%", *each)
+        console.print(f"averaged per fold over {len(across['runs'])} seeds ({', '.join(across['runs'])}):")
+        console.print(table)
+        for p in across["paired"]:
+            console.print(
+                f"{p['row']} − {p['baseline']}: {100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f} points over "
+                f"{p['folds']} folds, {p['improved']} / {p['tied']} / {p['worse']} better / tied / worse",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 @app.command()

@@ -15,7 +15,8 @@
 #          SET (space-separated overrides of the preset, each passed as --set: SET="train.lambda_rec=10").
 # Noise:   one run's accuracy on a fold of ~96 faces varies by ±3-4 points with the seed (or the CPU
 #          type, README); to settle a difference of 1-2 points, repeat with RUN=<name>-s1
-#          SET="train.seed=1" and so on, and compare the runs' reports.
+#          SET="train.seed=1" and so on, then report them together, averaged per fold:
+#          fersnet report --store .data/cpu-store --run <name> --seeds <name>-s1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1

@@ -1,6 +1,6 @@
 """Stage 5, report: a Markdown results report with PNG charts, written into the store.
 
-    fersnet report --store URI --run NAME [--compare RUN,RUN]
+    fersnet report --store URI --run NAME [--compare RUN,RUN] [--seeds RUN,RUN]
 
 Reads only what the other stages wrote (evaluations, histories, manifests, checkpoints, configs)
 and writes runs/<run>/report/:
@@ -13,7 +13,8 @@ A run with a final model (`--folds final`: every subject, no test split) gets a 
 plainly it has no held-out accuracy and points to the cross-validation rows for one.
 
 Rows of Table VI: the runs of an ablation (runs/<run>/ablation.json names them), the run itself
-(its variant), its fine-tuned FES-DA result, and any `--compare` runs. No Ray here: the report is
+(its variant), its fine-tuned FES-DA result, and any `--compare` runs. `--seeds` names runs of the same
+protocol with other seeds: every row averaged per fold over them, and compared on those means. No Ray here: the report is
 read and drawn on the driver (a few seconds on CPU).
 """
 
@@ -88,8 +89,8 @@ def _row(run: Run, stage: str | None, key: str) -> dict | None:
     }
 
 
-def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
-    """Every number the report shows, read from the store."""
+def collect(store: Store, run: str, compare: tuple[str, ...] = (), seeds: tuple[str, ...] = ()) -> dict:
+    """Every number the report shows, read from the store; `seeds`: the run's seed replicates (`across_seeds`)."""
     layout = store.run(run)
     config = _read_json(store, layout.config())
     if config is None:
@@ -117,7 +118,7 @@ def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
             configs[f"{run} ({folder})"] = _read_json(store, layout.config(folder))
 
     manifests = _synthetic_manifests(store, run)
-    return {
+    data = {
         "run": run,
         "dataset": config["dataset"],
         "classes": card["classes"],
@@ -134,6 +135,9 @@ def collect(store: Store, run: str, compare: tuple[str, ...] = ()) -> dict:
         "configs": configs,
         "final": _final(store, run),
     }
+    if seeds:
+        data["seeds"] = across_seeds(store, data, seeds)
+    return data
 
 
 def _final(store: Store, run: str) -> dict | None:
@@ -290,8 +294,9 @@ def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def paired(rows: list[dict]) -> list[dict]:
-    """Paired per-fold differences for `PAIRS` and `classifier_pairs` whose rows both exist, on the folds both have.
+def paired(rows: list[dict], extra: tuple[tuple[str, str, str], ...] = ()) -> list[dict]:
+    """Paired per-fold differences for `PAIRS`, `classifier_pairs` and `extra` whose rows both exist, on the
+    folds both have.
 
     Besides mean ± std and the counts of folds improved / tied / worse, each pair carries what a reader
     needs to tell an effect from the noise of ~100-face folds (±3-4 points a fold on CK+48, README):
@@ -301,7 +306,7 @@ def paired(rows: list[dict]) -> list[dict]:
     """
     by_key = {r["key"]: r for r in rows}
     out = []
-    for key, base, what in (*PAIRS, *classifier_pairs(rows)):
+    for key, base, what in (*PAIRS, *classifier_pairs(rows), *extra):
         if key not in by_key or base not in by_key:
             continue
         a, b = by_key[key]["per_fold"], by_key[base]["per_fold"]
@@ -332,6 +337,88 @@ def paired(rows: list[dict]) -> list[dict]:
             }
         )
     return out
+
+
+RECOGNIZER = "table-v-recognizer"  # the seeds section's row for each fold's Table V recogniser on real test faces
+RECOGNIZER_TITLE = "the Table V recogniser (small CNN, real faces only)"
+
+
+def _seed(config: dict) -> int:
+    return config["experiment"]["train"]["seed"]
+
+
+def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
+    """The run's rows averaged per fold with those of its seed replicates, and paired comparisons on those means.
+
+    A replicate is a run of the same protocol with another `train.seed` (`fersnet ablation --run R-s1 --set
+    train.seed=1`): its config may differ from the run's in the seed alone, or this raises a StoreError
+    naming the difference. One training run moves by ±3-4 points on a fold of ~100 faces (README), so a
+    1-2 point difference between rows needs several seeds. Each row's accuracy on a fold is the mean over
+    the runs that have that row and fold (`seeds_per_fold` says how many); the paired comparisons (`paired`)
+    then run over folds on those means. The fold stays the unit: the seeds of a fold share its test
+    subjects, so counting (fold, seed) pairs as independent would overstate the evidence. The Table V
+    recogniser's accuracy on the real test faces joins as a row, since FERSNet has to beat that small CNN.
+    """
+    from fersnet_ray.train.config import config_diff
+
+    run = data["run"]
+    base = store.read_json(store.run(run).config())
+
+    def without_seed(cfg: dict) -> dict:
+        exp = cfg["experiment"]
+        return {**cfg, "experiment": {**exp, "train": {**exp["train"], "seed": None}}}
+
+    runs, seed_of = {run: data}, {run: _seed(base)}
+    for other in seeds:
+        cfg = _read_json(store, store.run(other).config())
+        if cfg is None:
+            raise StoreError(f"--seeds: no run {other!r} in {store.uri}")
+        diff = config_diff(without_seed(base), without_seed(cfg))
+        if diff:
+            raise StoreError(f"--seeds: run {other!r} differs from {run!r} in more than train.seed: {diff}")
+        if _seed(cfg) in seed_of.values():
+            same = next(name for name, s in seed_of.items() if s == _seed(cfg))
+            raise StoreError(f"--seeds: run {other!r} has train.seed {_seed(cfg)}, as {same!r} has: not a replicate")
+        runs[other], seed_of[other] = collect(store, other), _seed(cfg)
+
+    def recognizer(d: dict) -> dict:
+        return {k: m["quality"]["recognizer_real_test_accuracy"] for k, m in d["synthetic"].items() if m.get("quality")}
+
+    per_key: dict[str, dict[str, dict]] = {}  # key -> run -> {fold: accuracy}
+    titles = {RECOGNIZER: RECOGNIZER_TITLE}
+    for name, d in runs.items():
+        for r in d["rows"]:
+            per_key.setdefault(r["key"], {})[name] = r["per_fold"]
+            titles.setdefault(r["key"], r["name"])
+        if recognizer(d):
+            per_key.setdefault(RECOGNIZER, {})[name] = recognizer(d)
+    rows = []
+    for key, by_run in per_key.items():
+        folds = sorted({k for per_fold in by_run.values() for k in per_fold})
+        per_fold = {k: float(np.mean([pf[k] for pf in by_run.values() if k in pf])) for k in folds}
+        accs = np.array(list(per_fold.values()))
+        rows.append(
+            {
+                "key": key,
+                "name": titles[key],
+                "per_fold": per_fold,
+                "seeds_per_fold": {k: sum(k in pf for pf in by_run.values()) for k in folds},
+                "per_run": {name: float(np.mean(list(pf.values()))) for name, pf in by_run.items()},
+                "mean": float(accs.mean()),
+                "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+            }
+        )
+    table_v = {}
+    for d in runs.values():
+        for k, acc in d["table_v"].items():
+            table_v.setdefault(k, []).append(acc)
+    return {
+        "runs": seed_of,
+        "rows": rows,
+        "paired": paired(rows, extra=(("fersnet", RECOGNIZER, "FERSNet against the small CNN on real faces alone"),)),
+        "table_v": {k: float(np.mean(v)) for k, v in sorted(table_v.items())},
+        "table_v_seeds": {k: len(v) for k, v in sorted(table_v.items())},
+    }
 
 
 def _synthetic_manifests(store: Store, run: str) -> dict[int, dict]:
@@ -369,6 +456,64 @@ def _gate_figure(store: Store, run: str, fold: int, faces: int = 4) -> bytes | N
     )
 
 
+def _paired_table(pairs: list[dict]) -> list[str]:
+    """Markdown rows of paired per-fold comparisons (`paired`)."""
+    md = [
+        "| comparison | folds | mean difference ± std (points) | 95% CI | improved / tied / worse | sign test p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in pairs:
+        ci = "–" if p["ci95"] is None else f"{100 * p['ci95'][0]:+.2f} to {100 * p['ci95'][1]:+.2f}"
+        sign_p = "–" if p["p_sign"] is None else f"{p['p_sign']:.3f}"
+        md.append(
+            f"| {p['what']}: `{p['row']}` − `{p['baseline']}` | {p['folds']} | "
+            f"{100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f} | {ci} | "
+            f"{p['improved']} / {p['tied']} / {p['worse']} | {sign_p} |"
+        )
+    return md
+
+
+def _seeds_section(seeds: dict) -> list[str]:
+    """The report's "Across seeds" section (`across_seeds`)."""
+    names = ", ".join(f"`{name}` (seed {s})" for name, s in seeds["runs"].items())
+    folds = sorted({k for r in seeds["rows"] for k in r["per_fold"]}, key=int)
+    md = [
+        f"### Across {len(seeds['runs'])} seeds",
+        "",
+        (
+            f"The same protocol trained with each seed: {names}. Each cell is a fold's accuracy averaged over "
+            "the seeds (¹: one run has the fold); the per-seed columns are each run's mean over its folds."
+        ),
+        "",
+        "| model | "
+        + " | ".join(f"fold {k}" for k in folds)
+        + " | mean ± std | "
+        + " | ".join(f"seed {s}" for s in seeds["runs"].values())
+        + " |",
+        "|---|" + "---|" * (len(folds) + 1 + len(seeds["runs"])),
+    ]
+    for r in seeds["rows"]:
+        cells = [
+            _pct(r["per_fold"].get(k)) + ("¹" if r["seeds_per_fold"].get(k) == 1 < len(seeds["runs"]) else "")
+            for k in folds
+        ]
+        per_run = [_pct(r["per_run"].get(name)) for name in seeds["runs"]]
+        md.append(
+            f"| {r['name']} | {' | '.join(cells)} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
+            + " | ".join(per_run)
+            + " |"
+        )
+    if seeds["table_v"]:
+        vals = np.array(list(seeds["table_v"].values()))
+        std = vals.std(ddof=1) if len(vals) > 1 else 0.0
+        each = ", ".join(f"fold {k} {_pct(v)}" for k, v in seeds["table_v"].items())
+        md += ["", f"Table V averaged over the seeds: {100 * vals.mean():.2f} ± {100 * std:.2f}% ({each})."]
+    if seeds["paired"]:
+        md += ["", "Paired per-fold comparisons on the seed-averaged accuracies (the fold is the unit):", ""]
+        md += _paired_table(seeds["paired"])
+    return md + [""]
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
@@ -395,14 +540,16 @@ def _drawn_digest(store: Store, run: str) -> str | None:
     return store.read_json(layout.report_file(REPORT_JSON)).get("inputs_sha256")
 
 
-def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_changed: bool = False) -> str | None:
-    """Collects, draws and writes runs/<run>/report/; returns the report's URI.
+def write_report(
+    store_uri: str, run: str, compare: tuple[str, ...] = (), if_changed: bool = False, seeds: tuple[str, ...] = ()
+) -> str | None:
+    """Collects, draws and writes runs/<run>/report/; returns the report's URI. `seeds`: see `across_seeds`.
 
     if_changed: when the finished report was drawn from the same inputs (`report_is_current`), write
     nothing and return None.
     """
     store = Store.from_uri(store_uri)
-    data = collect(store, run, compare)
+    data = collect(store, run, compare, seeds)
     data["inputs_sha256"] = _digest(data)
     if if_changed and _drawn_digest(store, run) == data["inputs_sha256"]:
         return None
@@ -441,23 +588,7 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
         pairs = paired(data["rows"])
         data["paired"] = pairs
         if pairs:
-            md += [
-                "### Paired per-fold comparisons",
-                "",
-                (
-                    "| comparison | folds | mean difference ± std (points) | 95% CI | improved / tied / worse "
-                    "| sign test p |"
-                ),
-                "|---|---|---|---|---|---|",
-            ]
-            for p in pairs:
-                ci = "–" if p["ci95"] is None else f"{100 * p['ci95'][0]:+.2f} to {100 * p['ci95'][1]:+.2f}"
-                sign_p = "–" if p["p_sign"] is None else f"{p['p_sign']:.3f}"
-                md.append(
-                    f"| {p['what']}: `{p['row']}` − `{p['baseline']}` | {p['folds']} | "
-                    f"{100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f} | {ci} | "
-                    f"{p['improved']} / {p['tied']} / {p['worse']} | {sign_p} |"
-                )
+            md += ["### Paired per-fold comparisons", "", *_paired_table(pairs)]
             md += [
                 "",
                 (
@@ -468,6 +599,8 @@ def write_report(store_uri: str, run: str, compare: tuple[str, ...] = (), if_cha
                 ),
                 "",
             ]
+        if "seeds" in data:
+            md += _seeds_section(data["seeds"])
         md += ["![accuracy per model](accuracy.png)", "", "### Confusion matrices (all folds pooled)", ""]
         for r in data["rows"]:
             name = f"confusion-{r['key'].replace('+', '-').replace(' ', '_').replace('(', '').replace(')', '')}.png"

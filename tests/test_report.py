@@ -1,0 +1,119 @@
+"""The report across seeds: replicate runs averaged per fold, compared on those means, and refused when they differ
+in more than the seed. Real JSON files in a local store, as the stages write them; no Ray, no model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fersnet_ray.cli import app
+from fersnet_ray.report.job import RECOGNIZER, collect, write_report
+from fersnet_ray.store import Store, StoreError
+from fersnet_ray.train.config import make_experiment
+
+CLASSES = ["anger", "happy"]
+
+
+def _run(store: Store, name: str, seed: int, acc: dict[str, dict[int, float]], table_v: dict[int, tuple], **train):
+    """A run as `fersnet ablation` leaves it: its config, each row's fold evaluations (the variant runs named
+    in ablation.json, FES-DA in finetune/), and each fold's synthetic manifest with its Table V quality."""
+    exp = make_experiment("tiny", "fersnet", len(CLASSES), 1).to_dict()
+    exp["train"].update(seed=seed, **train)
+    cfg = {"dataset": "d", "experiment": exp}
+    run = store.run(name)
+    store.write_json(run.config(), cfg)
+    store.write_json(run.ablation, {"runs": {"fer_only": f"{name}-fer_only", "fersnet": name}})
+    other = store.run(f"{name}-fer_only")
+    store.write_json(other.config(), {**cfg, "experiment": {**exp, "model": {**exp["model"], "variant": "fer_only"}}})
+    store.write_json(run.config("finetune"), {**cfg, "finetune": {}})
+    where = {"fersnet": (run, None), "fer_only": (other, None), "fersnet+fes-da": (run, "finetune")}
+    for key, per_fold in acc.items():
+        layout, stage = where[key]
+        for k, a in per_fold.items():
+            correct = round(100 * a)
+            confusion = [[correct, 0], [100 - correct, 0]]
+            store.write_json(layout.evaluation(k, stage), {"accuracy": a, "confusion": confusion, "epochs": 1})
+    for k, (tv, recognizer) in table_v.items():
+        quality = {"synthetic_test_accuracy": tv, "recognizer_real_test_accuracy": recognizer}
+        quality.update(synthetic_test_faces=10, contact_sheet="_contact_sheet.png")  # a sheet not written
+        counts = {"real_per_class": {"anger": 3, "happy": 5}, "synthetic_per_class": {"anger": 5, "happy": 3}}
+        manifest = {**counts, "total_per_class": {"anger": 8, "happy": 8}, "balanced": True, "rows": 8}
+        store.write_json(run.manifest(k), {**manifest, "quality": quality})
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    store = Store.from_uri(str(tmp_path / "st"))
+    store.write_json(store.dataset("d").card, {"classes": CLASSES, "counts": {c: 1 for c in CLASSES}})
+    return store
+
+
+def test_seed_replicates_are_averaged_per_fold_and_compared_on_the_means(store):
+    _run(
+        store,
+        "r",
+        0,
+        {"fersnet": {0: 0.90, 1: 0.80, 2: 0.70}, "fer_only": {0: 0.88, 1: 0.82, 2: 0.70}, "fersnet+fes-da": {0: 0.9}},
+        {0: (0.60, 0.91), 1: (0.50, 0.80)},
+    )
+    _run(
+        store,
+        "r-s1",
+        1,
+        {"fersnet": {0: 0.94, 1: 0.84, 2: 0.76}, "fer_only": {0: 0.86, 1: 0.80, 2: 0.72}},
+        {0: (0.70, 0.93), 1: (0.52, 0.84)},
+    )
+    seeds = collect(store, "r", seeds=("r-s1",))["seeds"]
+    assert seeds["runs"] == {"r": 0, "r-s1": 1}
+    rows = {r["key"]: r for r in seeds["rows"]}
+    assert rows["fersnet"]["per_fold"] == pytest.approx({0: 0.92, 1: 0.82, 2: 0.73})
+    assert rows["fersnet"]["per_run"] == pytest.approx({"r": 0.8, "r-s1": 0.8466667})
+    assert rows["fersnet"]["mean"] == pytest.approx(np.mean([0.92, 0.82, 0.73]))
+    assert rows["fersnet+fes-da"]["seeds_per_fold"] == {0: 1}  # one run has it: averaged over what exists
+    assert rows[RECOGNIZER]["per_fold"] == pytest.approx({0: 0.92, 1: 0.82})
+    assert seeds["table_v"] == pytest.approx({0: 0.65, 1: 0.51}) and seeds["table_v_seeds"] == {0: 2, 1: 2}
+    pairs = {(p["row"], p["baseline"]): p for p in seeds["paired"]}
+    mtl = pairs[("fersnet", "fer_only")]  # on the seed means: +0.05, +0.01, +0.02 over 3 folds (not 6 pairs)
+    assert (
+        mtl["folds"] == 3 and mtl["mean_diff"] == pytest.approx(0.08 / 3) and (mtl["improved"], mtl["worse"]) == (3, 0)
+    )
+    cnn = pairs[("fersnet", RECOGNIZER)]  # FERSNet against the small CNN, on the folds both have
+    assert cnn["folds"] == 2 and cnn["mean_diff"] == pytest.approx(0.0)
+
+    uri = write_report(store.uri, "r", seeds=("r-s1",))
+    md = store.read_bytes(store.run("r").report_file()).decode()
+    assert uri.endswith("report.md") and "### Across 2 seeds" in md and "`r-s1` (seed 1)" in md
+    assert "| FERSNet (original) | 92.00 | 82.00 | 73.00 | 82.33 ± 9.50 | 80.00 | 84.67 |" in md
+    assert "Table V averaged over the seeds: 58.00 ± 9.90%" in md
+    assert json.loads(store.read_bytes(store.run("r").report_file("report.json")))["seeds"]["runs"] == {
+        "r": 0,
+        "r-s1": 1,
+    }
+
+
+def test_the_cli_prints_the_seed_averages(store):
+    _run(store, "r", 0, {"fersnet": {0: 0.9, 1: 0.8}, "fer_only": {0: 0.9, 1: 0.7}}, {})
+    _run(store, "r-s1", 1, {"fersnet": {0: 0.7, 1: 0.8}, "fer_only": {0: 0.8, 1: 0.7}}, {})
+    out = CliRunner().invoke(app, ["report", "--store", store.uri, "--run", "r", "--seeds", "r-s1"])
+    assert out.exit_code == 0, out.output
+    assert "averaged per fold over 2 seeds (r, r-s1)" in out.output
+    assert "fersnet − fer_only: +2.50 ± 10.61 points over 2 folds, 1 / 0 / 1 better / tied / worse" in out.output
+
+
+def test_a_replicate_must_differ_in_the_seed_alone(store):
+    _run(store, "r", 0, {"fersnet": {0: 0.9}}, {})
+    _run(store, "r-lr", 1, {"fersnet": {0: 0.9}}, {}, lr=0.5)
+    _run(store, "r-again", 0, {"fersnet": {0: 0.9}}, {})
+    with pytest.raises(
+        StoreError, match=r"run 'r-lr' differs from 'r' in more than train.seed: experiment.train.lr: 0.001 → 0.5"
+    ):
+        collect(store, "r", seeds=("r-lr",))
+    with pytest.raises(StoreError, match="run 'r-again' has train.seed 0, as 'r' has: not a replicate"):
+        collect(store, "r", seeds=("r-again",))
+    with pytest.raises(StoreError, match="--seeds: no run 'nope'"):
+        collect(store, "r", seeds=("nope",))
+    out = CliRunner().invoke(app, ["report", "--store", store.uri, "--run", "r", "--seeds", "r-lr"])
+    assert out.exit_code == 1 and "Traceback" not in out.output and "differs from 'r'" in out.output
