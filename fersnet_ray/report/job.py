@@ -13,9 +13,9 @@ A run with a final model (`--folds final`: every subject, no test split) gets a 
 plainly it has no held-out accuracy and points to the cross-validation rows for one.
 
 Rows of Table VI: the runs of an ablation (runs/<run>/ablation.json names them), the run itself
-(its variant), its fine-tuned FES-DA result, and any `--compare` runs. `--seeds` names runs of the same
-protocol with other seeds: every row averaged per fold over them, and compared on those means. No Ray here: the report is
-read and drawn on the driver (a few seconds on CPU).
+(its variant), its fine-tuned FES-DA result, and any `--compare` runs. `--seeds` names runs of the
+same protocol with other seeds: every row averaged per fold over them, and compared on those means.
+No Ray here: the report is read and drawn on the driver (a few seconds on CPU).
 """
 
 from __future__ import annotations
