@@ -80,6 +80,9 @@ def test_seed_replicates_are_averaged_per_fold_and_compared_on_the_means(store):
     assert (
         mtl["folds"] == 3 and mtl["mean_diff"] == pytest.approx(0.08 / 3) and (mtl["improved"], mtl["worse"]) == (3, 0)
     )
+    # FES-DA (seed 0 only) against the FERSNet of its own seed (0.90), not the seed mean (0.92).
+    fesda = pairs[("fersnet+fes-da", "fersnet")]
+    assert fesda["folds"] == 1 and fesda["mean_diff"] == pytest.approx(0.0) and fesda["seeds_per_fold"] == {0: 1}
     cnn = pairs[("fersnet", RECOGNIZER)]  # FERSNet against the small CNN, on the folds both have
     assert cnn["folds"] == 2 and cnn["mean_diff"] == pytest.approx(0.0)
 
@@ -88,6 +91,7 @@ def test_seed_replicates_are_averaged_per_fold_and_compared_on_the_means(store):
     assert uri.endswith("report.md") and "### Across 2 seeds" in md and "`r-s1` (seed 1)" in md
     assert "| FERSNet (original) | 92.00 | 82.00 | 73.00 | 82.33 ± 9.50 | 80.00 | 84.67 |" in md
     assert "Table V averaged over the seeds: 58.00 ± 9.90%" in md
+    assert "`fersnet` − `fer_only` | 3 (×2 seeds) | +2.67 ± 2.08 |" in md
     assert json.loads(store.read_bytes(store.run("r").report_file("report.json")))["seeds"]["runs"] == {
         "r": 0,
         "r-s1": 1,

@@ -294,9 +294,9 @@ def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
     return out
 
 
-def paired(rows: list[dict], extra: tuple[tuple[str, str, str], ...] = ()) -> list[dict]:
-    """Paired per-fold differences for `PAIRS`, `classifier_pairs` and `extra` whose rows both exist, on the
-    folds both have.
+def paired(rows: list[dict], pairs: tuple[tuple[str, str, str], ...] | None = None) -> list[dict]:
+    """Paired per-fold differences for `pairs` (row, baseline, what it tests; default `PAIRS` and
+    `classifier_pairs`) whose rows both exist, on the folds both have.
 
     Besides mean ± std and the counts of folds improved / tied / worse, each pair carries what a reader
     needs to tell an effect from the noise of ~100-face folds (±3-4 points a fold on CK+48, README):
@@ -306,7 +306,7 @@ def paired(rows: list[dict], extra: tuple[tuple[str, str, str], ...] = ()) -> li
     """
     by_key = {r["key"]: r for r in rows}
     out = []
-    for key, base, what in (*PAIRS, *classifier_pairs(rows), *extra):
+    for key, base, what in (*PAIRS, *classifier_pairs(rows)) if pairs is None else pairs:
         if key not in by_key or base not in by_key:
             continue
         a, b = by_key[key]["per_fold"], by_key[base]["per_fold"]
@@ -354,8 +354,9 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
     train.seed=1`): its config may differ from the run's in the seed alone, or this raises a StoreError
     naming the difference. One training run moves by ±3-4 points on a fold of ~100 faces (README), so a
     1-2 point difference between rows needs several seeds. Each row's accuracy on a fold is the mean over
-    the runs that have that row and fold (`seeds_per_fold` says how many); the paired comparisons (`paired`)
-    then run over folds on those means. The fold stays the unit: the seeds of a fold share its test
+    the runs that have that row and fold (`seeds_per_fold` says how many). A paired comparison (`paired`)
+    takes a fold's difference as the mean of the per-run differences over the runs that have both rows
+    there, and runs over folds on those. The fold stays the unit: the seeds of a fold share its test
     subjects, so counting (fold, seed) pairs as independent would overstate the evidence. The Table V
     recogniser's accuracy on the real test faces joins as a row, since FERSNet has to beat that small CNN.
     """
@@ -408,6 +409,22 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
                 "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
             }
         )
+    # A pair's difference on a fold is the mean over the runs that have both rows there: FES-DA of seed 0
+    # is compared with the FERSNet of seed 0 it was fine-tuned from, never with another seed's.
+    pairs = []
+    wanted = (*PAIRS, *classifier_pairs(rows), ("fersnet", RECOGNIZER, "FERSNet against the small CNN on real faces"))
+    for key, base, what in wanted:
+        if key not in per_key or base not in per_key:
+            continue
+        a, b, n = {}, {}, {}
+        for k in sorted({k for pf in per_key[key].values() for k in pf}):
+            both = [r for r, pf in per_key[key].items() if k in pf and k in per_key[base].get(r, {})]
+            if both:
+                a[k] = float(np.mean([per_key[key][r][k] for r in both]))
+                b[k] = float(np.mean([per_key[base][r][k] for r in both]))
+                n[k] = len(both)
+        for p in paired([{"key": key, "per_fold": a}, {"key": base, "per_fold": b}], ((key, base, what),)):
+            pairs.append({**p, "seeds_per_fold": n})
     table_v = {}
     for d in runs.values():
         for k, acc in d["table_v"].items():
@@ -415,7 +432,7 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
     return {
         "runs": seed_of,
         "rows": rows,
-        "paired": paired(rows, extra=(("fersnet", RECOGNIZER, "FERSNet against the small CNN on real faces alone"),)),
+        "paired": pairs,
         "table_v": {k: float(np.mean(v)) for k, v in sorted(table_v.items())},
         "table_v_seeds": {k: len(v) for k, v in sorted(table_v.items())},
     }
@@ -457,7 +474,7 @@ def _gate_figure(store: Store, run: str, fold: int, faces: int = 4) -> bytes | N
 
 
 def _paired_table(pairs: list[dict]) -> list[str]:
-    """Markdown rows of paired per-fold comparisons (`paired`)."""
+    """Markdown rows of paired per-fold comparisons (`paired`; with `seeds_per_fold`, the seeds behind them)."""
     md = [
         "| comparison | folds | mean difference ± std (points) | 95% CI | improved / tied / worse | sign test p |",
         "|---|---|---|---|---|---|",
@@ -465,8 +482,12 @@ def _paired_table(pairs: list[dict]) -> list[str]:
     for p in pairs:
         ci = "–" if p["ci95"] is None else f"{100 * p['ci95'][0]:+.2f} to {100 * p['ci95'][1]:+.2f}"
         sign_p = "–" if p["p_sign"] is None else f"{p['p_sign']:.3f}"
+        folds = str(p["folds"])
+        if "seeds_per_fold" in p:
+            seeds = sorted(set(p["seeds_per_fold"].values()))
+            folds += f" (×{'–'.join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))} seeds)"
         md.append(
-            f"| {p['what']}: `{p['row']}` − `{p['baseline']}` | {p['folds']} | "
+            f"| {p['what']}: `{p['row']}` − `{p['baseline']}` | {folds} | "
             f"{100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f} | {ci} | "
             f"{p['improved']} / {p['tied']} / {p['worse']} | {sign_p} |"
         )
@@ -509,7 +530,14 @@ def _seeds_section(seeds: dict) -> list[str]:
         each = ", ".join(f"fold {k} {_pct(v)}" for k, v in seeds["table_v"].items())
         md += ["", f"Table V averaged over the seeds: {100 * vals.mean():.2f} ± {100 * std:.2f}% ({each})."]
     if seeds["paired"]:
-        md += ["", "Paired per-fold comparisons on the seed-averaged accuracies (the fold is the unit):", ""]
+        md += [
+            "",
+            (
+                "Paired per-fold comparisons: a fold's difference is the mean over the seeds that have both "
+                "rows there (a fine-tuning is compared with the network of its own seed); the fold is the unit."
+            ),
+            "",
+        ]
         md += _paired_table(seeds["paired"])
     return md + [""]
 
