@@ -485,7 +485,8 @@ def _paired_table(pairs: list[dict]) -> list[str]:
         folds = str(p["folds"])
         if "seeds_per_fold" in p:
             seeds = sorted(set(p["seeds_per_fold"].values()))
-            folds += f" (×{'–'.join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))} seeds)"
+            span = "–".join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))
+            folds += f" (×{span} seed{'s' if seeds[-1] > 1 else ''})"
         md.append(
             f"| {p['what']}: `{p['row']}` − `{p['baseline']}` | {folds} | "
             f"{100 * p['mean_diff']:+.2f} ± {100 * p['std_diff']:.2f} | {ci} | "
