@@ -231,6 +231,11 @@ def _options(ctx: typer.Context) -> dict:
     return {k: v for k, v in ctx.params.items() if k != "address"}
 
 
+def _run_names(text: str) -> tuple[str, ...]:
+    """ "r1, r2" (--compare, --seeds) → ("r1", "r2"); as `fersnet run --compare` reads it (pipeline)."""
+    return tuple(r.strip() for r in text.split(",") if r.strip())
+
+
 def _version(value: bool) -> None:
     if value:
         from fersnet_ray import __version__
@@ -499,8 +504,8 @@ def report(
     """Write the Markdown results report with PNG charts into the store (runs/<run>/report/)."""
     from fersnet_ray.report.job import write_report
 
-    replicates = tuple(r.strip() for r in seeds.split(",") if r.strip())
-    uri = _run(write_report, store, run, tuple(r for r in compare.split(",") if r.strip()), False, replicates)
+    replicates = _run_names(seeds)
+    uri = _run(write_report, store, run, _run_names(compare), seeds=replicates)
     print_results(store, run, replicates)
     console.print(f"report: {uri}", highlight=False, soft_wrap=True)
 

@@ -391,8 +391,8 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
         for r in d["rows"]:
             per_key.setdefault(r["key"], {})[name] = r["per_fold"]
             titles.setdefault(r["key"], r["name"])
-        if recognizer(d):
-            per_key.setdefault(RECOGNIZER, {})[name] = recognizer(d)
+        if scores := recognizer(d):
+            per_key.setdefault(RECOGNIZER, {})[name] = scores
     rows = []
     for key, by_run in per_key.items():
         folds = sorted({k for per_fold in by_run.values() for k in per_fold})
