@@ -506,7 +506,7 @@ def report(
 
     replicates = _run_names(seeds)
     uri = _run(write_report, store, run, _run_names(compare), seeds=replicates)
-    print_results(store, run, replicates)
+    print_results(store, run)
     console.print(f"report: {uri}", highlight=False, soft_wrap=True)
 
 
@@ -602,12 +602,16 @@ app.command(
 )(_pipeline)
 
 
-def print_results(store: str, run: str, seeds: tuple[str, ...] = ()) -> None:
-    """The report's Table VI rows as a console table (and averaged over `seeds`, the run's seed replicates)."""
-    from fersnet_ray.report.job import collect
-    from fersnet_ray.store import Store
+def print_results(store: str, run: str) -> None:
+    """The finished report's Table VI rows as a console table (and averaged over the seed replicates it holds).
 
-    data = collect(Store.from_uri(store), run, seeds=seeds)
+    Read from report.json, which `write_report` fills with everything it collected: the console shows what the
+    report says, without reading every evaluation, history and manifest of the run a second time.
+    """
+    from fersnet_ray.store import REPORT_JSON, Store
+
+    st = Store.from_uri(store)
+    data = st.read_json(st.run(run).report_file(REPORT_JSON))
     table = Table("model", "run", "folds", "mean ± std", "pooled", box=box.SIMPLE_HEAD, pad_edge=False)
     for r in data["rows"]:
         table.add_row(
