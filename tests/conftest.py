@@ -28,6 +28,22 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("FERSNET_CPU_BF16", "0")
 
 
+def _byte_compile_the_package() -> None:
+    """Compiles fersnet_ray's modules once, so the suite's ~100 processes that import them (Ray workers,
+    job drivers, the scenarios) read bytecode instead of compiling the sources again. pip byte-compiles
+    what it installs, but not an editable install's sources, and with PYTHONDONTWRITEBYTECODE=1 (set on
+    the CI machines) no process caches what it compiled: ~0.3 s of CPU a process. compileall writes
+    regardless of that flag, and only what is stale; __pycache__/ is git-ignored."""
+    import compileall
+    import importlib.util
+
+    for folder in importlib.util.find_spec("fersnet_ray").submodule_search_locations:
+        compileall.compile_dir(folder, quiet=1)
+
+
+_byte_compile_the_package()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """One torch thread in the test process for the whole session, restored at its end: the tensors here
@@ -170,20 +186,76 @@ def pytest_runtest_teardown(item, nextitem):
             _heads.pop().close()  # runs start_head's clean-up: running jobs stopped, process group ended
 
 
+def _xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _shared_fixture_files() -> dict[str, str]:
+    """Test file name -> the costly session fixture its tests take as a parameter: "trained_run" (a Ray
+    Train run of two folds; `small_cnn_run` fine-tunes a copy of it) or "head" (the Jobs-API Ray head)."""
+    import ast
+    from pathlib import Path
+
+    found = {}
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        params = {a.arg for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for a in f.args.args}
+        if params & {"trained_run", "small_cnn_run"}:
+            found[path.name] = "trained_run"
+        elif "head" in params:
+            found[path.name] = "head"
+    return found
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (`-n 2 --dist loadfile`, pyproject's addopts) gives each worker its own session fixtures,
+    and sends every test of a file to one worker so module fixtures build once. This keeps that, and also
+    sends the files that share `trained_run` to one worker and those that share `head` to one, so each is
+    built once; those two groups go first, one to each worker (`pytest_collection_modifyitems` puts them
+    at the front), since the longest tests are in them."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = _shared_fixture_files()
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return groups.get(file.rsplit("/", 1)[-1], file)
+
+    config.option.loadscopereorder = False  # keep the collection order: the two shared groups first
+    return SharedFixtureScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if _xdist_worker(config):  # every worker collects the same order, which the scheduler keeps
+        first = {"head": 0, "trained_run": 1}
+        groups = _shared_fixture_files()
+        items.sort(key=lambda item: first.get(groups.get(item.path.name), 2))  # stable: files keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
-def node_failure_scenario(request, tmp_path_factory):
-    """Starts tests/node_failure_scenario.py (its own multi-node Ray) as the session begins, when the
-    node-failure test is selected: its ~1.5 minutes of cluster start-up, training and synthesis then
-    overlap the other tests instead of adding to the suite's time. The test collects the result."""
+def _node_failure_early(request):
+    """Without xdist, starts the node-failure scenario as the session begins when its test is selected: its
+    ~1.5 minutes of cluster start-up, training and synthesis then overlap the other tests. Under xdist the
+    other worker overlaps it, and it starts when its test does (a worker cannot know its tests in advance)."""
+    if not _xdist_worker(request.config) and any(i.name.startswith("test_lost_node") for i in request.session.items):
+        request.getfixturevalue("node_failure_scenario")
+    yield
+
+
+@pytest.fixture(scope="session")
+def node_failure_scenario(tmp_path_factory):
+    """Runs tests/node_failure_scenario.py (its own multi-node Ray) in the background; the test collects the
+    result."""
     import signal
     import subprocess
     import sys
     import time
     from pathlib import Path
 
-    if not any(item.name.startswith("test_lost_node") for item in request.session.items):
-        yield None
-        return
     workdir = tmp_path_factory.mktemp("node-failure")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -8,6 +8,8 @@ Chance is 1/7 = 14.3% for both numbers.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -41,9 +43,10 @@ def demo_faces(subjects, load: int) -> FaceSet:
 
 @pytest.fixture(scope="module")
 def short_run(one_thread):
-    # Two torch threads here, not conftest's one: this run's batches are large enough that the second
-    # core pays (23.9 -> 13.7 s on 2 cores, fp32), and nothing else runs beside it.
-    with torch_threads(2):
+    # Two torch threads here, not conftest's one, when nothing else runs beside it: this run's batches are
+    # large enough that the second core pays (23.9 -> 13.7 s on 2 cores, fp32). Under pytest-xdist the other
+    # worker has that core, and two threads fighting it for the CPU ran this 10x slower.
+    with torch_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2):
         return _short_run()
 
 

@@ -48,9 +48,7 @@ def demo_table(ray_local, tmp_path_factory) -> str:
 
 @pytest.fixture
 def node_failure_run(node_failure_scenario):
-    """The node-failure scenario, started with the session (tests/conftest.py) so it overlaps other tests."""
-    if node_failure_scenario is None:
-        pytest.skip("the node-failure scenario was not started")
+    """The node-failure scenario, running in the background (tests/conftest.py) while other tests do."""
     return node_failure_scenario
 
 
