@@ -229,11 +229,17 @@ def pytest_xdist_make_scheduler(config, log):
     return SharedFixtureScheduling(config, log)
 
 
+# After the two shared groups, the files whose scenarios run longest (a multi-node Ray, a full disk, the
+# quick start's training): started early, they leave the many short files to fill the end evenly.
+LONG_FILES = ("test_reliability.py", "test_scale.py", "test_quickstart.py")
+
+
 def pytest_collection_modifyitems(config, items):
     if _xdist_worker(config):  # every worker collects the same order, which the scheduler keeps
-        first = {"head": 0, "trained_run": 1}
         groups = _shared_fixture_files()
-        items.sort(key=lambda item: first.get(groups.get(item.path.name), 2))  # stable: files keep their order
+        order = {"head": 0, "trained_run": 1, **{name: 2 + i for i, name in enumerate(LONG_FILES)}}
+        # stable: files keep their order within a rank
+        items.sort(key=lambda item: order.get(groups.get(item.path.name, item.path.name), len(order)))
 
 
 @pytest.fixture(scope="session", autouse=True)
