@@ -147,6 +147,9 @@ PRESETS: dict[str, Experiment] = {
     #   the real-only control (-4.2 -> -0.9 points; `jobs/cpu_fesda.sh`), but left recognition where it
     #   was (`fersnet` 89.7 -> 90.2%) and triple the protocol's cost, past its 120 minutes on 2 cores;
     #   `--epochs 90` (EPOCHS=90) is the knob.
+    # cls_dropout 0 (the paper's): dropout 0.5 in f_cls on all ten folds (`SET="model.cls_dropout=0.5"
+    #   bash jobs/cpu_ckplus48.sh` at 36815cb, seed 0) moved `fersnet` by +0.71 and `fer_only` by +0.39
+    #   points against the same seed without it, noise-sized, with `fersnet` - `fer_only` -0.19.
     "cpu48": Experiment(
         ModelConfig(image_size=48, width_mult=0.25, disc_widths=(16, 32, 64, 128), fes_skips=True),
         TrainConfig(
