@@ -45,7 +45,7 @@ def demo_faces(subjects, load: int) -> FaceSet:
 def short_run(one_thread):
     # Two torch threads here, not conftest's one, when nothing else runs beside it: this run's batches are
     # large enough that the second core pays (23.9 -> 13.7 s on 2 cores, fp32). Under pytest-xdist the other
-    # worker has that core, and two threads fighting it for the CPU ran this 10x slower.
+    # worker has that core: two threads on a busy core spin and wait (beside a training run: 335 s, not 16).
     with torch_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2):
         return _short_run()
 

@@ -2,8 +2,9 @@
 
 The node-failure scenario runs in its own process (tests/node_failure_scenario.py) on a multi-node
 `ray.cluster_utils.Cluster`: this session's process already holds a local Ray (`ray_local`). It is
-started when this module starts and runs while the store tests do (it mostly waits: for node
-start-up, health checks, worker restarts), and its test collects the result last. The store tests
+started with the session (under pytest-xdist, with its test, the other worker running beside it) and
+runs while other tests do (it mostly waits: for node start-up, health checks, worker restarts); its
+test collects the result last. The store tests
 run on the session's Ray against a moto server of their own behind a small HTTP proxy that can
 answer 503 SlowDown (S3's throttling) and drops connections while the server is down, as a load
 balancer in front of a restarting store would.
