@@ -186,8 +186,9 @@ def pytest_runtest_teardown(item, nextitem):
             _heads.pop().close()  # runs start_head's clean-up: running jobs stopped, process group ended
 
 
-def _xdist_worker(config) -> bool:
-    return hasattr(config, "workerinput")
+def _xdist_worker() -> bool:
+    """In a pytest-xdist worker (xdist sets this variable there; test_quickstart reads it too)."""
+    return "PYTEST_XDIST_WORKER" in os.environ
 
 
 def _shared_fixture_files() -> dict[str, str]:
@@ -235,7 +236,7 @@ LONG_FILES = ("test_reliability.py", "test_scale.py", "test_quickstart.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    if _xdist_worker(config):  # every worker collects the same order, which the scheduler keeps
+    if _xdist_worker():  # every worker collects the same order, which the scheduler keeps
         groups = _shared_fixture_files()
         order = {"head": 0, "trained_run": 1, **{name: 2 + i for i, name in enumerate(LONG_FILES)}}
         # stable: files keep their order within a rank
@@ -247,7 +248,7 @@ def _node_failure_early(request):
     """Without xdist, starts the node-failure scenario as the session begins when its test is selected: its
     ~1.5 minutes of cluster start-up, training and synthesis then overlap the other tests. Under xdist the
     other worker overlaps it, and it starts when its test does (a worker cannot know its tests in advance)."""
-    if not _xdist_worker(request.config) and any(i.name.startswith("test_lost_node") for i in request.session.items):
+    if not _xdist_worker() and any(i.name.startswith("test_lost_node") for i in request.session.items):
         request.getfixturevalue("node_failure_scenario")
     yield
 
