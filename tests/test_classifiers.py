@@ -228,6 +228,31 @@ def test_paired_comparisons_carry_a_confidence_interval_and_a_sign_test():
     assert p["ci95"] is None and p["p_sign"] is None
 
 
+def test_the_same_k_over_n_is_a_tie_however_it_was_computed():
+    import torch
+
+    from fersnet_ray.report.job import RECOGNIZER
+
+    # 87 of 99 as the training loop stores it, and as a float32 mean (the Table V recogniser's accuracy in
+    # stores written before it was exact): 4e-9 apart, which counted a tie as a win (README, session 18).
+    exact, f32 = 87 / 99, float(torch.tensor([1.0] * 87 + [0.0] * 12).mean())
+    assert exact != f32
+    rows = [{"key": RECOGNIZER, "per_fold": {0: f32, 1: 0.5}}, {"key": "fersnet", "per_fold": {0: exact, 1: 0.6}}]
+    (p,) = paired(rows, (("fersnet", RECOGNIZER, "against the small CNN"),))
+    assert (p["improved"], p["tied"], p["worse"]) == (1, 1, 0)
+
+
+def test_recognizer_accuracy_is_exactly_k_over_n():
+    from fersnet_ray.synth.recognizer import Recognizer, RecognizerConfig, accuracy_against, recognizer_logits
+
+    torch.manual_seed(0)
+    model = Recognizer(RecognizerConfig(in_channels=1, num_classes=7)).eval()
+    images = torch.randint(0, 256, (99, 1, 36, 36), dtype=torch.uint8)
+    pred = recognizer_logits(model, images, 32).argmax(dim=1)
+    targets = torch.where(torch.arange(99) < 87, pred, (pred + 1) % 7)  # 87 of 99 right
+    assert accuracy_against(model, images, targets, 32) == 87 / 99
+
+
 def test_bench_table_shows_the_paired_interval_and_sign_test():
     from fersnet_ray.finetune.bench import bench_table
 
