@@ -121,3 +121,15 @@ def test_a_replicate_must_differ_in_the_seed_alone(store):
         collect(store, "r", seeds=("nope",))
     out = CliRunner().invoke(app, ["report", "--store", store.uri, "--run", "r", "--seeds", "r-lr"])
     assert out.exit_code == 1 and "Traceback" not in out.output and "differs from 'r'" in out.output
+
+
+def test_the_final_model_section_counts_this_runs_folds_only(store):
+    from fersnet_ray.foldkey import FINAL
+
+    # the run has fold 0 and its final model; its fer_only ablation has three folds
+    _run(store, "r", 0, {"fersnet": {0: 0.9}, "fer_only": {0: 0.8, 1: 0.7, 2: 0.6}}, {})
+    facts = {"accuracy": None, "epochs": 1, "training_faces": 16, "training_subjects": 4}
+    store.write_json(store.run("r").evaluation(FINAL), facts)
+    write_report(store.uri, "r")
+    md = store.read_bytes(store.run("r").report_file()).decode()
+    assert "**it has no held-out accuracy**" in md and "Table VI above (1 fold(s) of this run" in md

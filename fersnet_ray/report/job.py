@@ -172,7 +172,7 @@ def _final(store: Store, run: str) -> dict | None:
 def _final_section(store: Store, data: dict, files: dict[str, bytes]) -> list[str]:
     """The report's "Final model" section: what it trained on, and plainly that it has no held-out accuracy."""
     run, final = data["run"], data["final"]
-    cv_folds = sorted({k for r in data["rows"] for k in r["per_fold"]})
+    cv_folds = sorted({k for r in data["rows"] if r.get("run", run) == run for k in r["per_fold"]})  # not --compare's
     md = ["## Final model (every subject)", ""]
     t = final["trained"]
     seen = f"all {t['training_subjects']} subjects ({t['training_faces']} faces)" if t else "every subject"
@@ -268,7 +268,12 @@ def _row_title(key: str) -> str:
         return ROW_TITLES[key]
     model, data = key.split("+", 1)
     if not _is_other_classifier(key):
-        return f"FERSNet w/ FES-DA, {_data_title(data)}"
+        # "FERSNet w/ FES-DA, synthetic rows scored ≥ 0.5"; an ablation's own fine-tunings name the ablation
+        name = "FERSNet" if model == "fersnet" else ROW_TITLES[model]
+        if data == "real-only":
+            return f"{name} fine-tuned on real faces only (control)"
+        variant = _data_title(data)
+        return f"{name} w/ FES-DA{', ' + variant if variant else ''}"
     if data == "real-only":
         return f"{model} on real faces only (control)"
     variant = _data_title(data)
@@ -277,7 +282,8 @@ def _row_title(key: str) -> str:
 
 def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
     """Each fine-tuning on real + synthetic faces against its classifier's real-only control, beyond `PAIRS`:
-    FERSNet's filtered or weighted FES-DA rows ("fersnet+fes-da@0.5") and every other classifier's rows."""
+    FERSNet's filtered or weighted FES-DA rows ("fersnet+fes-da@0.5"), an ablation run's own fine-tunings
+    ("fersnet_hard+fes-da" against "fersnet_hard+real-only") and every other classifier's rows."""
     keys = {r["key"] for r in rows}
     out = []
     for key in sorted(keys):
@@ -286,10 +292,12 @@ def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
             continue
         if _is_other_classifier(key):
             what = f"{model}: real + synthetic against real faces only, the same steps"
-        elif key != "fersnet+fes-da" and model == "fersnet":
-            what = f"FES-DA with {_data_title(data)} against the control"
-        else:
-            continue
+        elif key == "fersnet+fes-da":
+            continue  # in PAIRS
+        else:  # FERSNet's filtered or weighted rows, and an ablation's (fer_only, fersnet_hard) own fine-tunings
+            variant = _data_title(data)
+            what = f"FES-DA{' with ' + variant if variant else ''} against the control"
+            what = what if model == "fersnet" else f"{model}: {what}"
         out.append((key, f"{model}+real-only", what))
     return out
 
