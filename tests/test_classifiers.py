@@ -207,7 +207,10 @@ def test_report_pairs_fersnets_filtered_and_weighted_rows_with_the_control_and_n
     assert _row_title("small-cnn+fes-da-w0.5") == "small-cnn on real + synthetic faces, synthetic rows weighted 0.5"
     assert _row_title("small-cnn+fes-da") == "small-cnn on real + synthetic faces"
     # an ablation run's own fine-tunings are named and paired as its own, not as FERSNet's FES-DA
-    assert _row_title("fersnet_hard+real-only") == "FERSNet w/o ConvFLU (fersnet_hard) fine-tuned on real faces only (control)"
+    assert (
+        _row_title("fersnet_hard+real-only")
+        == "FERSNet w/o ConvFLU (fersnet_hard) fine-tuned on real faces only (control)"
+    )
     assert _row_title("fer_only+fes-da") == "FERSNet w/o MTL (fer_only) w/ FES-DA"
     hard = [{"key": k, "per_fold": {0: 0.9}} for k in ("fersnet_hard", "fersnet_hard+fes-da", "fersnet_hard+real-only")]
     (pair,) = paired(hard)

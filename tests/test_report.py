@@ -119,6 +119,11 @@ def test_a_replicate_must_differ_in_the_seed_alone(store):
         collect(store, "r", seeds=("r-again",))
     with pytest.raises(StoreError, match="--seeds: no run 'nope'"):
         collect(store, "r", seeds=("nope",))
+    # the same training with another seed, but fine-tuned for other epochs: its FES-DA is not a replicate
+    _run(store, "r-ft", 2, {"fersnet": {0: 0.9}}, {})
+    store.write_json(store.run("r-ft").config("finetune"), {"dataset": "d", "finetune": {"epochs": 5}})
+    with pytest.raises(StoreError, match=r"run 'r-ft' was fine-tuned \(finetune/\) unlike 'r': epochs: None → 5"):
+        collect(store, "r", seeds=("r-ft",))
     out = CliRunner().invoke(app, ["report", "--store", store.uri, "--run", "r", "--seeds", "r-lr"])
     assert out.exit_code == 1 and "Traceback" not in out.output and "differs from 'r'" in out.output
 

@@ -391,6 +391,13 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
         diff = config_diff(without_seed(base), without_seed(cfg))
         if diff:
             raise StoreError(f"--seeds: run {other!r} differs from {run!r} in more than train.seed: {diff}")
+        for folder, _ in _finetune_folders(store.run(run)):  # a fine-tuning both have must be the same but its seed
+            mine, theirs = (_read_json(store, store.run(r).config(folder)) for r in (run, other))
+            if mine is None or theirs is None:
+                continue
+            mine, theirs = ({**c.get("finetune", {}), "seed": None} for c in (mine, theirs))
+            if diff := config_diff(mine, theirs):
+                raise StoreError(f"--seeds: run {other!r} was fine-tuned ({folder}/) unlike {run!r}: {diff}")
         if _seed(cfg) in seed_of.values():
             same = next(name for name, s in seed_of.items() if s == _seed(cfg))
             raise StoreError(f"--seeds: run {other!r} has train.seed {_seed(cfg)}, as {same!r} has: not a replicate")
