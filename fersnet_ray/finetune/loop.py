@@ -59,6 +59,8 @@ class FinetuneConfig:
         synthetic_weight: each synthetic row's weight in the recognition loss, a real row's being 1
             (the loss is the weighted mean over the batch). 1: the paper's FES-DA, every face alike;
             below 1, the synthetic faces still balance the classes but count less than real ones.
+            CK+48 on CPU, 30 epochs, seed 2 (README, three seeds): 0.17 (the fakes weigh what the
+            real faces do) +1.62 points over 1, −1.23 against the real-only control.
         score_weighted: also multiply each synthetic row's weight by its recogniser score, a soft
             `min_score`: a fake that does not show its target expression counts little.
         classifier: what is trained (`classifiers.CLASSIFIERS`): "fersnet" (the fold's trained
