@@ -608,6 +608,7 @@ def print_results(store: str, run: str) -> None:
     Read from report.json, which `write_report` fills with everything it collected: the console shows what the
     report says, without reading every evaluation, history and manifest of the run a second time.
     """
+    from fersnet_ray.report.job import mean_std
     from fersnet_ray.store import REPORT_JSON, Store
 
     st = Store.from_uri(store)
@@ -618,7 +619,7 @@ def print_results(store: str, run: str) -> None:
             r["name"],
             r["run"],
             str(len(r["per_fold"])),
-            f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}%",
+            f"{mean_std(r)}%",
             f"{100 * r['pooled']:.2f}%",
         )
     console.print(table)
@@ -648,7 +649,7 @@ def print_results(store: str, run: str) -> None:
         )
         for r in across["rows"]:
             each = [f"{100 * r['per_run'][n]:.2f}%" if n in r["per_run"] else "–" for n in across["runs"]]
-            table.add_row(r["name"], str(len(r["per_fold"])), f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}%", *each)
+            table.add_row(r["name"], str(len(r["per_fold"])), f"{mean_std(r)}%", *each)
         console.print(f"averaged per fold over {len(across['runs'])} seeds ({', '.join(across['runs'])}):")
         console.print(table)
         for p in across["paired"]:

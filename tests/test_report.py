@@ -138,3 +138,5 @@ def test_the_final_model_section_counts_this_runs_folds_only(store):
     write_report(store.uri, "r")
     md = store.read_bytes(store.run("r").report_file()).decode()
     assert "**it has no held-out accuracy**" in md and "Table VI above (1 fold(s) of this run" in md
+    # one fold has no spread: said so, not "± 0.00"
+    assert "| 90.00 (one fold) |" in md and "| 70.00 ± 10.00 |" in md

@@ -541,11 +541,7 @@ def _seeds_section(seeds: dict) -> list[str]:
             for k in folds
         ]
         per_run = [_pct(r["per_run"].get(name)) for name in seeds["runs"]]
-        md.append(
-            f"| {r['name']} | {' | '.join(cells)} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
-            + " | ".join(per_run)
-            + " |"
-        )
+        md.append(f"| {r['name']} | {' | '.join(cells)} | {mean_std(r)} | " + " | ".join(per_run) + " |")
     if seeds["table_v"]:
         vals = np.array(list(seeds["table_v"].values()))
         std = vals.std(ddof=1) if len(vals) > 1 else 0.0
@@ -566,6 +562,13 @@ def _seeds_section(seeds: dict) -> list[str]:
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
+
+
+def mean_std(row: dict) -> str:
+    """A row's "mean ± std" in % ("90.28 ± 3.73"); one fold has no spread, said as such rather than "± 0.00"."""
+    if len(row["per_fold"]) < 2:
+        return f"{100 * row['mean']:.2f} (one fold)"
+    return f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f}"
 
 
 def _digest(data: dict) -> str:
@@ -629,7 +632,7 @@ def write_report(
             paper = f"{r['paper_ckplus']:.2f}" if r["paper_ckplus"] is not None else "–"
             md.append(
                 f"| {r['name']} | `{r['run']}` | {', '.join(map(str, r['epochs']))} | {' | '.join(cells)} | "
-                f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {_pct(r['pooled'])} | {paper} |"
+                f"{mean_std(r)} | {_pct(r['pooled'])} | {paper} |"
             )
         files["accuracy.png"] = charts.accuracy_chart(
             [{"name": r["name"], "per_fold": r["per_fold"]} for r in data["rows"]]
