@@ -1041,15 +1041,21 @@ def jobs_stop(
 
 
 def print_evaluation(summary: dict) -> None:
-    variant = summary["config"]["experiment"]["model"]["variant"]
+    config = summary["config"]
+    what = config["experiment"]["model"]["variant"]  # training: "fersnet"; a fine-tuning: its report row
+    if "finetune" in config:
+        from fersnet_ray.finetune.loop import FinetuneConfig
+
+        what = FinetuneConfig(**config["finetune"]).report_key(what)  # "small-cnn+fes-da@0.5"
     if summary["folds"]:
         table = Table("fold", "accuracy", "correct / total", "epochs", box=box.SIMPLE_HEAD, pad_edge=False)
         for k, f in summary["folds"].items():
             table.add_row(k, f"{100 * f['accuracy']:.2f}%", f"{f['correct']} / {f['total']}", str(f["epochs"]))
         console.print(table)
+        n = len(summary["folds"])
+        spread = f" ± {100 * summary['std_accuracy']:.2f}% mean ± std over {n} folds" if n > 1 else "% on one fold"
         console.print(
-            f"{summary['run']} ({variant}): {100 * summary['mean_accuracy']:.2f} ± "
-            f"{100 * summary['std_accuracy']:.2f}% mean ± std over {len(summary['folds'])} folds; "
+            f"{summary['run']} ({what}): {100 * summary['mean_accuracy']:.2f}{spread}; "
             f"pooled {100 * summary['pooled_accuracy']:.2f}%",
             highlight=False,
         )

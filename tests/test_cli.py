@@ -199,3 +199,19 @@ def test_the_clis_variant_names_are_the_registrys():
     from fersnet_ray.model import VARIANTS, list_models
 
     assert sorted(VARIANTS) == list_models()
+
+
+def test_the_evaluation_line_names_what_was_fine_tuned(capsys):
+    from dataclasses import asdict
+
+    fold = {"accuracy": 0.9, "correct": 9, "total": 10, "confusion": [], "epochs": 1}
+    experiment = {"model": {"variant": "fersnet"}}
+    summary = {"run": "r", "config": {"experiment": experiment}, "folds": {"0": fold, "1": fold}}
+    summary.update(mean_accuracy=0.9, std_accuracy=0.0, pooled_accuracy=0.9)
+    cli.print_evaluation(summary)
+    assert "r (fersnet): 90.00 ± 0.00% mean ± std over 2 folds; pooled 90.00%" in capsys.readouterr().out
+    # a small CNN fine-tuned on rows scored ≥ 0.5 was printed as "(fersnet)"; one fold has no spread
+    ft = asdict(FinetuneConfig(classifier="small-cnn", min_score=0.5))
+    summary.update(config={"experiment": experiment, "finetune": ft}, folds={"0": fold})
+    cli.print_evaluation(summary)
+    assert "r (small-cnn+fes-da@0.5): 90.00% on one fold; pooled 90.00%" in capsys.readouterr().out
