@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
-from fersnet_ray.report.job import RECOGNIZER, paired
+from fersnet_ray.report.job import RECOGNIZER, pool_pairs, pool_rows
 
 # Test faces per fold of `fersnet prepare --dataset ckplus48 --folds 10` (seed 0): accuracies are k / n.
 TEST_FACES = (96, 99, 99, 99, 99, 99, 96, 99, 99, 96)
@@ -91,27 +89,13 @@ def from_report(path: str) -> dict[str, dict[str, float]]:
     return rows
 
 
-def pool(runs: dict[str, dict[str, dict[str, float]]]) -> tuple[dict[str, dict], list[dict]]:
-    """Per-fold means over the runs, and the paired comparisons (as `report.job.across_seeds`)."""
-    keys = sorted({key for rows in runs.values() for key in rows})
-    means = {}
-    for key in keys:
-        by_run = [rows[key] for rows in runs.values() if key in rows]
-        folds = sorted({k for pf in by_run for k in pf}, key=int)
-        per_fold = {k: float(np.mean([pf[k] for pf in by_run if k in pf])) for k in folds}
-        means[key] = {"per_fold": per_fold, "seeds": len(by_run)}
-    pairs = []
-    for key, base, what in PAIRS:
-        a, b = {}, {}
-        for k in map(str, range(len(TEST_FACES))):
-            both = [rows for rows in runs.values() if k in rows.get(key, {}) and k in rows.get(base, {})]
-            if both:
-                a[k] = float(np.mean([rows[key][k] for rows in both]))
-                b[k] = float(np.mean([rows[base][k] for rows in both]))
-        seeds = sum(key in rows and base in rows for rows in runs.values())
-        rows = [{"key": key, "per_fold": a}, {"key": base, "per_fold": b}]
-        pairs += [{**p, "seeds": seeds} for p in paired(rows, ((key, base, what),))]
-    return means, pairs
+def pool(runs: dict[str, dict[str, dict[str, float]]]) -> tuple[list[dict], list[dict]]:
+    """Per-fold means over the runs, and the paired comparisons: `fersnet report --seeds`' own pooling."""
+    per_key = {
+        key: {name: rows[key] for name, rows in runs.items() if key in rows}
+        for key in sorted({k for rows in runs.values() for k in rows})
+    }
+    return pool_rows(per_key), pool_pairs(per_key, PAIRS)
 
 
 def main() -> None:
@@ -126,12 +110,11 @@ def main() -> None:
     print(f"runs: {', '.join(runs)}")
     print("| row | seeds | " + " | ".join(f"f{k}" for k in folds) + " | mean ± std |")
     print("|---|---|" + "---|" * len(folds) + "---|")
-    for key, m in means.items():
-        pf = m["per_fold"]
-        accs = np.array([pf[k] for k in folds if k in pf])
+    for r in means:
+        pf = r["per_fold"]
         cells = " | ".join(f"{100 * pf[k]:.2f}" if k in pf else "–" for k in folds)
-        spread = f" ± {100 * accs.std(ddof=1):.2f}" if len(accs) > 1 else ""
-        print(f"| {key} | {m['seeds']} | {cells} | {100 * accs.mean():.2f}{spread} |")
+        spread = f" ± {100 * r['std']:.2f}" if len(pf) > 1 else ""
+        print(f"| {r['key']} | {len(r['per_run'])} | {cells} | {100 * r['mean']:.2f}{spread} |")
     print()
     print(
         "| comparison, paired per fold | seeds | mean ± std (points) | better / tied / worse | 95% CI | sign test p |"
@@ -141,7 +124,8 @@ def main() -> None:
         ci = f"{100 * q['ci95'][0]:+.2f} to {100 * q['ci95'][1]:+.2f}" if q["ci95"] else "–"
         p_sign = f"{q['p_sign']:.3f}" if q["p_sign"] is not None else "–"
         print(
-            f"| {q['row']} − {q['baseline']} ({q['what']}) | {q['seeds']} | {100 * q['mean_diff']:+.2f} ± "
+            f"| {q['row']} − {q['baseline']} ({q['what']}) | {max(q['seeds_per_fold'].values())} | "
+            f"{100 * q['mean_diff']:+.2f} ± "
             f"{100 * q['std_diff']:.2f} | {q['improved']} / {q['tied']} / {q['worse']} | {ci} | {p_sign} |"
         )
 

@@ -414,6 +414,27 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
             titles.setdefault(r["key"], r["name"])
         if scores := recognizer(d):
             per_key.setdefault(RECOGNIZER, {})[name] = scores
+    rows = pool_rows(per_key, titles)
+    wanted = (*PAIRS, *classifier_pairs(rows), ("fersnet", RECOGNIZER, "FERSNet against the small CNN on real faces"))
+    pairs = pool_pairs(per_key, wanted)
+    table_v = {}
+    for d in runs.values():
+        for k, acc in d["table_v"].items():
+            table_v.setdefault(k, []).append(acc)
+    return {
+        "runs": seed_of,
+        "rows": rows,
+        "paired": pairs,
+        "table_v": {k: float(np.mean(v)) for k, v in sorted(table_v.items())},
+        "table_v_seeds": {k: len(v) for k, v in sorted(table_v.items())},
+    }
+
+
+def pool_rows(per_key: dict[str, dict[str, dict]], titles: dict[str, str] | None = None) -> list[dict]:
+    """Each row's accuracy per fold averaged over the runs that have it (`across_seeds`, `jobs/ck48_seeds.py`).
+
+    per_key: row key -> run -> {fold: accuracy}. titles: row key -> the report's name (default: the key).
+    """
     rows = []
     for key, by_run in per_key.items():
         folds = sorted({k for per_fold in by_run.values() for k in per_fold})
@@ -422,7 +443,7 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
         rows.append(
             {
                 "key": key,
-                "name": titles[key],
+                "name": (titles or {}).get(key, key),
                 "per_fold": per_fold,
                 "seeds_per_fold": {k: sum(k in pf for pf in by_run.values()) for k in folds},
                 "per_run": {name: float(np.mean(list(pf.values()))) for name, pf in by_run.items()},
@@ -430,10 +451,14 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
                 "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
             }
         )
-    # A pair's difference on a fold is the mean over the runs that have both rows there: FES-DA of seed 0
-    # is compared with the FERSNet of seed 0 it was fine-tuned from, never with another seed's.
+    return rows
+
+
+def pool_pairs(per_key: dict[str, dict[str, dict]], wanted: tuple[tuple[str, str, str], ...]) -> list[dict]:
+    """`paired` on runs pooled per fold (per_key as `pool_rows`'): a pair's difference on a fold is the mean over
+    the runs that have both rows there, so FES-DA of seed 0 is compared with the FERSNet of seed 0 it was
+    fine-tuned from, never with another seed's. Each pair carries `seeds_per_fold`."""
     pairs = []
-    wanted = (*PAIRS, *classifier_pairs(rows), ("fersnet", RECOGNIZER, "FERSNet against the small CNN on real faces"))
     for key, base, what in wanted:
         if key not in per_key or base not in per_key:
             continue
@@ -446,17 +471,7 @@ def across_seeds(store: Store, data: dict, seeds: tuple[str, ...]) -> dict:
                 n[k] = len(both)
         for p in paired([{"key": key, "per_fold": a}, {"key": base, "per_fold": b}], ((key, base, what),)):
             pairs.append({**p, "seeds_per_fold": n})
-    table_v = {}
-    for d in runs.values():
-        for k, acc in d["table_v"].items():
-            table_v.setdefault(k, []).append(acc)
-    return {
-        "runs": seed_of,
-        "rows": rows,
-        "paired": pairs,
-        "table_v": {k: float(np.mean(v)) for k, v in sorted(table_v.items())},
-        "table_v_seeds": {k: len(v) for k, v in sorted(table_v.items())},
-    }
+    return pairs
 
 
 def _synthetic_manifests(store: Store, run: str) -> dict[int, dict]:
