@@ -106,7 +106,7 @@ def main() -> None:
     for path in args.report:
         runs[path] = from_report(path)
     means, pairs = pool(runs)
-    folds = [str(k) for k in range(len(TEST_FACES))]
+    folds = list(range(len(TEST_FACES)))  # pool_rows keys folds by int
     print(f"runs: {', '.join(runs)}")
     print("| row | seeds | " + " | ".join(f"f{k}" for k in folds) + " | mean ± std |")
     print("|---|---|" + "---|" * len(folds) + "---|")

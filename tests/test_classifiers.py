@@ -252,6 +252,23 @@ def test_the_same_k_over_n_is_a_tie_however_it_was_computed():
     assert (p["improved"], p["tied"], p["worse"]) == (1, 1, 0)
 
 
+def test_rows_read_back_from_report_json_pair_with_the_stores_and_a_non_number_is_named():
+    from fersnet_ray.report.job import pool_pairs, pool_rows
+
+    # A report.json's folds are str keys (JSON), the store's are ints: they still pair, on every fold.
+    rows = [{"key": "fer_only", "per_fold": {"0": 0.5, "1": 0.5}}, {"key": "fersnet", "per_fold": {0: 0.6, 1: 0.4}}]
+    (p,) = paired(rows)
+    assert p["folds"] == 2 and (p["improved"], p["tied"], p["worse"]) == (1, 0, 1)
+    per_key = {"fer_only": {"s0": {"0": 0.5}, "s1": {0: 0.7}}, "fersnet": {"s0": {0: 0.6}, "s1": {"0": 0.6}}}
+    (pooled,) = pool_pairs(per_key, (("fersnet", "fer_only", "mtl"),))
+    assert pooled["seeds_per_fold"] == {0: 2} and pooled["mean_diff"] == pytest.approx(0.0)
+    assert pool_rows(per_key)[0]["per_fold"] == {0: pytest.approx(0.6)}
+    # NaN would be neither better, tied nor worse: the fold would drop out of the counts without a word.
+    rows[1]["per_fold"][1] = float("nan")
+    with pytest.raises(ValueError, match=r"row 'fersnet', fold 1: accuracy nan is not a number"):
+        paired(rows)
+
+
 def test_recognizer_accuracy_is_exactly_k_over_n():
     from fersnet_ray.synth.recognizer import Recognizer, RecognizerConfig, accuracy_against, recognizer_logits
 

@@ -305,6 +305,19 @@ def classifier_pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
 TIE = 1e-6  # per-fold differences smaller than this are ties (`paired`)
 
 
+def by_fold(row: str, per_fold: dict) -> dict[int, float]:
+    """A row's {fold: accuracy} keyed by int, whether it came from the store (int keys) or from a report.json
+    (JSON's str keys), so rows of either kind pair up instead of silently sharing no fold. An accuracy that
+    is not a finite number raises a ValueError naming the row and the fold: the paired counts would
+    otherwise leave that fold out (NaN is neither better, tied nor worse) without a word."""
+    out = {}
+    for k, v in per_fold.items():
+        if v is None or not np.isfinite(v):
+            raise ValueError(f"row {row!r}, fold {k}: accuracy {v!r} is not a number; re-evaluate that fold")
+        out[int(k)] = float(v)
+    return out
+
+
 def paired(rows: list[dict], pairs: tuple[tuple[str, str, str], ...] | None = None) -> list[dict]:
     """Paired per-fold differences for `pairs` (row, baseline, what it tests; default `PAIRS` and
     `classifier_pairs`) whose rows both exist, on the folds both have.
@@ -320,7 +333,7 @@ def paired(rows: list[dict], pairs: tuple[tuple[str, str, str], ...] | None = No
     for key, base, what in (*PAIRS, *classifier_pairs(rows)) if pairs is None else pairs:
         if key not in by_key or base not in by_key:
             continue
-        a, b = by_key[key]["per_fold"], by_key[base]["per_fold"]
+        a, b = by_fold(key, by_key[key]["per_fold"]), by_fold(base, by_key[base]["per_fold"])
         folds = sorted(set(a) & set(b))
         if not folds:
             continue
@@ -437,6 +450,7 @@ def pool_rows(per_key: dict[str, dict[str, dict]], titles: dict[str, str] | None
     """
     rows = []
     for key, by_run in per_key.items():
+        by_run = {name: by_fold(key, pf) for name, pf in by_run.items()}
         folds = sorted({k for per_fold in by_run.values() for k in per_fold})
         per_fold = {k: float(np.mean([pf[k] for pf in by_run.values() if k in pf])) for k in folds}
         accs = np.array(list(per_fold.values()))
@@ -462,12 +476,13 @@ def pool_pairs(per_key: dict[str, dict[str, dict]], wanted: tuple[tuple[str, str
     for key, base, what in wanted:
         if key not in per_key or base not in per_key:
             continue
+        rows, bases = ({r: by_fold(name, pf) for r, pf in per_key[name].items()} for name in (key, base))
         a, b, n = {}, {}, {}
-        for k in sorted({k for pf in per_key[key].values() for k in pf}):
-            both = [r for r, pf in per_key[key].items() if k in pf and k in per_key[base].get(r, {})]
+        for k in sorted({k for pf in rows.values() for k in pf}):
+            both = [r for r, pf in rows.items() if k in pf and k in bases.get(r, {})]
             if both:
-                a[k] = float(np.mean([per_key[key][r][k] for r in both]))
-                b[k] = float(np.mean([per_key[base][r][k] for r in both]))
+                a[k] = float(np.mean([rows[r][k] for r in both]))
+                b[k] = float(np.mean([bases[r][k] for r in both]))
                 n[k] = len(both)
         for p in paired([{"key": key, "per_fold": a}, {"key": base, "per_fold": b}], ((key, base, what),)):
             pairs.append({**p, "seeds_per_fold": n})
