@@ -65,7 +65,9 @@ def local_cluster(
     try:
         cluster.add_node(num_cpus=head_cpus, include_dashboard=False, object_store_memory=store_bytes)
         workers = [
-            cluster.add_node(num_cpus=cpus_per_node, num_gpus=gpus_per_node, object_store_memory=store_bytes, wait=False)
+            cluster.add_node(
+                num_cpus=cpus_per_node, num_gpus=gpus_per_node, object_store_memory=store_bytes, wait=False
+            )
             for _ in range(nodes)
         ]
         init_ray(address=cluster.address)
@@ -125,7 +127,12 @@ class Placement:
     which workers report about once a second, hence the wait). Actors: those created since, by class.
     """
 
-    def __init__(self, names: dict[str, str] | None = None):
+    def __init__(self, names: dict[str, str] | None = None, settle_s: float = 0.0):
+        """settle_s: wait this long first when work has just run, so that its task events (reported about
+        once a second) are counted as before, not as this window's."""
+        import time
+
+        time.sleep(settle_s)
         self.names = names if names is not None else node_names()
         self._tasks_before = set(self._task_nodes())
         self._actors_before = set(self._actors())
