@@ -2,6 +2,7 @@
 
     python jobs/ck48_seeds.py                                             # the seeds recorded below
     python jobs/ck48_seeds.py --report .data/cpu-store/runs/ck48-s2/report/report.json   # and a run's report
+    python jobs/ck48_seeds.py --report ... --probe probe-results.jsonl   # and a probe_fold.py run, per seed
 
 `fersnet report --run R --seeds R-s1,R-s2` pools seed replicates that live in one store. The stores of the
 session-15 runs (`RUN=ck48-s15 bash jobs/cpu_ckplus48.sh`, seed 0, and `RUN=ck48-s15-s1 SET="train.seed=1"
@@ -89,23 +90,87 @@ def from_report(path: str) -> dict[str, dict[str, float]]:
     return rows
 
 
-def pool(runs: dict[str, dict[str, dict[str, float]]]) -> tuple[list[dict], list[dict]]:
+def report_seed(path: str) -> int:
+    """The training seed of a report.json's run."""
+    with open(path) as f:
+        data = json.load(f)
+    return data["configs"][data["run"]]["experiment"]["train"]["seed"]
+
+
+def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], dict[str, tuple[str, str]]]:
+    """A `jobs/probe_fold.py --table-v` output as rows of the seeds it trained: {seed: {row: {fold: acc}}},
+    the rows named "<variant> [<tag>]" and "table-v [<tag>]"; and {tag: (variant, what differs from the
+    protocol's `cpu48`)}. The probe is the protocol's loop with the same seeds (session 10 checked that
+    it gives the Ray Train run's numbers), so its rows pair per fold with the protocol's of that seed."""
+    from fersnet_ray.train.config import make_experiment
+
+    rows: dict[int, dict[str, dict[str, float]]] = {}
+    tags: dict[str, tuple[str, str]] = {}
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            exp, tag = r["experiment"], r["tag"]
+            seed = exp["train"]["seed"] - r["fold"]  # probe_fold.py records the fold's seed: the run's + the fold
+            exp["train"]["seed"] = seed
+            ablation = r["variant"] != "fersnet"  # `fersnet ablation` enlarges the others to its parameter count
+            preset = make_experiment("cpu48", variant=r["variant"], match_capacity=ablation, seed=seed)
+            preset = json.loads(json.dumps(preset.to_dict()))  # tuples as the probe's JSON lists
+            changed = [
+                f"{part}.{k}={v}" for part in ("model", "train") for k, v in exp[part].items() if preset[part][k] != v
+            ]
+            tags[tag] = (r["variant"], " ".join(changed) or "nothing")
+            runs = rows.setdefault(seed, {})
+            runs.setdefault(f"{r['variant']} [{tag}]", {})[str(r["fold"])] = r["final"]
+            runs.setdefault(f"table-v [{tag}]", {})[str(r["fold"])] = r["table_v"]["accuracy"]
+    return rows, tags
+
+
+def probe_pairs(tags: dict[str, tuple[str, str]]) -> tuple[tuple[str, str, str], ...]:
+    """A probe's rows against the protocol's rows of the same seeds."""
+    out = []
+    for tag, (variant, changed) in tags.items():
+        out.append((f"{variant} [{tag}]", variant, f"{changed} against the protocol's {variant}"))
+        if variant != "fer_only":
+            out.append((f"{variant} [{tag}]", "fer_only", f"{changed} against fer_only"))
+        out.append((f"table-v [{tag}]", "table-v", f"{changed}: Table V against the protocol's"))
+    return tuple(out)
+
+
+def pool(
+    runs: dict[str, dict[str, dict[str, float]]], pairs: tuple[tuple[str, str, str], ...] = PAIRS
+) -> tuple[list[dict], list[dict]]:
     """Per-fold means over the runs, and the paired comparisons: `fersnet report --seeds`' own pooling."""
     per_key = {
         key: {name: rows[key] for name, rows in runs.items() if key in rows}
         for key in sorted({k for rows in runs.values() for k in rows})
     }
-    return pool_rows(per_key), pool_pairs(per_key, PAIRS)
+    return pool_rows(per_key), pool_pairs(per_key, pairs)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report", action="append", default=[], help="a run's report.json (repeatable)")
+    p.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        help="a jobs/probe_fold.py --table-v output (JSON lines, repeatable): its rows join the runs of their seeds",
+    )
     args = p.parse_args()
     runs = recorded_seeds()
+    seeds = {0: "ck48-s15 (seed 0)", 1: "ck48-s15-s1 (seed 1)"}
     for path in args.report:
         runs[path] = from_report(path)
-    means, pairs = pool(runs)
+        seeds[report_seed(path)] = path
+    pairs = PAIRS
+    for path in args.probe:
+        rows, tags = from_probe(path)
+        for seed, probe_rows in rows.items():
+            if seed not in seeds:
+                p.error(f"{path}: seed {seed} has no run here to pair with (give its --report)")
+            runs[seeds[seed]].update(probe_rows)
+        pairs += tuple(q for q in probe_pairs(tags) if q not in pairs)
+    means, pairs = pool(runs, pairs)
     folds = list(range(len(TEST_FACES)))  # pool_rows keys folds by int
     print(f"runs: {', '.join(runs)}")
     print("| row | seeds | " + " | ".join(f"f{k}" for k in folds) + " | mean ± std |")

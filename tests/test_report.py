@@ -140,3 +140,36 @@ def test_the_final_model_section_counts_this_runs_folds_only(store):
     assert "**it has no held-out accuracy**" in md and "Table VI above (1 fold(s) of this run" in md
     # one fold has no spread: said so, not "± 0.00"
     assert "| 90.00 (one fold) |" in md and "| 70.00 ± 10.00 |" in md
+
+
+def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
+    """jobs/ck48_seeds.py --probe: each probe_fold.py line joins the run of its seed (the line records the
+    fold's seed, the run's + the fold), is named by its tag, and says what differs from `cpu48`."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "jobs" / "ck48_seeds.py"
+    spec = importlib.util.spec_from_file_location("ck48_seeds", path)
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+
+    lines = []
+    for fold in (0, 1):
+        exp = make_experiment("cpu48", seed=1 + fold, lambda_gan=0.0).to_dict()  # seed 1's fold `fold`
+        final = seeds.recorded_seeds()["ck48-s15-s1 (seed 1)"]["fersnet"][str(fold)] + 1 / seeds.TEST_FACES[fold]
+        table_v = {"accuracy": 0.5}
+        lines.append(
+            {"tag": "g0", "variant": "fersnet", "fold": fold, "final": final, "table_v": table_v, "experiment": exp}
+        )
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    rows, tags = seeds.from_probe(str(probe))
+    assert set(rows) == {1} and set(rows[1]) == {"fersnet [g0]", "table-v [g0]"}
+    assert tags == {"g0": ("fersnet", "train.lambda_gan=0.0")}
+    runs = seeds.recorded_seeds()
+    runs["ck48-s15-s1 (seed 1)"].update(rows[1])
+    _, pairs = seeds.pool(runs, seeds.probe_pairs(tags))
+    mine = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet [g0]", "fersnet")]
+    assert mine["folds"] == 2 and mine["improved"] == 2 and mine["seeds_per_fold"] == {0: 1, 1: 1}
+    assert mine["what"] == "train.lambda_gan=0.0 against the protocol's fersnet"
