@@ -97,42 +97,48 @@ def report_seed(path: str) -> int:
     return data["configs"][data["run"]]["experiment"]["train"]["seed"]
 
 
-def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], dict[str, tuple[str, str]]]:
-    """A `jobs/probe_fold.py --table-v` output as rows of the seeds it trained: {seed: {row: {fold: acc}}},
-    the rows named "<variant> [<tag>]" and "table-v [<tag>]"; and {tag: (variant, what differs from the
-    protocol's `cpu48`)}. The probe is the protocol's loop with the same seeds (session 10 checked that
-    it gives the Ray Train run's numbers), so its rows pair per fold with the protocol's of that seed."""
+def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[tuple[str, str, bool]]]:
+    """A `jobs/probe_fold.py` output as rows of the seeds it trained: {seed: {row: {fold: acc}}}, and the
+    probes it holds: {(variant, what differs from the protocol's `cpu48`, whether it scored Table V)}.
+
+    A row is named by what the probe changed, "<variant> [train.lambda_gan=0.0]" (and "table-v [...]" with
+    --table-v), so probes of one change with other seeds (and tags) pool as one row. The probe is the
+    protocol's loop with the same seeds (session 10 checked that it gives the Ray Train run's numbers), so
+    its rows pair per fold with the protocol's of that seed."""
     from fersnet_ray.train.config import make_experiment
 
     rows: dict[int, dict[str, dict[str, float]]] = {}
-    tags: dict[str, tuple[str, str]] = {}
+    probes: set[tuple[str, str, bool]] = set()
     with open(path) as f:
         for line in f:
             r = json.loads(line)
-            exp, tag = r["experiment"], r["tag"]
+            exp, variant, fold = r["experiment"], r["variant"], str(r["fold"])
             seed = exp["train"]["seed"] - r["fold"]  # probe_fold.py records the fold's seed: the run's + the fold
             exp["train"]["seed"] = seed
-            ablation = r["variant"] != "fersnet"  # `fersnet ablation` enlarges the others to its parameter count
-            preset = make_experiment("cpu48", variant=r["variant"], match_capacity=ablation, seed=seed)
+            ablation = variant != "fersnet"  # `fersnet ablation` enlarges the others to its parameter count
+            preset = make_experiment("cpu48", variant=variant, match_capacity=ablation, seed=seed)
             preset = json.loads(json.dumps(preset.to_dict()))  # tuples as the probe's JSON lists
-            changed = [
+            changed = " ".join(
                 f"{part}.{k}={v}" for part in ("model", "train") for k, v in exp[part].items() if preset[part][k] != v
-            ]
-            tags[tag] = (r["variant"], " ".join(changed) or "nothing")
+            )
+            changed = changed or "the protocol's own settings"
+            probes.add((variant, changed, bool(r.get("table_v"))))
             runs = rows.setdefault(seed, {})
-            runs.setdefault(f"{r['variant']} [{tag}]", {})[str(r["fold"])] = r["final"]
-            runs.setdefault(f"table-v [{tag}]", {})[str(r["fold"])] = r["table_v"]["accuracy"]
-    return rows, tags
+            runs.setdefault(f"{variant} [{changed}]", {})[fold] = r["final"]
+            if r.get("table_v"):
+                runs.setdefault(f"table-v [{changed}]", {})[fold] = r["table_v"]["accuracy"]
+    return rows, probes
 
 
-def probe_pairs(tags: dict[str, tuple[str, str]]) -> tuple[tuple[str, str, str], ...]:
+def probe_pairs(probes: set[tuple[str, str, bool]]) -> tuple[tuple[str, str, str], ...]:
     """A probe's rows against the protocol's rows of the same seeds."""
     out = []
-    for tag, (variant, changed) in tags.items():
-        out.append((f"{variant} [{tag}]", variant, f"{changed} against the protocol's {variant}"))
+    for variant, changed, table_v in sorted(probes):
+        out.append((f"{variant} [{changed}]", variant, f"the probe against the protocol's {variant}"))
         if variant != "fer_only":
-            out.append((f"{variant} [{tag}]", "fer_only", f"{changed} against fer_only"))
-        out.append((f"table-v [{tag}]", "table-v", f"{changed}: Table V against the protocol's"))
+            out.append((f"{variant} [{changed}]", "fer_only", "the probe against fer_only"))
+        if table_v:
+            out.append((f"table-v [{changed}]", "table-v", "the probe's Table V against the protocol's"))
     return tuple(out)
 
 
@@ -164,12 +170,12 @@ def main() -> None:
         seeds[report_seed(path)] = path
     pairs = PAIRS
     for path in args.probe:
-        rows, tags = from_probe(path)
+        rows, probes = from_probe(path)
         for seed, probe_rows in rows.items():
             if seed not in seeds:
                 p.error(f"{path}: seed {seed} has no run here to pair with (give its --report)")
             runs[seeds[seed]].update(probe_rows)
-        pairs += tuple(q for q in probe_pairs(tags) if q not in pairs)
+        pairs += tuple(q for q in probe_pairs(probes) if q not in pairs)
     means, pairs = pool(runs, pairs)
     folds = list(range(len(TEST_FACES)))  # pool_rows keys folds by int
     print(f"runs: {', '.join(runs)}")

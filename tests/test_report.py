@@ -144,7 +144,7 @@ def test_the_final_model_section_counts_this_runs_folds_only(store):
 
 def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
     """jobs/ck48_seeds.py --probe: each probe_fold.py line joins the run of its seed (the line records the
-    fold's seed, the run's + the fold), is named by its tag, and says what differs from `cpu48`."""
+    fold's seed, the run's + the fold), in a row named by what differs from `cpu48`."""
     import importlib.util
     from pathlib import Path
 
@@ -164,12 +164,11 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
     probe = tmp_path / "probe.jsonl"
     probe.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
-    rows, tags = seeds.from_probe(str(probe))
-    assert set(rows) == {1} and set(rows[1]) == {"fersnet [g0]", "table-v [g0]"}
-    assert tags == {"g0": ("fersnet", "train.lambda_gan=0.0")}
+    rows, probes = seeds.from_probe(str(probe))
+    assert set(rows) == {1} and set(rows[1]) == {"fersnet [train.lambda_gan=0.0]", "table-v [train.lambda_gan=0.0]"}
+    assert probes == {("fersnet", "train.lambda_gan=0.0", True)}
     runs = seeds.recorded_seeds()
     runs["ck48-s15-s1 (seed 1)"].update(rows[1])
-    _, pairs = seeds.pool(runs, seeds.probe_pairs(tags))
-    mine = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet [g0]", "fersnet")]
+    _, pairs = seeds.pool(runs, seeds.probe_pairs(probes))
+    mine = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet [train.lambda_gan=0.0]", "fersnet")]
     assert mine["folds"] == 2 and mine["improved"] == 2 and mine["seeds_per_fold"] == {0: 1, 1: 1}
-    assert mine["what"] == "train.lambda_gan=0.0 against the protocol's fersnet"
