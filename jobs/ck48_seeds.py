@@ -119,7 +119,10 @@ def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[t
             preset = make_experiment("cpu48", variant=variant, match_capacity=ablation, seed=seed)
             preset = json.loads(json.dumps(preset.to_dict()))  # tuples as the probe's JSON lists
             changed = " ".join(
-                f"{part}.{k}={v}" for part in ("model", "train") for k, v in exp[part].items() if preset[part][k] != v
+                f"{part}.{k}={json.dumps(v)}"  # as --set takes it: true, 0.0, [16, 32]
+                for part in ("model", "train")
+                for k, v in exp[part].items()
+                if preset[part][k] != v
             )
             changed = changed or "the protocol's own settings"
             probes.add((variant, changed, bool(r.get("table_v"))))
