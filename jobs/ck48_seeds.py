@@ -1,8 +1,8 @@
 """The CPU protocol's rows on CK+48 pooled over seeds, from per-fold numbers that outlived their stores.
 
-    python jobs/ck48_seeds.py                                             # the seeds recorded below
-    python jobs/ck48_seeds.py --report .data/cpu-store/runs/ck48-s2/report/report.json   # and a run's report
-    python jobs/ck48_seeds.py --report ... --probe probe-results.jsonl   # and a probe_fold.py run, per seed
+    python jobs/ck48_seeds.py                                             # the three seeds recorded below
+    python jobs/ck48_seeds.py --report .data/cpu-store/runs/RUN/report/report.json   # and a run's report
+    python jobs/ck48_seeds.py --probe probe-results.jsonl   # and a probe_fold.py run, paired per seed
 
 `fersnet report --run R --seeds R-s1,R-s2` pools seed replicates that live in one store. The stores of the
 session-15 runs (`RUN=ck48-s15 bash jobs/cpu_ckplus48.sh`, seed 0, and `RUN=ck48-s15-s1 SET="train.seed=1"
@@ -10,9 +10,13 @@ MIN_SCORE= ...`, both at c6b499d on an AMD EPYC 2-core machine with AVX512-BF16)
 machine, so their per-fold accuracies are kept here as README printed them: seed 0's table, and seed 1
 recovered from the two-seed means (2 × mean − seed 0, rounded to the fold's k / n). Runs on one CPU type
 are deterministic (session 17 reproduced seed 0's Table V recogniser on every fold to the hundredth), so
-re-running those commands on that machine type gives these numbers again.
+re-running those commands on that machine type gives these numbers again. Session 18's seed 2 (`RUN=ck48-s2
+SET="train.seed=2" MIN_SCORE= bash jobs/cpu_ckplus48.sh` at 0e37dda) lost its store the same way; its
+numbers are its report's table (docs/results-cpu.md, "Session 18"), and pool to the README's "Three seeds"
+tables exactly as that report did.
 
-Each `--report` adds one run (a `runs/<run>/report/report.json`). The pooling is `fersnet report
+Each `--report` adds one run (a `runs/<run>/report/report.json`); a report of seed 0, 1 or 2 replaces the
+recorded numbers of that seed. The pooling is `fersnet report
 --seeds`': a row's accuracy on a fold is its mean over the seeds that have it; a pair's difference on a
 fold is the mean of the per-seed differences over the seeds that have both rows (a fine-tuning is
 compared only with the network of its own seed), and the paired statistics (`report.job.paired`: mean ±
@@ -47,6 +51,18 @@ MEAN01 = {  # the same README section's two-seed means (seed 1 has no fersnet_ha
     RECOGNIZER: (89.06, 90.91, 91.41, 87.88, 86.87, 99.49, 93.23, 89.90, 91.92, 96.88),
     "table-v": (57.03, 59.93, 64.31, 61.95, 63.30, 47.90, 59.81, 60.94, 56.31, 59.98),
 }
+# docs/results-cpu.md "Session 18": seed 2 (`RUN=ck48-s2 SET="train.seed=2" MIN_SCORE= bash
+# jobs/cpu_ckplus48.sh` at 0e37dda), as its report printed it; that store did not outlive its machine either.
+SEED2 = {
+    "fer_only": (87.50, 84.85, 90.91, 93.94, 88.89, 94.95, 97.92, 86.87, 90.91, 94.79),
+    "fersnet_hard": (86.46, 84.85, 87.88, 91.92, 88.89, 92.93, 88.54, 85.86, 96.97, 91.67),
+    "fersnet": (84.38, 93.94, 86.87, 91.92, 82.83, 95.96, 91.67, 86.87, 90.91, 93.75),
+    "fersnet+real-only": (85.42, 93.94, 85.86, 87.88, 84.85, 98.99, 92.71, 88.89, 90.91, 91.67),
+    "fersnet+fes-da": (81.25, 82.83, 91.92, 92.93, 90.91, 79.80, 83.33, 87.88, 84.85, 96.88),
+    "fersnet+fes-da-w0.17": (81.25, 85.86, 87.88, 94.95, 86.87, 91.92, 86.46, 89.90, 87.88, 95.83),
+    RECOGNIZER: (93.75, 90.91, 89.90, 87.88, 93.94, 95.96, 91.67, 85.86, 92.93, 96.88),
+    "table-v": (57.47, 59.26, 58.92, 57.41, 57.07, 47.64, 54.86, 63.47, 61.62, 58.51),
+}
 PAIRS = (
     ("fersnet", "fer_only", "multi-task learning"),
     ("fersnet", "fersnet_hard", "ConvFLU"),
@@ -66,7 +82,7 @@ def _fractions(percent: tuple[float, ...], per_face: int = 1) -> dict[str, float
 
 
 def recorded_seeds() -> dict[str, dict[str, dict[str, float]]]:
-    """{run: {row: {fold: accuracy}}} for the two session-15 seeds."""
+    """{run: {row: {fold: accuracy}}} for the two session-15 seeds and session 18's seed 2."""
 
     def exact(row: str, percent: tuple[float, ...]) -> dict[str, float]:
         return _fractions(percent, 6 if row == "table-v" else 1)  # every test face into each other expression
@@ -76,7 +92,8 @@ def recorded_seeds() -> dict[str, dict[str, dict[str, float]]]:
     for row, mean in MEAN01.items():  # the recovery is exact: the two seeds average back to what README printed
         for k, m in enumerate(mean):
             assert abs(50 * (seed0[row][str(k)] + seed1[row][str(k)]) - m) < 0.006, (row, k)
-    return {"ck48-s15 (seed 0)": seed0, "ck48-s15-s1 (seed 1)": seed1}
+    seed2 = {row: exact(row, p) for row, p in SEED2.items()}
+    return {"ck48-s15 (seed 0)": seed0, "ck48-s15-s1 (seed 1)": seed1, "ck48-s2 (seed 2)": seed2}
 
 
 def from_report(path: str) -> dict[str, dict[str, float]]:
@@ -167,10 +184,14 @@ def main() -> None:
     )
     args = p.parse_args()
     runs = recorded_seeds()
-    seeds = {0: "ck48-s15 (seed 0)", 1: "ck48-s15-s1 (seed 1)"}
-    for path in args.report:
+    recorded = set(runs)
+    seeds = {0: "ck48-s15 (seed 0)", 1: "ck48-s15-s1 (seed 1)", 2: "ck48-s2 (seed 2)"}
+    for path in args.report:  # a report of a recorded seed takes its place: the same run, at full precision
+        seed = report_seed(path)
+        if seed in seeds and seeds[seed] in recorded:
+            del runs[seeds[seed]]
         runs[path] = from_report(path)
-        seeds[report_seed(path)] = path
+        seeds[seed] = path
     pairs = PAIRS
     for path in args.probe:
         rows, probes = from_probe(path)

@@ -172,3 +172,8 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
     _, pairs = seeds.pool(runs, seeds.probe_pairs(probes))
     mine = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet [train.lambda_gan=0.0]", "fersnet")]
     assert mine["folds"] == 2 and mine["improved"] == 2 and mine["seeds_per_fold"] == {0: 1, 1: 1}
+
+    # the three recorded seeds pool to the README's "Three seeds" headline, as seed 2's own report did
+    _, pairs = seeds.pool(seeds.recorded_seeds())
+    mtl = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet", "fer_only")]
+    assert (mtl["improved"], mtl["tied"], mtl["worse"]) == (1, 0, 9) and round(100 * mtl["mean_diff"], 2) == -0.99
