@@ -119,7 +119,8 @@ def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[t
     probes it holds: {(variant, what differs from the protocol's `cpu48`, whether it scored Table V)}.
 
     A row is named by what the probe changed, "<variant> [train.lambda_gan=0.0]" (and "table-v [...]" with
-    --table-v), so probes of one change with other seeds (and tags) pool as one row. The probe is the
+    --table-v), so probes of one change with other seeds (and tags) pool as one row; a probe that changed
+    nothing is the protocol's own row of its seed (`add_probe_rows` checks it where the seed has one). The probe is the
     protocol's loop with the same seeds (session 10 checked that it gives the Ray Train run's numbers), so
     its rows pair per fold with the protocol's of that seed."""
     from fersnet_ray.train.config import make_experiment
@@ -141,13 +142,32 @@ def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[t
                 for k, v in exp[part].items()
                 if preset[part][k] != v
             )
-            changed = changed or "the protocol's own settings"
-            probes.add((variant, changed, bool(r.get("table_v"))))
             runs = rows.setdefault(seed, {})
+            if not changed:  # the protocol's own settings: the protocol's own row of that seed (Table V: fersnet's)
+                runs.setdefault(variant, {})[fold] = r["final"]
+                if r.get("table_v") and variant == "fersnet":
+                    runs.setdefault("table-v", {})[fold] = r["table_v"]["accuracy"]
+                continue
+            probes.add((variant, changed, bool(r.get("table_v"))))
             runs.setdefault(f"{variant} [{changed}]", {})[fold] = r["final"]
             if r.get("table_v"):
                 runs.setdefault(f"table-v [{changed}]", {})[fold] = r["table_v"]["accuracy"]
     return rows, probes
+
+
+def add_probe_rows(run: dict[str, dict[str, float]], probe_rows: dict[str, dict[str, float]], where: str) -> None:
+    """A probe's rows into its seed's run, fold by fold. A probe with the protocol's own settings fills a
+    row that run lacks (seed 1 has no `fersnet_hard`) and must give what the protocol gave where it has it:
+    the probe is the protocol's loop and seeds, so a difference means another CPU type or other code."""
+    for row, folds in probe_rows.items():
+        have = run.setdefault(row, {})
+        for fold, acc in folds.items():
+            if fold in have and "[" not in row and abs(have[fold] - acc) > 1e-6:
+                raise SystemExit(
+                    f"{where}: {row} on fold {fold} is {100 * acc:.2f}% here, {100 * have[fold]:.2f}% in the "
+                    "protocol of that seed: not the protocol's machine type or code, so not pooled"
+                )
+            have[fold] = acc
 
 
 def probe_pairs(probes: set[tuple[str, str, bool]]) -> tuple[tuple[str, str, str], ...]:
@@ -198,7 +218,7 @@ def main() -> None:
         for seed, probe_rows in rows.items():
             if seed not in seeds:
                 p.error(f"{path}: seed {seed} has no run here to pair with (give its --report)")
-            runs[seeds[seed]].update(probe_rows)
+            add_probe_rows(runs[seeds[seed]], probe_rows, path)
         pairs += tuple(q for q in probe_pairs(probes) if q not in pairs)
     means, pairs = pool(runs, pairs)
     folds = list(range(len(TEST_FACES)))  # pool_rows keys folds by int

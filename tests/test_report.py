@@ -173,6 +173,26 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
     mine = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet [train.lambda_gan=0.0]", "fersnet")]
     assert mine["folds"] == 2 and mine["improved"] == 2 and mine["seeds_per_fold"] == {0: 1, 1: 1}
 
+    # a probe that changed nothing is the protocol's own row: it fills seed 1's missing fersnet_hard, and
+    # must reproduce seed 2's fersnet where that is recorded
+    runs = seeds.recorded_seeds()
+    hard = make_experiment("cpu48", "fersnet_hard", match_capacity=True, seed=1 + 3).to_dict()
+    own = make_experiment("cpu48", seed=2 + 4).to_dict()
+    same = runs["ck48-s2 (seed 2)"]["fersnet"]["4"]
+    probe.write_text(
+        json.dumps({"variant": "fersnet_hard", "fold": 3, "final": 0.9, "experiment": hard})
+        + "\n"
+        + json.dumps({"variant": "fersnet", "fold": 4, "final": same, "experiment": own})
+        + "\n"
+    )
+    rows, probes = seeds.from_probe(str(probe))
+    assert probes == set() and rows == {1: {"fersnet_hard": {"3": 0.9}}, 2: {"fersnet": {"4": same}}}
+    seeds.add_probe_rows(runs["ck48-s15-s1 (seed 1)"], rows[1], "p")
+    seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], rows[2], "p")
+    assert runs["ck48-s15-s1 (seed 1)"]["fersnet_hard"] == {"3": 0.9}
+    with pytest.raises(SystemExit, match=r"p: fersnet on fold 4 is 83\.84% here, 82\.83% in the protocol"):
+        seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], {"fersnet": {"4": same + 1 / 99}}, "p")
+
     # the three recorded seeds pool to the README's "Three seeds" headline, as seed 2's own report did
     _, pairs = seeds.pool(seeds.recorded_seeds())
     mtl = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet", "fer_only")]
