@@ -147,6 +147,16 @@ PRESETS: dict[str, Experiment] = {
     #   the real-only control (-4.2 -> -0.9 points; `jobs/cpu_fesda.sh`), but left recognition where it
     #   was (`fersnet` 89.7 -> 90.2%) and triple the protocol's cost, past its 120 minutes on 2 cores;
     #   `--epochs 90` (EPOCHS=90) is the knob.
+    # lambda_gan 0.3 (the paper's): without the adversarial term (`python jobs/probe_fold.py --store
+    #   .data/cpu-store --folds 0,...,9 --threads 1 --table-v --set train.seed=S --set train.lambda_gan=0`,
+    #   seeds 0, 1, 2 at 3bddcd1, pooled with the protocol's rows of the same seeds by `jobs/ck48_seeds.py
+    #   --probe`) FERSNet recognised +0.81 points better (7 / 2 / 1 folds, sign test p 0.07), level with
+    #   fer_only (-0.18), but Table V fell 58.6 -> 52.3% on all ten folds: the synthesis is what the
+    #   system exists for, so the term stays.
+    # fes_reads_fer_detached False (the paper's): keeping the synthesis losses out of the FER encoder
+    #   (`--set model.fes_reads_fer_detached=true`, the same probes, seeds 0, 1, 2) moved `fersnet` by
+    #   +0.47 points (6 / 0 / 4, p 0.75; seed 2 alone +2.24, seeds 0 and 1 -0.5 and -0.3) and Table V
+    #   by -0.4: no effect either way.
     # cls_dropout 0 (the paper's): dropout 0.5 in f_cls on all ten folds (`SET="model.cls_dropout=0.5"
     #   bash jobs/cpu_ckplus48.sh` at 36815cb, seed 0) moved `fersnet` by +0.71 and `fer_only` by +0.39
     #   points against the same seed without it, noise-sized, with `fersnet` - `fer_only` -0.19.
