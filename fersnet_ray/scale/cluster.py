@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import re
+import time
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -130,8 +131,6 @@ class Placement:
     def __init__(self, names: dict[str, str] | None = None, settle_s: float = 0.0):
         """settle_s: wait this long first when work has just run, so that its task events (reported about
         once a second) are counted as before, not as this window's."""
-        import time
-
         time.sleep(settle_s)
         self.names = names if names is not None else node_names()
         self._tasks_before = set(self._task_nodes())
@@ -167,8 +166,6 @@ class Placement:
 
     def result(self, settle_s: float = 1.5) -> dict:
         """{"tasks": {node: {kind: n}}, "actors": {node: {class: n}}, "nodes_used": n}, every node named."""
-        import time
-
         time.sleep(settle_s)  # task events reach the GCS in batches (RAY_task_events_report_interval_ms=1000)
         tasks: dict[str, Counter] = defaultdict(Counter)
         for key, (name, node) in self._task_nodes().items():
