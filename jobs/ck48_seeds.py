@@ -143,16 +143,23 @@ def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[t
                 if preset[part][k] != v
             )
             runs = rows.setdefault(seed, {})
-            if not changed:  # the protocol's own settings: the protocol's own row of that seed (Table V: fersnet's)
+            if not changed:  # the protocol's own settings: the protocol's own row of that seed
                 runs.setdefault(variant, {})[fold] = r["final"]
-                if r.get("table_v") and variant == "fersnet":
-                    runs.setdefault("table-v", {})[fold] = r["table_v"]["accuracy"]
+                if r.get("table_v"):
+                    runs.setdefault(table_v_row(variant, ""), {})[fold] = r["table_v"]["accuracy"]
                 continue
             probes.add((variant, changed, bool(r.get("table_v"))))
             runs.setdefault(f"{variant} [{changed}]", {})[fold] = r["final"]
             if r.get("table_v"):
-                runs.setdefault(f"table-v [{changed}]", {})[fold] = r["table_v"]["accuracy"]
+                runs.setdefault(table_v_row(variant, changed), {})[fold] = r["table_v"]["accuracy"]
     return rows, probes
+
+
+def table_v_row(variant: str, changed: str) -> str:
+    """A probe's Table V row: "table-v [...]" for fersnet (the protocol's Table V is fersnet's), and named
+    by the variant otherwise, so a fersnet_hard probe of the same change does not share fersnet's row."""
+    name = "table-v" if variant == "fersnet" else f"table-v of {variant}"
+    return f"{name} [{changed}]" if changed else name
 
 
 def add_probe_rows(run: dict[str, dict[str, float]], probe_rows: dict[str, dict[str, float]], where: str) -> None:
@@ -178,7 +185,7 @@ def probe_pairs(probes: set[tuple[str, str, bool]]) -> tuple[tuple[str, str, str
         if variant != "fer_only":
             out.append((f"{variant} [{changed}]", "fer_only", "the probe against fer_only"))
         if table_v:
-            out.append((f"table-v [{changed}]", "table-v", "the probe's Table V against the protocol's"))
+            out.append((table_v_row(variant, changed), "table-v", "the probe's Table V against the protocol's"))
     return tuple(out)
 
 

@@ -180,13 +180,15 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
     own = make_experiment("cpu48", seed=2 + 4).to_dict()
     same = runs["ck48-s2 (seed 2)"]["fersnet"]["4"]
     probe.write_text(
-        json.dumps({"variant": "fersnet_hard", "fold": 3, "final": 0.9, "experiment": hard})
+        json.dumps({"variant": "fersnet_hard", "fold": 3, "final": 0.9, "table_v": table_v, "experiment": hard})
         + "\n"
         + json.dumps({"variant": "fersnet", "fold": 4, "final": same, "experiment": own})
         + "\n"
     )
     rows, probes = seeds.from_probe(str(probe))
-    assert probes == set() and rows == {1: {"fersnet_hard": {"3": 0.9}}, 2: {"fersnet": {"4": same}}}
+    # (its Table V is the fersnet_hard generator's, not the protocol's fersnet one: a row of its own)
+    hard_rows = {"fersnet_hard": {"3": 0.9}, "table-v of fersnet_hard": {"3": 0.5}}
+    assert probes == set() and rows == {1: hard_rows, 2: {"fersnet": {"4": same}}}
     seeds.add_probe_rows(runs["ck48-s15-s1 (seed 1)"], rows[1], "p")
     seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], rows[2], "p")
     assert runs["ck48-s15-s1 (seed 1)"]["fersnet_hard"] == {"3": 0.9}
