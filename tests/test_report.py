@@ -173,9 +173,10 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
     mine = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet [train.lambda_gan=0.0]", "fersnet")]
     assert mine["folds"] == 2 and mine["improved"] == 2 and mine["seeds_per_fold"] == {0: 1, 1: 1}
 
-    # a probe that changed nothing is the protocol's own row: it fills seed 1's missing fersnet_hard, and
-    # must reproduce seed 2's fersnet where that is recorded
+    # a probe that changed nothing is the protocol's own row: it fills a row its seed lacks (seed 1 lacked
+    # fersnet_hard until such a probe), and must reproduce seed 2's fersnet where that is recorded
     runs = seeds.recorded_seeds()
+    del runs["ck48-s15-s1 (seed 1)"]["fersnet_hard"]
     hard = make_experiment("cpu48", "fersnet_hard", match_capacity=True, seed=1 + 3).to_dict()
     own = make_experiment("cpu48", seed=2 + 4).to_dict()
     same = runs["ck48-s2 (seed 2)"]["fersnet"]["4"]
@@ -197,5 +198,7 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
 
     # the three recorded seeds pool to the README's "Three seeds" headline, as seed 2's own report did
     _, pairs = seeds.pool(seeds.recorded_seeds())
-    mtl = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet", "fer_only")]
+    by_pair = {(p["row"], p["baseline"]): p for p in pairs}
+    mtl, flu = by_pair[("fersnet", "fer_only")], by_pair[("fersnet", "fersnet_hard")]
     assert (mtl["improved"], mtl["tied"], mtl["worse"]) == (1, 0, 9) and round(100 * mtl["mean_diff"], 2) == -0.99
+    assert set(flu["seeds_per_fold"].values()) == {3} and round(100 * flu["mean_diff"], 2) == 0.32
