@@ -29,6 +29,7 @@ import argparse
 import json
 
 from fersnet_ray.report.job import RECOGNIZER, pool_pairs, pool_rows
+from fersnet_ray.train.config import make_experiment
 
 # Test faces per fold of `fersnet prepare --dataset ckplus48 --folds 10` (seed 0): accuracies are k / n.
 TEST_FACES = (96, 99, 99, 99, 99, 99, 96, 99, 99, 96)
@@ -115,10 +116,29 @@ def from_report(path: str) -> dict[str, dict[str, float]]:
 
 
 def report_seed(path: str) -> int:
-    """The training seed of a report.json's run."""
+    """The training seed of a report.json's run, which must be the protocol's: a run with other settings
+    (`jobs/cpu_fesda.sh`'s 90 epochs, say) is not a seed of it, and would otherwise replace or pool with one."""
     with open(path) as f:
         data = json.load(f)
-    return data["configs"][data["run"]]["experiment"]["train"]["seed"]
+    exp = data["configs"][data["run"]]["experiment"]
+    changed = changed_from_protocol(exp)
+    if changed:
+        raise SystemExit(f"{path}: its run sets {changed}, not the protocol's cpu48; not pooled as a seed of it")
+    return exp["train"]["seed"]
+
+
+def changed_from_protocol(exp: dict, variant: str = "fersnet") -> str:
+    """What an experiment (as JSON) sets otherwise than the protocol's `cpu48` of its seed, as --set takes it
+    ("train.epochs=90 model.cls_dropout=0.5"); "" for the protocol's own settings."""
+    ablation = variant != "fersnet"  # `fersnet ablation` enlarges the others to its parameter count
+    preset = make_experiment("cpu48", variant=variant, match_capacity=ablation, seed=exp["train"]["seed"])
+    preset = json.loads(json.dumps(preset.to_dict()))  # tuples as JSON's lists
+    return " ".join(
+        f"{part}.{k}={json.dumps(v)}"  # as --set takes it: true, 0.0, [16, 32]
+        for part in ("model", "train")
+        for k, v in exp[part].items()
+        if preset[part][k] != v
+    )
 
 
 def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[tuple[str, str, bool]]]:
@@ -130,8 +150,6 @@ def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[t
     nothing is the protocol's own row of its seed (`add_probe_rows` checks it where the seed has one). The probe is the
     protocol's loop with the same seeds (session 10 checked that it gives the Ray Train run's numbers), so
     its rows pair per fold with the protocol's of that seed."""
-    from fersnet_ray.train.config import make_experiment
-
     rows: dict[int, dict[str, dict[str, float]]] = {}
     probes: set[tuple[str, str, bool]] = set()
     with open(path) as f:
@@ -140,15 +158,7 @@ def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[t
             exp, variant, fold = r["experiment"], r["variant"], str(r["fold"])
             seed = exp["train"]["seed"] - r["fold"]  # probe_fold.py records the fold's seed: the run's + the fold
             exp["train"]["seed"] = seed
-            ablation = variant != "fersnet"  # `fersnet ablation` enlarges the others to its parameter count
-            preset = make_experiment("cpu48", variant=variant, match_capacity=ablation, seed=seed)
-            preset = json.loads(json.dumps(preset.to_dict()))  # tuples as the probe's JSON lists
-            changed = " ".join(
-                f"{part}.{k}={json.dumps(v)}"  # as --set takes it: true, 0.0, [16, 32]
-                for part in ("model", "train")
-                for k, v in exp[part].items()
-                if preset[part][k] != v
-            )
+            changed = changed_from_protocol(exp, variant)
             runs = rows.setdefault(seed, {})
             if not changed:  # the protocol's own settings: the protocol's own row of that seed
                 runs.setdefault(variant, {})[fold] = r["final"]

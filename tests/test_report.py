@@ -196,6 +196,17 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
     with pytest.raises(SystemExit, match=r"p: fersnet on fold 4 is 83\.84% here, 82\.83% in the protocol"):
         seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], {"fersnet": {"4": same + 1 / 99}}, "p")
 
+    # a run's report pools as a seed only if the run is the protocol's: 90 epochs is another experiment
+    report = tmp_path / "report.json"
+    for epochs, ok in ((30, True), (90, False)):
+        exp = make_experiment("cpu48", seed=2, epochs=epochs).to_dict()
+        report.write_text(json.dumps({"run": "x", "configs": {"x": {"experiment": exp}}}))
+        if ok:
+            assert seeds.report_seed(str(report)) == 2
+        else:
+            with pytest.raises(SystemExit, match=r"report.json: its run sets train.epochs=90, not the protocol's"):
+                seeds.report_seed(str(report))
+
     # the three recorded seeds pool to the README's "Three seeds" headline, as seed 2's own report did
     _, pairs = seeds.pool(seeds.recorded_seeds())
     by_pair = {(p["row"], p["baseline"]): p for p in pairs}
