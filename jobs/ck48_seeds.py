@@ -70,6 +70,8 @@ SEED2 = {
     RECOGNIZER: (93.75, 90.91, 89.90, 87.88, 93.94, 95.96, 91.67, 85.86, 92.93, 96.88),
     "table-v": (57.47, 59.26, 58.92, 57.41, 57.07, 47.64, 54.86, 63.47, 61.62, 58.51),
 }
+# The recorded runs by their training seed.
+RECORDED = {0: "ck48-s15 (seed 0)", 1: "ck48-s15-s1 (seed 1)", 2: "ck48-s2 (seed 2)"}
 PAIRS = (
     ("fersnet", "fer_only", "multi-task learning"),
     ("fersnet", "fersnet_hard", "ConvFLU"),
@@ -101,7 +103,7 @@ def recorded_seeds() -> dict[str, dict[str, dict[str, float]]]:
             assert abs(50 * (seed0[row][str(k)] + seed1[row][str(k)]) - m) < 0.006, (row, k)
     seed1["fersnet_hard"] = exact("fersnet_hard", SEED1_HARD)
     seed2 = {row: exact(row, p) for row, p in SEED2.items()}
-    return {"ck48-s15 (seed 0)": seed0, "ck48-s15-s1 (seed 1)": seed1, "ck48-s2 (seed 2)": seed2}
+    return {RECORDED[0]: seed0, RECORDED[1]: seed1, RECORDED[2]: seed2}
 
 
 def from_report(path: str) -> dict[str, dict[str, float]]:
@@ -160,16 +162,17 @@ def from_probe(path: str) -> tuple[dict[int, dict[str, dict[str, float]]], set[t
             exp["train"]["seed"] = seed
             changed = changed_from_protocol(exp, variant)
             runs = rows.setdefault(seed, {})
-            if not changed:  # the protocol's own settings: the protocol's own row of that seed
-                runs.setdefault(variant, {})[fold] = r["final"]
-                if r.get("table_v"):
-                    runs.setdefault(table_v_row(variant, ""), {})[fold] = r["table_v"]["accuracy"]
-                continue
-            probes.add((variant, changed, bool(r.get("table_v"))))
-            runs.setdefault(f"{variant} [{changed}]", {})[fold] = r["final"]
+            runs.setdefault(probe_row(variant, changed), {})[fold] = r["final"]
             if r.get("table_v"):
                 runs.setdefault(table_v_row(variant, changed), {})[fold] = r["table_v"]["accuracy"]
+            if changed:  # nothing changed: the protocol's own row of that seed, which PAIRS already pairs
+                probes.add((variant, changed, bool(r.get("table_v"))))
     return rows, probes
+
+
+def probe_row(variant: str, changed: str) -> str:
+    """A probe's row, "fersnet [train.lambda_gan=0.0]"; with nothing changed, the protocol's own "fersnet"."""
+    return f"{variant} [{changed}]" if changed else variant
 
 
 def table_v_row(variant: str, changed: str) -> str:
@@ -198,9 +201,9 @@ def probe_pairs(probes: set[tuple[str, str, bool]]) -> tuple[tuple[str, str, str
     """A probe's rows against the protocol's rows of the same seeds."""
     out = []
     for variant, changed, table_v in sorted(probes):
-        out.append((f"{variant} [{changed}]", variant, f"the probe against the protocol's {variant}"))
+        out.append((probe_row(variant, changed), variant, f"the probe against the protocol's {variant}"))
         if variant != "fer_only":
-            out.append((f"{variant} [{changed}]", "fer_only", "the probe against fer_only"))
+            out.append((probe_row(variant, changed), "fer_only", "the probe against fer_only"))
         if table_v:
             out.append((table_v_row(variant, changed), "table-v", "the probe's Table V against the protocol's"))
     return tuple(out)
@@ -228,12 +231,11 @@ def main() -> None:
     )
     args = p.parse_args()
     runs = recorded_seeds()
-    recorded = set(runs)
-    seeds = {0: "ck48-s15 (seed 0)", 1: "ck48-s15-s1 (seed 1)", 2: "ck48-s2 (seed 2)"}
+    seeds = dict(RECORDED)
     for path in args.report:  # a report of a recorded seed takes its place: the same run, at full precision
         seed = report_seed(path)
-        if seed in seeds and seeds[seed] in recorded:
-            del runs[seeds[seed]]
+        if seed in RECORDED and seeds[seed] == RECORDED[seed]:
+            del runs[RECORDED[seed]]
         runs[path] = from_report(path)
         seeds[seed] = path
     pairs = PAIRS
