@@ -46,7 +46,7 @@ def synthesize(uri: str) -> dict:
 
     args = ["synthesize", "--store", uri, "--run", "r", "--folds", "0", "--no-quality", "--rows-per-shard", "60"]
     out = CliRunner().invoke(app, [*args, "--gpus-per-actor", "0.5"])
-    return {"exit_code": out.exit_code, "stderr": out.stderr}
+    return {"exit_code": out.exit_code, "stderr": out.stderr, "stdout": out.stdout}
 
 
 def main(source: str, workdir: str, room: int) -> dict:
@@ -73,7 +73,7 @@ def main(source: str, workdir: str, room: int) -> dict:
             result["first"] = synthesize(uri)
             result["first"]["files"] = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
             resize(disk, 64 << 20)
-        seen = Placement(names, settle_s=2.0 if room >= 0 else 0.0)  # after the first run's events arrive
+        seen = Placement(names)
         result["second"] = synthesize(uri)
         result["second"]["files"] = sorted(os.listdir(folder))
         result["placement"] = seen.result()

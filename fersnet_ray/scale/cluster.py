@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import re
 import time
 from collections import Counter, defaultdict
@@ -124,35 +125,63 @@ def _actor_kind(cls: str) -> str | None:
 class Placement:
     """Counts the tasks and actors that ran on each node between its creation and `result()`.
 
-    Tasks: every attempt of a normal or actor task that reached a node (from the GCS's task events,
-    which workers report about once a second, hence the wait). Actors: those created since, by class.
+    Tasks: every attempt of a normal or actor task submitted in that window, with the node it ran on, from
+    the GCS's task events. Each process sends its events in batches (every
+    RAY_task_events_report_interval_ms, 1 s by default), the driver's (which name a task) apart from the
+    worker's (its node, its end), and on a loaded machine a batch can come seconds late. So a task belongs to
+    the window by its own submission time, not by when its events arrive (an earlier run's late events are
+    not counted), and `result()` waits until every task of the window has its name, node and end and no new
+    event has come for a few report intervals. Actors: those created since, by class.
     """
 
-    def __init__(self, names: dict[str, str] | None = None, settle_s: float = 0.0):
-        """settle_s: wait this long first when work has just run, so that its task events (reported about
-        once a second) are counted as before, not as this window's."""
-        time.sleep(settle_s)
+    def __init__(self, names: dict[str, str] | None = None):
         self.names = names if names is not None else node_names()
-        self._tasks_before = set(self._task_nodes())
+        self._since_ns = time.time_ns()  # Ray stamps task states with the wall clock of the node (here: this machine)
         self._actors_before = set(self._actors())
 
-    @staticmethod
-    def _task_nodes() -> dict[tuple[bytes, int], tuple[str, str]]:
+    def _window(self) -> dict[tuple[bytes, int], list]:
+        """{(task id, attempt): [name or None, node id or None, ended]} of every normal and actor task
+        attempt whose first recorded state is in the window."""
         from ray._private.state import state
-        from ray.core.generated.common_pb2 import TaskType
+        from ray.core.generated.common_pb2 import TaskStatus, TaskType
 
         work = (TaskType.NORMAL_TASK, TaskType.ACTOR_TASK)  # not actor creation, not drivers
-        # Several events per task attempt (one per state change): the name comes with one, the node with another.
-        names, nodes = {}, {}
+        ends = (TaskStatus.FINISHED, TaskStatus.FAILED)
+        # Several events per task attempt (one per batch that saw it change): the name comes with the owner's,
+        # the node and the end with the worker's.
+        seen: dict[tuple[bytes, int], list] = defaultdict(lambda: [None, None, False, None])
+        other: set = set()
         for ev in state._get_all_task_events():
             key = (ev.task_id, ev.attempt_number)
             if ev.HasField("task_info"):
                 if ev.task_info.type not in work:
-                    continue
-                names[key] = ev.task_info.name
-            if ev.HasField("state_updates") and ev.state_updates.HasField("node_id"):
-                nodes[key] = ev.state_updates.node_id.hex()
-        return {k: (names[k], nodes[k]) for k in names if k in nodes}
+                    other.add(key)
+                seen[key][0] = ev.task_info.name
+            if ev.HasField("state_updates"):
+                up, rec = ev.state_updates, seen[key]
+                if up.HasField("node_id"):
+                    rec[1] = up.node_id.hex()
+                rec[2] = rec[2] or any(s in up.state_ts_ns for s in ends)
+                stamps = [t for t in up.state_ts_ns.values() if t]
+                if stamps:
+                    rec[3] = min(stamps) if rec[3] is None else min(rec[3], *stamps)
+        return {k: v[:3] for k, v in seen.items() if k not in other and v[3] is not None and v[3] >= self._since_ns}
+
+    def _settled(self, timeout_s: float) -> dict[tuple[bytes, int], list]:
+        """The window's tasks once each has a name, a node and an end and nothing new has come for 2.5 report
+        intervals, or after timeout_s (an attempt cut short by a lost node never reports its end)."""
+        quiet_s = 2.5 * int(os.environ.get("RAY_task_events_report_interval_ms", "1000")) / 1000
+        start = time.monotonic()
+        last, since = None, start
+        while True:
+            tasks = self._window()
+            now = time.monotonic()
+            if tasks != last:
+                last, since = tasks, now
+            complete = all(name and node and ended for name, node, ended in tasks.values())
+            if (complete and now - since >= quiet_s) or now - start >= timeout_s:
+                return tasks
+            time.sleep(0.25)
 
     @staticmethod
     def _actors() -> dict[str, tuple[str, str]]:
@@ -164,13 +193,12 @@ class Placement:
             if info["Address"]["NodeID"] and _actor_kind(info["ActorClassName"])
         }
 
-    def result(self, settle_s: float = 1.5) -> dict:
+    def result(self, timeout_s: float = 30.0) -> dict:
         """{"tasks": {node: {kind: n}}, "actors": {node: {class: n}}, "nodes_used": n}, every node named."""
-        time.sleep(settle_s)  # task events reach the GCS in batches (RAY_task_events_report_interval_ms=1000)
         tasks: dict[str, Counter] = defaultdict(Counter)
-        for key, (name, node) in self._task_nodes().items():
-            kind = _task_kind(name)
-            if key not in self._tasks_before and kind:
+        for name, node, _ in self._settled(timeout_s).values():
+            kind = _task_kind(name) if name and node else None
+            if kind:
                 tasks[self.names.get(node, node[:8])][kind] += 1
         actors: dict[str, Counter] = defaultdict(Counter)
         for a, (cls, node) in self._actors().items():
