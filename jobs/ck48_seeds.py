@@ -106,10 +106,8 @@ def recorded_seeds() -> dict[str, dict[str, dict[str, float]]]:
     return {RECORDED[0]: seed0, RECORDED[1]: seed1, RECORDED[2]: seed2}
 
 
-def from_report(path: str) -> dict[str, dict[str, float]]:
-    """{row: {fold: accuracy}} of a report.json, the Table V recogniser on real test faces included."""
-    with open(path) as f:
-        data = json.load(f)
+def from_report(data: dict) -> dict[str, dict[str, float]]:
+    """{row: {fold: accuracy}} of a report.json's data, the Table V recogniser on real test faces included."""
     rows = {r["key"]: {str(k): v for k, v in r["per_fold"].items()} for r in data["rows"]}
     quality = {k: m["quality"] for k, m in data["synthetic"].items() if m.get("quality")}
     rows[RECOGNIZER] = {str(k): q["recognizer_real_test_accuracy"] for k, q in quality.items()}
@@ -117,11 +115,10 @@ def from_report(path: str) -> dict[str, dict[str, float]]:
     return rows
 
 
-def report_seed(path: str) -> int:
-    """The training seed of a report.json's run, which must be the protocol's: a run with other settings
-    (`jobs/cpu_fesda.sh`'s 90 epochs, say) is not a seed of it, and would otherwise replace or pool with one."""
-    with open(path) as f:
-        data = json.load(f)
+def report_seed(data: dict, path: str) -> int:
+    """The training seed of a report.json's run (read from `path`), which must be the protocol's: a run with
+    other settings (`jobs/cpu_fesda.sh`'s 90 epochs, say) is not a seed of it, and would otherwise replace or
+    pool with one."""
     exp = data["configs"][data["run"]]["experiment"]
     changed = changed_from_protocol(exp)
     if changed:
@@ -182,19 +179,27 @@ def table_v_row(variant: str, changed: str) -> str:
     return f"{name} [{changed}]" if changed else name
 
 
-def add_probe_rows(run: dict[str, dict[str, float]], probe_rows: dict[str, dict[str, float]], where: str) -> None:
-    """A probe's rows into its seed's run, fold by fold. A probe with the protocol's own settings fills a
-    row that run lacks (seed 1 has no `fersnet_hard`) and must give what the protocol gave where it has it:
-    the probe is the protocol's loop and seeds, so a difference means another CPU type or other code."""
+def add_probe_rows(
+    run: dict[str, dict[str, float]], probe_rows: dict[str, dict[str, float]], where: str, changed: set[str]
+) -> None:
+    """A probe's rows into its seed's run, fold by fold; `changed`: the rows of probes that changed a
+    setting (`probed_rows`). A probe with the protocol's own settings fills a row that run lacks (seed 1 has
+    no `fersnet_hard`) and must give what the protocol gave where it has it: the probe is the protocol's
+    loop and seeds, so a difference means another CPU type or other code."""
     for row, folds in probe_rows.items():
         have = run.setdefault(row, {})
         for fold, acc in folds.items():
-            if fold in have and "[" not in row and abs(have[fold] - acc) > 1e-6:
+            if fold in have and row not in changed and abs(have[fold] - acc) > 1e-6:
                 raise SystemExit(
                     f"{where}: {row} on fold {fold} is {100 * acc:.2f}% here, {100 * have[fold]:.2f}% in the "
                     "protocol of that seed: not the protocol's machine type or code, so not pooled"
                 )
             have[fold] = acc
+
+
+def probed_rows(probes: set[tuple[str, str, bool]]) -> set[str]:
+    """The rows of probes that changed a setting: "fersnet [train.lambda_gan=0.0]", "table-v [...]"."""
+    return {probe_row(v, c) for v, c, _ in probes} | {table_v_row(v, c) for v, c, t in probes if t}
 
 
 def probe_pairs(probes: set[tuple[str, str, bool]]) -> tuple[tuple[str, str, str], ...]:
@@ -233,10 +238,12 @@ def main() -> None:
     runs = recorded_seeds()
     seeds = dict(RECORDED)
     for path in args.report:  # a report of a recorded seed takes its place: the same run, at full precision
-        seed = report_seed(path)
+        with open(path) as f:
+            data = json.load(f)
+        seed = report_seed(data, path)
         if seed in RECORDED and seeds[seed] == RECORDED[seed]:
             del runs[RECORDED[seed]]
-        runs[path] = from_report(path)
+        runs[path] = from_report(data)
         seeds[seed] = path
     pairs = PAIRS
     for path in args.probe:
@@ -244,7 +251,7 @@ def main() -> None:
         for seed, probe_rows in rows.items():
             if seed not in seeds:
                 p.error(f"{path}: seed {seed} has no run here to pair with (give its --report)")
-            add_probe_rows(runs[seeds[seed]], probe_rows, path)
+            add_probe_rows(runs[seeds[seed]], probe_rows, path, probed_rows(probes))
         pairs += tuple(q for q in probe_pairs(probes) if q not in pairs)
     means, pairs = pool(runs, pairs)
     folds = list(range(len(TEST_FACES)))  # pool_rows keys folds by int

@@ -12,14 +12,18 @@ without the pipeline's fixed costs; `fersnet run` is the real thing.
 
 import argparse
 import time
-import numpy as np, torch, torch.nn.functional as F
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from fersnet_ray.prepare import demo
+from fersnet_ray.synth.quality import synthesize_all_targets
+from fersnet_ray.synth.recognizer import accuracy_against, train_recognizer
+from fersnet_ray.synth.sheet import contact_sheet
 from fersnet_ray.train.config import make_experiment, with_overrides
 from fersnet_ray.train.data import FaceSet, TargetSampler
-from fersnet_ray.train.loop import FoldState, train_epoch, evaluate
-from fersnet_ray.synth.recognizer import train_recognizer, accuracy_against
-from fersnet_ray.synth.quality import synthesize_all_targets
-from fersnet_ray.synth.sheet import contact_sheet
+from fersnet_ray.train.loop import FoldState, evaluate, train_epoch
 
 p = argparse.ArgumentParser()
 p.add_argument("--subjects", type=int, default=16)

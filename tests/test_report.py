@@ -190,22 +190,21 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
     # (its Table V is the fersnet_hard generator's, not the protocol's fersnet one: a row of its own)
     hard_rows = {"fersnet_hard": {"3": 0.9}, "table-v of fersnet_hard": {"3": 0.5}}
     assert probes == set() and rows == {1: hard_rows, 2: {"fersnet": {"4": same}}}
-    seeds.add_probe_rows(runs["ck48-s15-s1 (seed 1)"], rows[1], "p")
-    seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], rows[2], "p")
+    seeds.add_probe_rows(runs["ck48-s15-s1 (seed 1)"], rows[1], "p", seeds.probed_rows(probes))
+    seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], rows[2], "p", seeds.probed_rows(probes))
     assert runs["ck48-s15-s1 (seed 1)"]["fersnet_hard"] == {"3": 0.9}
     with pytest.raises(SystemExit, match=r"p: fersnet on fold 4 is 83\.84% here, 82\.83% in the protocol"):
-        seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], {"fersnet": {"4": same + 1 / 99}}, "p")
+        seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], {"fersnet": {"4": same + 1 / 99}}, "p", set())
 
     # a run's report pools as a seed only if the run is the protocol's: 90 epochs is another experiment
-    report = tmp_path / "report.json"
     for epochs, ok in ((30, True), (90, False)):
         exp = make_experiment("cpu48", seed=2, epochs=epochs).to_dict()
-        report.write_text(json.dumps({"run": "x", "configs": {"x": {"experiment": exp}}}))
+        data = json.loads(json.dumps({"run": "x", "configs": {"x": {"experiment": exp}}}))  # as read back
         if ok:
-            assert seeds.report_seed(str(report)) == 2
+            assert seeds.report_seed(data, "report.json") == 2
         else:
             with pytest.raises(SystemExit, match=r"report.json: its run sets train.epochs=90, not the protocol's"):
-                seeds.report_seed(str(report))
+                seeds.report_seed(data, "report.json")
 
     # the three recorded seeds pool to the README's "Three seeds" headline, as seed 2's own report did
     _, pairs = seeds.pool(seeds.recorded_seeds())
