@@ -70,7 +70,12 @@ def main(source: str, workdir: str, room: int) -> dict:
             st = os.statvfs(disk)
             result["used"] = (st.f_blocks - st.f_bfree) * st.f_frsize
             resize(disk, result["used"] + room)
+            first = Placement(names)
             result["first"] = synthesize(uri)
+            # A write task in flight when the pipeline stopped can still end after the command returned (this
+            # driver lives on; a CLI's exit would end it): wait until every task of the first run has ended,
+            # so that the listing is what the re-run finds (CI once saw one more shard there than here).
+            first.result()
             result["first"]["files"] = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
             resize(disk, 64 << 20)
         seen = Placement(names)

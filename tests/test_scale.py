@@ -285,6 +285,8 @@ def test_a_store_that_fills_up_on_two_worker_nodes_fails_in_one_line_and_the_rer
         assert MANIFEST not in first["files"] and any(n.endswith(".parquet") for n in first["files"])
         kept = sum(n.startswith("_part-") for n in first["files"])  # sidecars: the shards that are complete
         assert 0 < kept < shards
+        to_write = f"fold 0: {shards} shards, {kept} already written, {shards - kept} to write"
+        assert to_write in result["second"]["stdout"], result["second"]["stdout"]
 
     assert result["second"]["exit_code"] == 0, result["second"]["stderr"]
     assert result["verify"] == {"0": []}
