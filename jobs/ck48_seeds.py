@@ -3,6 +3,7 @@
     python jobs/ck48_seeds.py                                             # the three seeds recorded below
     python jobs/ck48_seeds.py --report .data/cpu-store/runs/RUN/report/report.json   # and a run's report
     python jobs/ck48_seeds.py --probe probe-results.jsonl   # and a probe_fold.py run, paired per seed
+    python jobs/ck48_seeds.py --e90                                       # jobs/cpu_fesda.sh's seeds instead
 
 `fersnet report --run R --seeds R-s1,R-s2` pools seed replicates that live in one store. The stores of the
 session-15 runs (`RUN=ck48-s15 bash jobs/cpu_ckplus48.sh`, seed 0, and `RUN=ck48-s15-s1 SET="train.seed=1"
@@ -14,6 +15,11 @@ re-running those commands on that machine type gives these numbers again. Sessio
 SET="train.seed=2" MIN_SCORE= bash jobs/cpu_ckplus48.sh` at 0e37dda) lost its store the same way; its
 numbers are its report's table (docs/results-cpu.md, "Session 18"), and pool to the README's "Three seeds"
 tables exactly as that report did.
+
+`--e90` pools `jobs/cpu_fesda.sh`'s runs instead (the same protocol, 90 epochs, the FES-DA question
+alone): seed 0 (`ck48-fesda-e90`, sessions 12-13, README "Does fine-tuning on synthetic faces help?") and
+seed 2 (`ck48-fesda-e90-s2`, session 20) as README printed them, and seed 1 (`ck48-fesda-e90-s1`,
+session 21) as its report printed it; `--report` then takes only runs of that protocol.
 
 Each `--report` adds one run (a `runs/<run>/report/report.json`); a report of seed 0, 1 or 2 replaces the
 recorded numbers of that seed. The pooling is `fersnet report
@@ -72,6 +78,39 @@ SEED2 = {
 }
 # The recorded runs by their training seed.
 RECORDED = {0: "ck48-s15 (seed 0)", 1: "ck48-s15-s1 (seed 1)", 2: "ck48-s2 (seed 2)"}
+
+# `jobs/cpu_fesda.sh` (the protocol at 90 epochs): README "Does fine-tuning on synthetic faces help?".
+E90_SEED0 = {  # folds 0-3 at fd561f9 (AMD, session 12), 4-9 at 9d5c7b8 (Intel, 2026-12-06)
+    "fersnet": (87.50, 93.94, 89.90, 87.88, 82.83, 100.00, 89.58, 83.84, 92.93, 93.75),
+    "fersnet+real-only": (87.50, 90.91, 91.92, 87.88, 85.86, 95.96, 88.54, 83.84, 93.94, 94.79),
+    "fersnet+fes-da": (90.62, 92.93, 92.93, 89.90, 80.81, 87.88, 90.62, 83.84, 91.92, 90.62),
+    "table-v": (73.61, 72.90, 71.89, 71.55, 77.78, 69.19, 71.18, 74.75, 73.57, 70.14),
+}
+E90_SEED2 = {  # `RUN=ck48-fesda-e90-s2 FOLDS=all MIN_SCORE= SET="train.seed=2" bash jobs/cpu_fesda.sh` at 4e0d010
+    "fersnet": (84.38, 92.93, 93.94, 91.92, 86.87, 96.97, 90.62, 91.92, 90.91, 94.79),
+    "fersnet+real-only": (84.38, 90.91, 95.96, 91.92, 86.87, 93.94, 91.67, 85.86, 93.94, 91.67),
+    "fersnet+fes-da": (88.54, 88.89, 94.95, 89.90, 83.84, 82.83, 90.62, 86.87, 88.89, 92.71),
+    "table-v": (74.13, 73.91, 73.74, 73.57, 81.99, 67.51, 71.53, 73.40, 72.90, 70.31),
+}
+E90_SEED1 = {  # `RUN=ck48-fesda-e90-s1 FOLDS=all SET="train.seed=1" bash jobs/cpu_fesda.sh` at 553bd2c (session 21)
+    "fersnet": (86.46, 96.97, 88.89, 89.90, 89.90, 96.97, 94.79, 92.93, 88.89, 90.62),
+    "fersnet+real-only": (87.50, 100.00, 87.88, 88.89, 90.91, 94.95, 93.75, 90.91, 87.88, 89.58),
+    "fersnet+fes-da": (87.50, 92.93, 88.89, 91.92, 88.89, 87.88, 94.79, 92.93, 87.88, 85.42),
+    "fersnet+fes-da@0.5": (78.12, 94.95, 89.90, 87.88, 83.84, 95.96, 92.71, 92.93, 90.91, 91.67),
+    "table-v": (72.74, 70.88, 75.76, 72.39, 74.75, 69.36, 75.17, 76.94, 70.54, 69.44),
+}
+E90_RECORDED = {
+    0: ("ck48-fesda-e90 (seed 0)", E90_SEED0),
+    1: ("ck48-fesda-e90-s1 (seed 1)", E90_SEED1),
+    2: ("ck48-fesda-e90-s2 (seed 2)", E90_SEED2),
+}
+E90_PAIRS = (
+    ("fersnet+fes-da", "fersnet+real-only", "the fair test of the synthetic faces"),
+    ("fersnet+fes-da", "fersnet", "FES-DA against the network it was fine-tuned from"),
+    ("fersnet+real-only", "fersnet", "the control against the network it was fine-tuned from"),
+    ("fersnet+fes-da@0.5", "fersnet+real-only", "FES-DA on rows scored >= 0.5 against the control"),
+    ("fersnet+fes-da@0.5", "fersnet+fes-da", "rows scored >= 0.5 against every synthetic row"),
+)
 PAIRS = (
     ("fersnet", "fer_only", "multi-task learning"),
     ("fersnet", "fersnet_hard", "ConvFLU"),
@@ -93,9 +132,7 @@ def _fractions(percent: tuple[float, ...], per_face: int = 1) -> dict[str, float
 def recorded_seeds() -> dict[str, dict[str, dict[str, float]]]:
     """{run: {row: {fold: accuracy}}} for the two session-15 seeds and session 18's seed 2."""
 
-    def exact(row: str, percent: tuple[float, ...]) -> dict[str, float]:
-        return _fractions(percent, 6 if row == "table-v" else 1)  # every test face into each other expression
-
+    exact = _exact
     seed0 = {row: exact(row, p) for row, p in SEED0.items()}
     seed1 = {row: exact(row, tuple(2 * m - s for m, s in zip(mean, SEED0[row]))) for row, mean in MEAN01.items()}
     for row, mean in MEAN01.items():  # the recovery is exact: the two seeds average back to what README printed
@@ -104,6 +141,15 @@ def recorded_seeds() -> dict[str, dict[str, dict[str, float]]]:
     seed1["fersnet_hard"] = exact("fersnet_hard", SEED1_HARD)
     seed2 = {row: exact(row, p) for row, p in SEED2.items()}
     return {RECORDED[0]: seed0, RECORDED[1]: seed1, RECORDED[2]: seed2}
+
+
+def _exact(row: str, percent: tuple[float, ...]) -> dict[str, float]:
+    return _fractions(percent, 6 if row == "table-v" else 1)  # every test face into each other expression
+
+
+def recorded_e90() -> dict[str, dict[str, dict[str, float]]]:
+    """{run: {row: {fold: accuracy}}} of the recorded `jobs/cpu_fesda.sh` seeds."""
+    return {name: {row: _exact(row, p) for row, p in rows.items()} for name, rows in E90_RECORDED.values()}
 
 
 def from_report(data: dict) -> dict[str, dict[str, float]]:
@@ -115,14 +161,17 @@ def from_report(data: dict) -> dict[str, dict[str, float]]:
     return rows
 
 
-def report_seed(data: dict, path: str) -> int:
+def report_seed(data: dict, path: str, protocol: str = "") -> int:
     """The training seed of a report.json's run (read from `path`), which must be the protocol's: a run with
     other settings (`jobs/cpu_fesda.sh`'s 90 epochs, say) is not a seed of it, and would otherwise replace or
-    pool with one."""
+    pool with one. protocol: what the protocol sets otherwise than `cpu48` ("train.epochs=90" for --e90)."""
     exp = data["configs"][data["run"]]["experiment"]
     changed = changed_from_protocol(exp)
-    if changed:
-        raise SystemExit(f"{path}: its run sets {changed}, not the protocol's cpu48; not pooled as a seed of it")
+    if changed != protocol:
+        name = f"cpu48 with {protocol}" if protocol else "cpu48"
+        raise SystemExit(
+            f"{path}: its run sets {changed or 'nothing'}, not the protocol's {name}; not pooled as a seed of it"
+        )
     return exp["train"]["seed"]
 
 
@@ -234,18 +283,22 @@ def main() -> None:
         default=[],
         help="a jobs/probe_fold.py --table-v output (JSON lines, repeatable): its rows join the runs of their seeds",
     )
+    p.add_argument("--e90", action="store_true", help="jobs/cpu_fesda.sh's seeds (90 epochs), not the protocol's")
     args = p.parse_args()
-    runs = recorded_seeds()
-    seeds = dict(RECORDED)
+    if args.e90 and args.probe:
+        p.error("--probe pairs with the 30-epoch protocol's seeds, not with --e90")
+    runs = recorded_e90() if args.e90 else recorded_seeds()
+    recorded = {k: name for k, (name, _) in E90_RECORDED.items()} if args.e90 else RECORDED
+    seeds = dict(recorded)
     for path in args.report:  # a report of a recorded seed takes its place: the same run, at full precision
         with open(path) as f:
             data = json.load(f)
-        seed = report_seed(data, path)
-        if seed in RECORDED and seeds[seed] == RECORDED[seed]:
-            del runs[RECORDED[seed]]
+        seed = report_seed(data, path, "train.epochs=90" if args.e90 else "")
+        if seed in recorded and seeds[seed] == recorded[seed]:
+            del runs[recorded[seed]]
         runs[path] = from_report(data)
         seeds[seed] = path
-    pairs = PAIRS
+    pairs = E90_PAIRS if args.e90 else PAIRS
     for path in args.probe:
         rows, probes = from_probe(path)
         for seed, probe_rows in rows.items():

@@ -206,6 +206,28 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
             with pytest.raises(SystemExit, match=r"report.json: its run sets train.epochs=90, not the protocol's"):
                 seeds.report_seed(data, "report.json")
 
+    # --e90 takes jobs/cpu_fesda.sh's runs (90 epochs) and no other
+    assert seeds.report_seed(data, "report.json", "train.epochs=90") == 2
+    with pytest.raises(SystemExit, match=r"sets nothing, not the protocol's cpu48 with train.epochs=90"):
+        exp = make_experiment("cpu48", seed=2).to_dict()
+        seeds.report_seed(
+            json.loads(json.dumps({"run": "x", "configs": {"x": {"experiment": exp}}})), "r", "train.epochs=90"
+        )
+    # its recorded seeds give README's "Does fine-tuning on synthetic faces help?" numbers, seed by seed
+    e90 = seeds.recorded_e90()
+    for run, (diff, better, tied, worse) in (
+        ("ck48-fesda-e90 (seed 0)", (-0.91, 5, 1, 4)),
+        ("ck48-fesda-e90-s2 (seed 2)", (-1.91, 3, 0, 7)),
+    ):
+        _, pairs = seeds.pool({run: e90[run]}, seeds.E90_PAIRS)
+        fair = {(p["row"], p["baseline"]): p for p in pairs}[("fersnet+fes-da", "fersnet+real-only")]
+        assert (round(100 * fair["mean_diff"], 2), fair["improved"], fair["tied"], fair["worse"]) == (
+            diff,
+            better,
+            tied,
+            worse,
+        )
+
     # the three recorded seeds pool to the README's "Three seeds" headline, as seed 2's own report did
     _, pairs = seeds.pool(seeds.recorded_seeds())
     by_pair = {(p["row"], p["baseline"]): p for p in pairs}

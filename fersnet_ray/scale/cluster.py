@@ -131,7 +131,7 @@ class Placement:
     worker's (its node, its end), and on a loaded machine a batch can come seconds late. So a task belongs to
     the window by its own submission time, not by when its events arrive (an earlier run's late events are
     not counted), and `result()` waits until every task of the window has its name, node and end and no new
-    event has come for a few report intervals. Actors: those created since, by class.
+    event has come for 1.5 report intervals. Actors: those created since, by class.
     """
 
     def __init__(self, names: dict[str, str] | None = None):
@@ -168,9 +168,10 @@ class Placement:
         return {k: v[:3] for k, v in seen.items() if k not in other and v[3] is not None and v[3] >= self._since_ns}
 
     def _settled(self, timeout_s: float) -> dict[tuple[bytes, int], list]:
-        """The window's tasks once each has a name, a node and an end and nothing new has come for 2.5 report
-        intervals, or after timeout_s (an attempt cut short by a lost node never reports its end)."""
-        quiet_s = 2.5 * int(os.environ.get("RAY_task_events_report_interval_ms", "1000")) / 1000
+        """The window's tasks once each has a name, a node and an end and nothing new has come for 1.5 report
+        intervals (a task whose events all are still on their way), or after timeout_s (an attempt cut short
+        by a lost node never reports its end)."""
+        quiet_s = 1.5 * int(os.environ.get("RAY_task_events_report_interval_ms", "1000")) / 1000
         start = time.monotonic()
         last, since = None, start
         while True:
