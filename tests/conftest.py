@@ -284,3 +284,25 @@ def node_failure_scenario(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     log.close()
+
+
+# FERSNET_TEST_TIMELINE=file.jsonl: one line per test phase (worker, test, phase, start, seconds), for
+# sizing the suite against its budget: which worker ran what when, and where it waited.
+_TIMELINE = os.environ.get("FERSNET_TEST_TIMELINE")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    yield
+    if _TIMELINE:
+        import json
+
+        line = {
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "test": item.nodeid,
+            "phase": call.when,
+            "start": round(call.start, 2),
+            "s": round(call.duration, 2),
+        }
+        with open(_TIMELINE, "a") as f:
+            f.write(json.dumps(line) + "\n")
