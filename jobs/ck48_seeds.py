@@ -90,6 +90,8 @@ E90_SEED2 = {  # `RUN=ck48-fesda-e90-s2 FOLDS=all MIN_SCORE= SET="train.seed=2" 
     "fersnet": (84.38, 92.93, 93.94, 91.92, 86.87, 96.97, 90.62, 91.92, 90.91, 94.79),
     "fersnet+real-only": (84.38, 90.91, 95.96, 91.92, 86.87, 93.94, 91.67, 85.86, 93.94, 91.67),
     "fersnet+fes-da": (88.54, 88.89, 94.95, 89.90, 83.84, 82.83, 90.62, 86.87, 88.89, 92.71),
+    # session 21: the same command with MIN_SCORE left at 0.5, at 553bd2c (the other stages skipped)
+    "fersnet+fes-da@0.5": (88.54, 85.86, 94.95, 89.90, 88.89, 93.94, 94.79, 87.88, 91.92, 96.88),
     "table-v": (74.13, 73.91, 73.74, 73.57, 81.99, 67.51, 71.53, 73.40, 72.90, 70.31),
 }
 E90_SEED1 = {  # `RUN=ck48-fesda-e90-s1 FOLDS=all SET="train.seed=1" bash jobs/cpu_fesda.sh` at 553bd2c (session 21)
