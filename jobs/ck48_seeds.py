@@ -134,18 +134,18 @@ def _fractions(percent: tuple[float, ...], per_face: int = 1) -> dict[str, float
 def recorded_seeds() -> dict[str, dict[str, dict[str, float]]]:
     """{run: {row: {fold: accuracy}}} for the two session-15 seeds and session 18's seed 2."""
 
-    exact = _exact
-    seed0 = {row: exact(row, p) for row, p in SEED0.items()}
-    seed1 = {row: exact(row, tuple(2 * m - s for m, s in zip(mean, SEED0[row]))) for row, mean in MEAN01.items()}
+    seed0 = {row: _exact(row, p) for row, p in SEED0.items()}
+    seed1 = {row: _exact(row, tuple(2 * m - s for m, s in zip(mean, SEED0[row]))) for row, mean in MEAN01.items()}
     for row, mean in MEAN01.items():  # the recovery is exact: the two seeds average back to what README printed
         for k, m in enumerate(mean):
             assert abs(50 * (seed0[row][str(k)] + seed1[row][str(k)]) - m) < 0.006, (row, k)
-    seed1["fersnet_hard"] = exact("fersnet_hard", SEED1_HARD)
-    seed2 = {row: exact(row, p) for row, p in SEED2.items()}
+    seed1["fersnet_hard"] = _exact("fersnet_hard", SEED1_HARD)
+    seed2 = {row: _exact(row, p) for row, p in SEED2.items()}
     return {RECORDED[0]: seed0, RECORDED[1]: seed1, RECORDED[2]: seed2}
 
 
 def _exact(row: str, percent: tuple[float, ...]) -> dict[str, float]:
+    """A row of printed percentages as exact fractions (Table V: six synthetic faces per test face)."""
     return _fractions(percent, 6 if row == "table-v" else 1)  # every test face into each other expression
 
 

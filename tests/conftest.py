@@ -6,6 +6,7 @@ Ray starts, so Ray's worker processes inherit them like cluster nodes inherit an
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -295,8 +296,6 @@ _TIMELINE = os.environ.get("FERSNET_TEST_TIMELINE")
 def pytest_runtest_makereport(item, call):
     yield
     if _TIMELINE:
-        import json
-
         line = {
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
             "test": item.nodeid,

@@ -197,22 +197,18 @@ def test_ck48_seeds_pairs_a_probe_with_the_protocol_of_its_own_seed(tmp_path):
         seeds.add_probe_rows(runs["ck48-s2 (seed 2)"], {"fersnet": {"4": same + 1 / 99}}, "p", set())
 
     # a run's report pools as a seed only if the run is the protocol's: 90 epochs is another experiment
-    for epochs, ok in ((30, True), (90, False)):
+    def report(epochs: int) -> dict:  # a report.json's run config, as read back (tuples as lists)
         exp = make_experiment("cpu48", seed=2, epochs=epochs).to_dict()
-        data = json.loads(json.dumps({"run": "x", "configs": {"x": {"experiment": exp}}}))  # as read back
-        if ok:
-            assert seeds.report_seed(data, "report.json") == 2
-        else:
-            with pytest.raises(SystemExit, match=r"report.json: its run sets train.epochs=90, not the protocol's"):
-                seeds.report_seed(data, "report.json")
+        return json.loads(json.dumps({"run": "x", "configs": {"x": {"experiment": exp}}}))
+
+    assert seeds.report_seed(report(30), "report.json") == 2
+    with pytest.raises(SystemExit, match=r"report.json: its run sets train.epochs=90, not the protocol's"):
+        seeds.report_seed(report(90), "report.json")
 
     # --e90 takes jobs/cpu_fesda.sh's runs (90 epochs) and no other
-    assert seeds.report_seed(data, "report.json", "train.epochs=90") == 2
+    assert seeds.report_seed(report(90), "report.json", "train.epochs=90") == 2
     with pytest.raises(SystemExit, match=r"sets nothing, not the protocol's cpu48 with train.epochs=90"):
-        exp = make_experiment("cpu48", seed=2).to_dict()
-        seeds.report_seed(
-            json.loads(json.dumps({"run": "x", "configs": {"x": {"experiment": exp}}})), "r", "train.epochs=90"
-        )
+        seeds.report_seed(report(30), "r", "train.epochs=90")
     # its recorded seeds give README's "Does fine-tuning on synthetic faces help?" numbers, seed by seed
     e90 = seeds.recorded_e90()
     for run, (diff, better, tied, worse) in (
