@@ -449,6 +449,13 @@ def finetune(
         Optional[float],
         typer.Option(help="Use only synthetic rows the recogniser scored ≥ this (runs/<run>/finetune-fes-da@X/)."),
     ] = None,
+    refill: Annotated[
+        bool,
+        typer.Option(
+            help="With --min-score: draw the kept synthetic rows again in the dropped ones' places, so an epoch "
+            "has FES-DA's rows and steps, as the control does; --no-refill: one pass over the kept rows."
+        ),
+    ] = True,
     synthetic_weight: Annotated[
         float,
         typer.Option(

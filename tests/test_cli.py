@@ -41,6 +41,7 @@ NOT_IN_RUN = {
     ("finetune", "overwrite"): "run's --overwrite deletes the run, so every fold is fine-tuned again",
     ("finetune", "data"): "run fine-tunes on FES-DA; ablation adds the real-only control",
     ("finetune", "min_score"): "ablation's --finetune-min-score adds that row",
+    ("finetune", "refill"): "ablation's --finetune-min-score row is refilled to FES-DA's steps, as the control is",
     ("finetune", "synthetic_weight"): "a variant of FES-DA: `fersnet finetune` adds its row to a run or ablation",
     ("finetune", "score_weighted"): "a variant of FES-DA: `fersnet finetune` adds its row to a run or ablation",
     ("finetune", "classifier"): "run fine-tunes FERSNet; ablation's --classifiers adds the others",

@@ -161,6 +161,15 @@ def real_repeats(manifest: dict | None) -> int:
     return max(1, round((real + manifest["rows"]) / max(real, 1)))
 
 
+def kept_rows(store: Store, run: str, fold: Fold, manifest: dict, min_score: float) -> int:
+    """The fold's synthetic rows scored at least `min_score`; reads only the shards' score column."""
+    import pyarrow.dataset as pads
+
+    files = [store.run(run).synthetic_file(fold, s["file"]) for s in manifest["shards"]]
+    shards = pads.dataset(files, filesystem=store.arrow_fs, format="parquet")
+    return shards.count_rows(filter=pads.field("score") >= min_score)
+
+
 def fold_dataset(
     store: Store,
     dataset: str,
@@ -171,12 +180,14 @@ def fold_dataset(
     manifest: dict | None,
     cache: bool = True,
     cfg: FinetuneConfig = FinetuneConfig(),
+    kept: int | None = None,
 ):
     """Real training faces ∪ the fold's synthetic shards, as a Ray Dataset of decoded uint8 faces.
 
     With `cfg.data == "real"` (the control) the real faces alone, repeated `real_repeats` times so
     that an epoch has as many rows as real + synthetic would; with `cfg.min_score` only the
-    synthetic rows scored at least that.
+    synthetic rows scored at least that (`kept` of them, `kept_rows`), and with `cfg.refill` those
+    drawn again to the manifest's synthetic rows, so that an epoch has as many rows as FES-DA's.
 
     Nothing is copied locally: both are read from the store by Ray Data's Parquet reader, and the
     PNG decoding runs in Ray Data tasks that stream ahead of the training workers.
@@ -184,12 +195,20 @@ def fold_dataset(
     cache: keep the decoded faces in Ray's object store after one pass (see `use_cache`).
     Re-reading and re-decoding a few thousand small faces every epoch costs Ray Data more in task
     start-up than the epoch's training takes (`python jobs/bench_finetune.py` measures both);
-    large data sets stream.
+    large data sets stream. Real and synthetic faces are cached apart and each once: the repeats of
+    the control and of a refill are references to the same cached blocks, drawn anew every epoch.
     """
     import ray.data
 
     from fersnet_ray.finetune.loop import decode_batch
     from fersnet_ray.table import table_files
+
+    def decoded(rows):
+        out = rows.map_batches(decode_batch, fn_kwargs={"load_size": load_size}, batch_format="numpy", batch_size=256)
+        return out.materialize() if cache else out
+
+    def repeated(ds, times: int):
+        return ds.union(*[ds] * (times - 1)) if times > 1 else ds
 
     with _parquet_reader_v1():
         real = ray.data.read_parquet(
@@ -198,19 +217,21 @@ def fold_dataset(
             _training_rows, fn_kwargs={"fold": fold, "weighted": cfg.weighted}, batch_format="pyarrow", batch_size=None
         )
         if cfg.data == "real":
-            repeats = real_repeats(manifest)
-            both = real.union(*[real] * (repeats - 1)) if repeats > 1 else real
+            both = repeated(decoded(real), real_repeats(manifest))
         else:
             shards = [store.run(run).synthetic_file(fold, s["file"]) for s in manifest["shards"]]
             synthetic = ray.data.read_parquet(shards, filesystem=store.arrow_fs, columns=["image", "label", "score"])
-            synthetic = synthetic.map_batches(
-                _scored_rows, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=None
+            synthetic = decoded(
+                synthetic.map_batches(_scored_rows, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=None)
             )
-            both = real.union(synthetic)
-    decoded = both.map_batches(decode_batch, fn_kwargs={"load_size": load_size}, batch_format="numpy", batch_size=256)
-    if cache:
-        decoded = decoded.materialize()
-    return decoded.randomize_block_order()  # a new block order every epoch (each epoch re-runs the plan)
+            if cfg.min_score is not None and cfg.refill and kept and kept < manifest["rows"]:
+                # kept fakes → manifest["rows"] of them: ⌈rows / kept⌉ copies in a random block order each
+                # epoch, cut to length; a fake appears about rows / kept times an epoch (blocks are cut
+                # whole, so some once more or less, and FES-DA's real : synthetic ratio is kept exactly).
+                copies = -(-manifest["rows"] // kept)
+                synthetic = repeated(synthetic, copies).randomize_block_order().limit(manifest["rows"])
+            both = decoded(real).union(synthetic)
+    return both.randomize_block_order()  # a new block order every epoch (each epoch re-runs the plan)
 
 
 # --- Ray marked place 2 of 3: the worker loop ------------------------------------------------------
@@ -303,8 +324,10 @@ def finetune_fold(config: dict) -> None:
             min_score=cfg.min_score,
             synthetic_weight=cfg.synthetic_weight,
             score_weighted=cfg.score_weighted,
-            training_rows=config["rows"],
-            synthetic_rows=config["synthetic_rows"],
+            refill=cfg.refill if cfg.min_score is not None else None,
+            training_rows=config["rows"],  # per epoch
+            synthetic_rows=config["synthetic_rows"],  # per epoch; with a refill, kept rows drawn again
+            kept_synthetic_rows=config["kept_synthetic_rows"],  # distinct rows scored >= min_score
         )
         finish_fold(run, fold, cfg.folder, state.history, result)
 
@@ -425,8 +448,11 @@ def _save_config(store: Store, job: FinetuneJob, run_config: dict, folder: str) 
         store.remove(run.stage(folder))
     elif store.exists(path):
         stored = store.read_json(path)
-        # Configs written before a field existed (classifier, weights) hold its default.
-        stored["finetune"] = {**asdict(FinetuneConfig()), **stored.get("finetune", {})}
+        # Configs written before a field existed (classifier, weights) hold its default; refill
+        # (session 22) was off before, which matters only with a min_score.
+        before = stored.get("finetune", {})
+        before.setdefault("refill", before.get("min_score") is None)
+        stored["finetune"] = {**asdict(FinetuneConfig()), **before}
         if stored != json.loads(json.dumps(wanted)):
             raise FinetuneError(
                 f"run {job.run!r} was fine-tuned with a different config ({config_diff(stored, wanted)}); "
@@ -436,14 +462,16 @@ def _save_config(store: Store, job: FinetuneJob, run_config: dict, folder: str) 
     store.write_json(path, wanted)
 
 
-def _rows(manifest: dict | None, cfg: FinetuneConfig) -> tuple[int, int]:
-    """(rows an epoch reads at most, synthetic rows among them) for a fold's manifest and this config."""
+def _rows(manifest: dict | None, cfg: FinetuneConfig, kept: int | None = None) -> tuple[int, int]:
+    """(rows an epoch reads, synthetic rows among them) for a fold's manifest and this config; `kept`: the
+    synthetic rows scored at least `cfg.min_score`."""
     if manifest is None:  # the control without shards: the real faces once (known to the worker)
         return 0, 0
     real = sum(manifest["real_per_class"].values())
     if cfg.data == "real":
         return real * real_repeats(manifest), 0
-    return real + manifest["rows"], manifest["rows"]
+    synthetic = manifest["rows"] if cfg.min_score is None or cfg.refill else kept
+    return real + synthetic, synthetic
 
 
 def use_cache(cfg: FinetuneConfig, rows: int, channels: int, load_size: int, folds: int) -> bool:
@@ -486,10 +514,20 @@ def finetune(job: FinetuneJob) -> dict:
         inputs[fold] = fold_inputs(
             store, job.run, fold, exp.train.epochs, cfg.data, cfg.from_fold_checkpoint, cfg.needs_scores
         )
+    kept = {}  # fold -> its synthetic rows scored >= min_score
+    for fold, (_, manifest) in inputs.items():
+        if cfg.min_score is None:
+            break
+        kept[fold] = kept_rows(store, job.run, fold, manifest, cfg.min_score)
+        if kept[fold] == 0:
+            raise FinetuneError(
+                f"{foldkey.label(fold)}: none of its {manifest['rows']} synthetic rows is scored >= {cfg.min_score:g}; "
+                "lower --min-score"
+            )
     if inputs:
         check_classifier_config(store, cfg, exp)
     _save_config(store, job, run_config, cfg.folder)
-    rows = max((_rows(m, cfg)[0] for _, m in inputs.values()), default=0)
+    rows = max((_rows(m, cfg, kept.get(f))[0] for f, (_, m) in inputs.items()), default=0)
     cache = use_cache(cfg, rows, exp.model.in_channels, exp.train.load_size, len(inputs))
     # Streaming, Ray Data's read and decode tasks need a CPU beside the training workers (workers
     # holding every CPU would wait for data forever); cached, the data are read once before `fit`.
@@ -509,6 +547,7 @@ def finetune(job: FinetuneJob) -> dict:
             manifest,
             cache,
             cfg,
+            kept.get(fold),
         )
 
     def run_fold(fold: Fold) -> None:
@@ -517,7 +556,7 @@ def finetune(job: FinetuneJob) -> dict:
             print(f"finetune{name} {foldkey.label(fold)}: finished earlier, skipped", flush=True)
             return
         init_from, manifest = inputs[fold]
-        rows, synthetic_rows = _rows(manifest, cfg)
+        rows, synthetic_rows = _rows(manifest, cfg, kept.get(fold))
         config = {
             "job": asdict(job),
             "fold": fold,
@@ -527,6 +566,7 @@ def finetune(job: FinetuneJob) -> dict:
             "init_from": init_from,
             "rows": rows,
             "synthetic_rows": synthetic_rows,
+            "kept_synthetic_rows": kept.get(fold),
         }
         datasets = {"train": cached[fold] if cache else dataset(fold)}
         trainer = fold_trainer(finetune_fold, config, Scaling.of(job), store, run.stage(cfg.folder), fold, datasets)

@@ -56,6 +56,10 @@ class FinetuneConfig:
             steps as real + synthetic would, with the same schedule and starting checkpoint).
         min_score: FES-DA with only the synthetic rows whose recogniser score (probability of the
             target expression) is at least this; None keeps every row.
+        refill: with min_score, the kept synthetic rows are drawn again (a fresh random draw each
+            epoch) to fill the places of the dropped ones, so an epoch has FES-DA's rows and steps and
+            the row compares with FES-DA and the control at equal steps; False: one pass over the kept
+            rows, fewer steps (what `--min-score` did before session 22).
         synthetic_weight: each synthetic row's weight in the recognition loss, a real row's being 1
             (the loss is the weighted mean over the batch). 1: the paper's FES-DA, every face alike;
             below 1, the synthetic faces still balance the classes but count less than real ones.
@@ -79,6 +83,7 @@ class FinetuneConfig:
     cache: bool | None = None
     data: str = "real+synthetic"
     min_score: float | None = None
+    refill: bool = True
     synthetic_weight: float = 1.0
     score_weighted: bool = False
     classifier: str = "fersnet"
