@@ -97,6 +97,18 @@ def test_weighted_synthetic_rows_name_their_row_and_weigh_the_loss():
     assert zeroed == pytest.approx(_half_loss(state, batch, 8), rel=1e-5)
 
 
+def test_every_row_of_the_comparison_takes_fes_das_steps_an_epoch():
+    """FES-DA reads real + every synthetic row an epoch; the control repeats the real faces to that length,
+    and --min-score draws its kept rows again to it (refill), unless --no-refill: one pass over them."""
+    from fersnet_ray.finetune.job import epoch_rows
+
+    manifest = {"real_per_class": {"a": 60, "b": 40}, "rows": 600}  # 100 real faces, 6 targets each
+    assert epoch_rows(manifest, FinetuneConfig()) == (700, 600)
+    assert epoch_rows(manifest, FinetuneConfig(data="real")) == (700, 0)
+    assert epoch_rows(manifest, FinetuneConfig(min_score=0.5), kept=250) == (700, 600)
+    assert epoch_rows(manifest, FinetuneConfig(min_score=0.5, refill=False), kept=250) == (350, 250)
+
+
 def _half_loss(state, batch, n):
     """The first-batch loss over the first n rows of `batch`, augmented as `finetune_epoch` augments all of it."""
     import torch.nn.functional as F

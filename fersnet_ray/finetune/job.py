@@ -462,7 +462,7 @@ def _save_config(store: Store, job: FinetuneJob, run_config: dict, folder: str) 
     store.write_json(path, wanted)
 
 
-def _rows(manifest: dict | None, cfg: FinetuneConfig, kept: int | None = None) -> tuple[int, int]:
+def epoch_rows(manifest: dict | None, cfg: FinetuneConfig, kept: int | None = None) -> tuple[int, int]:
     """(rows an epoch reads, synthetic rows among them) for a fold's manifest and this config; `kept`: the
     synthetic rows scored at least `cfg.min_score`."""
     if manifest is None:  # the control without shards: the real faces once (known to the worker)
@@ -527,7 +527,7 @@ def finetune(job: FinetuneJob) -> dict:
     if inputs:
         check_classifier_config(store, cfg, exp)
     _save_config(store, job, run_config, cfg.folder)
-    rows = max((_rows(m, cfg, kept.get(f))[0] for f, (_, m) in inputs.items()), default=0)
+    rows = max((epoch_rows(m, cfg, kept.get(f))[0] for f, (_, m) in inputs.items()), default=0)
     cache = use_cache(cfg, rows, exp.model.in_channels, exp.train.load_size, len(inputs))
     # Streaming, Ray Data's read and decode tasks need a CPU beside the training workers (workers
     # holding every CPU would wait for data forever); cached, the data are read once before `fit`.
@@ -556,7 +556,7 @@ def finetune(job: FinetuneJob) -> dict:
             print(f"finetune{name} {foldkey.label(fold)}: finished earlier, skipped", flush=True)
             return
         init_from, manifest = inputs[fold]
-        rows, synthetic_rows = _rows(manifest, cfg, kept.get(fold))
+        rows, synthetic_rows = epoch_rows(manifest, cfg, kept.get(fold))
         config = {
             "job": asdict(job),
             "fold": fold,
