@@ -154,14 +154,14 @@ def test_weighted_fine_tuning_rows_carry_their_weight_and_need_scores(trained):
     assert labels.tolist() == [repeats * n for n in per_class] and labels.sum() == repeats * real
 
     # FES-DA on the rows scored >= a threshold (`--min-score`): the kept rows, drawn again in the dropped
-    # ones' places so that an epoch is FES-DA's (the same steps, the same real faces; cached, as on CK+48).
+    # ones' places so that an epoch is FES-DA's (the same steps, the same real faces).
     from fersnet_ray.finetune.job import FinetuneJob, finetune, kept_rows
 
     threshold = float(np.median(scores.to_numpy()))
     kept = kept_rows(store, "r", 0, manifest, threshold)
     assert 0 < kept == int((scores.to_numpy() >= threshold).sum()) < manifest["rows"]
     cfg = FinetuneConfig(min_score=threshold)
-    refilled = fold_dataset(store, config["dataset"], "r", 0, load, 1, manifest, cfg=cfg, kept=kept)
+    refilled = fold_dataset(store, config["dataset"], "r", 0, load, 1, manifest, cache=False, cfg=cfg, kept=kept)
     labels = np.bincount(refilled.select_columns(["label"]).to_pandas()["label"], minlength=len(per_class))
     assert labels.sum() == real + manifest["rows"] and (labels >= per_class).all()  # every real face, once
     none = FinetuneConfig(min_score=float(np.nextafter(scores.to_numpy().max(), 2)))
