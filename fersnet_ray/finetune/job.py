@@ -195,8 +195,8 @@ def fold_dataset(
     cache: keep the decoded faces in Ray's object store after one pass (see `use_cache`).
     Re-reading and re-decoding a few thousand small faces every epoch costs Ray Data more in task
     start-up than the epoch's training takes (`python jobs/bench_finetune.py` measures both);
-    large data sets stream. Real and synthetic faces are cached apart and each once: the repeats of
-    the control and of a refill are references to the same cached blocks, drawn anew every epoch.
+    large data sets stream. The repeats of the control and of a refill are references to the same
+    cached blocks, drawn anew every epoch.
     """
     import ray.data
 
@@ -221,16 +221,18 @@ def fold_dataset(
         else:
             shards = [store.run(run).synthetic_file(fold, s["file"]) for s in manifest["shards"]]
             synthetic = ray.data.read_parquet(shards, filesystem=store.arrow_fs, columns=["image", "label", "score"])
-            synthetic = decoded(
-                synthetic.map_batches(_scored_rows, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=None)
+            synthetic = synthetic.map_batches(
+                _scored_rows, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=None
             )
             if cfg.min_score is not None and cfg.refill and kept and kept < manifest["rows"]:
                 # kept fakes → manifest["rows"] of them: ⌈rows / kept⌉ copies in a random block order each
                 # epoch, cut to length; a fake appears about rows / kept times an epoch (blocks are cut
                 # whole, so some once more or less, and FES-DA's real : synthetic ratio is kept exactly).
                 copies = -(-manifest["rows"] // kept)
-                synthetic = repeated(synthetic, copies).randomize_block_order().limit(manifest["rows"])
-            both = decoded(real).union(synthetic)
+                synthetic = repeated(decoded(synthetic), copies).randomize_block_order().limit(manifest["rows"])
+                both = decoded(real).union(synthetic)
+            else:
+                both = decoded(real.union(synthetic))  # one read and decode of both
     return both.randomize_block_order()  # a new block order every epoch (each epoch re-runs the plan)
 
 
