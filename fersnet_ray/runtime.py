@@ -83,7 +83,43 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     else:
         # address="local": a new local Ray, never a cluster some earlier `ray start` left on this machine
         # (Ray's default would join that one); include_dashboard=False: no web UI, seconds faster.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        with _own_address_for_its_processes():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
+@contextlib.contextmanager
+def _own_address_for_its_processes():
+    """While a local Ray starts: its GCS on a port chosen here, and RAY_ADDRESS naming it, so that every
+    process it starts (the raylet, and from it each worker) inherits its own cluster's address; this
+    process's environment is restored after.
+
+    Ray Train's placement-group cleaner, a thread in an actor of every fit, looks its controller up
+    through Ray's state API with no address, so Ray searches the machine for a cluster. With two local
+    Rays on one machine (two `fersnet run` side by side, or a test session beside a run) that search
+    fails ("Found multiple active Ray instances"; or it finds a cluster that has since stopped) and the
+    thread dies, printing a 25-line traceback into the run's log: two to six per CK+48 run of
+    `jobs/cpu_fesda.sh` beside other work (sessions 21, 22). Training was never affected; the log was.
+    (A `worker_process_setup_hook` setting it in each worker did the same, but a job-wide runtime_env
+    cost every Ray start 3-5 s: its workers are not the prestarted ones.)
+    """
+    import socket
+
+    from ray._private.services import get_node_ip_address
+
+    with socket.socket() as s:  # a free port; Ray binds it a moment later (RAY_GCS_SERVER_PORT)
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    wanted = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{get_node_ip_address()}:{port}"}
+    before = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def root_cause(e: BaseException) -> str:

@@ -58,3 +58,21 @@ def test_rays_own_deprecation_warning_is_hidden_in_the_processes_ray_starts(monk
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "exclude_resources" not in out.stderr and "another warning" in out.stderr
+
+
+def test_a_local_rays_workers_carry_their_own_clusters_address(ray_local):
+    """Ray Train's placement-group cleaner asks Ray's state API with no address, so Ray searches the
+    machine; beside a second local Ray (under pytest-xdist the other worker's) that search failed in the
+    worker and printed a traceback into the run's log. Workers of a local Ray started by `init_ray` carry
+    their own address, so the search is never made."""
+
+    @ray_local.remote
+    def lookup() -> tuple[str | None, str]:
+        import os
+
+        from ray._private import services
+
+        return os.environ.get("RAY_ADDRESS"), services.canonicalize_bootstrap_address_or_die(None)
+
+    own = ray_local.get_runtime_context().gcs_address
+    assert ray_local.get(lookup.remote()) == (own, own)
