@@ -4,6 +4,7 @@
     python jobs/ck48_seeds.py --report .data/cpu-store/runs/RUN/report/report.json   # and a run's report
     python jobs/ck48_seeds.py --probe probe-results.jsonl   # and a probe_fold.py run, paired per seed
     python jobs/ck48_seeds.py --e90                                       # jobs/cpu_fesda.sh's seeds instead
+    python jobs/ck48_seeds.py --e90 --old-seed0                           # with seed 0 of sessions 12-13
 
 `fersnet report --run R --seeds R-s1,R-s2` pools seed replicates that live in one store. The stores of the
 session-15 runs (`RUN=ck48-s15 bash jobs/cpu_ckplus48.sh`, seed 0, and `RUN=ck48-s15-s1 SET="train.seed=1"
@@ -17,9 +18,11 @@ numbers are its report's table (docs/results-cpu.md, "Session 18"), and pool to 
 tables exactly as that report did.
 
 `--e90` pools `jobs/cpu_fesda.sh`'s runs instead (the same protocol, 90 epochs, the FES-DA question
-alone): seed 0 (`ck48-fesda-e90`, sessions 12-13, README "Does fine-tuning on synthetic faces help?") and
-seed 2 (`ck48-fesda-e90-s2`, session 20) as README printed them, and seed 1 (`ck48-fesda-e90-s1`,
-session 21) as its report printed it; `--report` then takes only runs of that protocol.
+alone): seed 0 (`ck48-fesda-e90-s0`, session 22), seed 1 (`ck48-fesda-e90-s1`, session 21) and seed 2
+(`ck48-fesda-e90-s2`, session 20), all on AMD EPYC machines with AVX512-BF16, with session 22's
+score-filtered rows refilled to FES-DA's steps; `--old-seed0` takes seed 0 as sessions 12-13 measured
+it on two machines (`ck48-fesda-e90`), as README pooled it before; `--report` then takes only runs of
+that protocol.
 
 Each `--report` adds one run (a `runs/<run>/report/report.json`); a report of seed 0, 1 or 2 replaces the
 recorded numbers of that seed. The pooling is `fersnet report
@@ -80,7 +83,19 @@ SEED2 = {
 RECORDED = {0: "ck48-s15 (seed 0)", 1: "ck48-s15-s1 (seed 1)", 2: "ck48-s2 (seed 2)"}
 
 # `jobs/cpu_fesda.sh` (the protocol at 90 epochs): README "Does fine-tuning on synthetic faces help?".
-E90_SEED0 = {  # folds 0-3 at fd561f9 (AMD, session 12), 4-9 at 9d5c7b8 (Intel, 2026-12-06)
+# "fersnet+fes-da@0.5": the kept rows refilled to FES-DA's steps (session 22, `fersnet finetune --min-score
+# 0.5`, c797824, on each store); "... one pass": the rows scored >= 0.5 once an epoch, fewer steps (session 21).
+E90_SEED0 = {  # `RUN=ck48-fesda-e90-s0 FOLDS=all MIN_SCORE= SET="train.seed=0" bash jobs/cpu_fesda.sh` at b87663f
+    "fersnet": (83.33, 91.92, 91.92, 90.91, 84.85, 97.98, 89.58, 84.85, 93.94, 93.75),
+    "fersnet+real-only": (83.33, 89.90, 89.90, 90.91, 83.84, 97.98, 91.67, 85.86, 93.94, 96.88),
+    "fersnet+fes-da": (87.50, 92.93, 90.91, 87.88, 86.87, 88.89, 91.67, 91.92, 90.91, 90.62),
+    "fersnet+fes-da@0.5": (85.42, 85.86, 89.90, 86.87, 83.84, 93.94, 93.75, 89.90, 93.94, 92.71),
+    "table-v": (71.18, 75.08, 72.22, 72.90, 79.97, 73.06, 77.08, 72.73, 72.39, 73.09),
+}
+# Seed 0 as sessions 12-13 measured it, on two machines: folds 0-3 at fd561f9 (AMD, session 12), 4-9 at
+# 9d5c7b8 (Intel, 2026-12-06); README pooled it with seeds 1 and 2 until session 22 (`--old-seed0`).
+E90_OLD_NAME = "ck48-fesda-e90 (seed 0, sessions 12-13)"
+E90_SEED0_OLD = {
     "fersnet": (87.50, 93.94, 89.90, 87.88, 82.83, 100.00, 89.58, 83.84, 92.93, 93.75),
     "fersnet+real-only": (87.50, 90.91, 91.92, 87.88, 85.86, 95.96, 88.54, 83.84, 93.94, 94.79),
     "fersnet+fes-da": (90.62, 92.93, 92.93, 89.90, 80.81, 87.88, 90.62, 83.84, 91.92, 90.62),
@@ -90,19 +105,21 @@ E90_SEED2 = {  # `RUN=ck48-fesda-e90-s2 FOLDS=all MIN_SCORE= SET="train.seed=2" 
     "fersnet": (84.38, 92.93, 93.94, 91.92, 86.87, 96.97, 90.62, 91.92, 90.91, 94.79),
     "fersnet+real-only": (84.38, 90.91, 95.96, 91.92, 86.87, 93.94, 91.67, 85.86, 93.94, 91.67),
     "fersnet+fes-da": (88.54, 88.89, 94.95, 89.90, 83.84, 82.83, 90.62, 86.87, 88.89, 92.71),
+    "fersnet+fes-da@0.5": (86.46, 87.88, 89.90, 90.91, 86.87, 88.89, 92.71, 91.92, 90.91, 92.71),
     # session 21: the same command with MIN_SCORE left at 0.5, at 553bd2c (the other stages skipped)
-    "fersnet+fes-da@0.5": (88.54, 85.86, 94.95, 89.90, 88.89, 93.94, 94.79, 87.88, 91.92, 96.88),
+    "fersnet+fes-da@0.5 one pass": (88.54, 85.86, 94.95, 89.90, 88.89, 93.94, 94.79, 87.88, 91.92, 96.88),
     "table-v": (74.13, 73.91, 73.74, 73.57, 81.99, 67.51, 71.53, 73.40, 72.90, 70.31),
 }
 E90_SEED1 = {  # `RUN=ck48-fesda-e90-s1 FOLDS=all SET="train.seed=1" bash jobs/cpu_fesda.sh` at 553bd2c (session 21)
     "fersnet": (86.46, 96.97, 88.89, 89.90, 89.90, 96.97, 94.79, 92.93, 88.89, 90.62),
     "fersnet+real-only": (87.50, 100.00, 87.88, 88.89, 90.91, 94.95, 93.75, 90.91, 87.88, 89.58),
     "fersnet+fes-da": (87.50, 92.93, 88.89, 91.92, 88.89, 87.88, 94.79, 92.93, 87.88, 85.42),
-    "fersnet+fes-da@0.5": (78.12, 94.95, 89.90, 87.88, 83.84, 95.96, 92.71, 92.93, 90.91, 91.67),
+    "fersnet+fes-da@0.5": (83.33, 93.94, 92.93, 87.88, 85.86, 94.95, 92.71, 90.91, 92.93, 92.71),
+    "fersnet+fes-da@0.5 one pass": (78.12, 94.95, 89.90, 87.88, 83.84, 95.96, 92.71, 92.93, 90.91, 91.67),
     "table-v": (72.74, 70.88, 75.76, 72.39, 74.75, 69.36, 75.17, 76.94, 70.54, 69.44),
 }
 E90_RECORDED = {
-    0: ("ck48-fesda-e90 (seed 0)", E90_SEED0),
+    0: ("ck48-fesda-e90-s0 (seed 0)", E90_SEED0),
     1: ("ck48-fesda-e90-s1 (seed 1)", E90_SEED1),
     2: ("ck48-fesda-e90-s2 (seed 2)", E90_SEED2),
 }
@@ -112,6 +129,8 @@ E90_PAIRS = (
     ("fersnet+real-only", "fersnet", "the control against the network it was fine-tuned from"),
     ("fersnet+fes-da@0.5", "fersnet+real-only", "FES-DA on rows scored >= 0.5 against the control"),
     ("fersnet+fes-da@0.5", "fersnet+fes-da", "rows scored >= 0.5 against every synthetic row"),
+    ("fersnet+fes-da@0.5", "fersnet+fes-da@0.5 one pass", "rows scored >= 0.5: refilled against one pass"),
+    ("fersnet+fes-da@0.5 one pass", "fersnet+real-only", "rows scored >= 0.5 once an epoch against the control"),
 )
 PAIRS = (
     ("fersnet", "fer_only", "multi-task learning"),
@@ -149,9 +168,13 @@ def _exact(row: str, percent: tuple[float, ...]) -> dict[str, float]:
     return _fractions(percent, 6 if row == "table-v" else 1)  # every test face into each other expression
 
 
-def recorded_e90() -> dict[str, dict[str, dict[str, float]]]:
-    """{run: {row: {fold: accuracy}}} of the recorded `jobs/cpu_fesda.sh` seeds."""
-    return {name: {row: _exact(row, p) for row, p in rows.items()} for name, rows in E90_RECORDED.values()}
+def recorded_e90(old_seed0: bool = False) -> dict[str, dict[str, dict[str, float]]]:
+    """{run: {row: {fold: accuracy}}} of the recorded `jobs/cpu_fesda.sh` seeds; old_seed0: seed 0 as
+    sessions 12-13 measured it (`E90_SEED0_OLD`), as README pooled the three seeds before session 22."""
+    recorded = dict(E90_RECORDED)
+    if old_seed0:
+        recorded[0] = (E90_OLD_NAME, E90_SEED0_OLD)
+    return {name: {row: _exact(row, p) for row, p in rows.items()} for name, rows in recorded.values()}
 
 
 def from_report(data: dict) -> dict[str, dict[str, float]]:
@@ -286,11 +309,18 @@ def main() -> None:
         help="a jobs/probe_fold.py --table-v output (JSON lines, repeatable): its rows join the runs of their seeds",
     )
     p.add_argument("--e90", action="store_true", help="jobs/cpu_fesda.sh's seeds (90 epochs), not the protocol's")
+    p.add_argument(
+        "--old-seed0", action="store_true", help="with --e90: seed 0 of sessions 12-13 (two machines), not session 22's"
+    )
     args = p.parse_args()
     if args.e90 and args.probe:
         p.error("--probe pairs with the 30-epoch protocol's seeds, not with --e90")
-    runs = recorded_e90() if args.e90 else recorded_seeds()
+    if args.old_seed0 and not args.e90:
+        p.error("--old-seed0 is a seed of --e90")
+    runs = recorded_e90(args.old_seed0) if args.e90 else recorded_seeds()
     recorded = {k: name for k, (name, _) in E90_RECORDED.items()} if args.e90 else RECORDED
+    if args.old_seed0:
+        recorded[0] = E90_OLD_NAME
     seeds = dict(recorded)
     for path in args.report:  # a report of a recorded seed takes its place: the same run, at full precision
         with open(path) as f:
