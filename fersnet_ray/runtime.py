@@ -99,8 +99,8 @@ def _own_address_for_its_processes():
     fails ("Found multiple active Ray instances"; or it finds a cluster that has since stopped) and the
     thread dies, printing a 25-line traceback into the run's log: two to six per CK+48 run of
     `jobs/cpu_fesda.sh` beside other work (sessions 21, 22). Training was never affected; the log was.
-    (A `worker_process_setup_hook` setting it in each worker did the same, but a job-wide runtime_env
-    cost every Ray start 3-5 s: its workers are not the prestarted ones.)
+    (A `worker_process_setup_hook` setting it in each worker did the same, but its job-wide runtime_env
+    cost 1 s on the first tasks and 1-2 s on Ray Data's first pass: its workers are not the prestarted ones.)
     """
     import socket
 

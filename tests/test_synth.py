@@ -163,7 +163,7 @@ def test_weighted_fine_tuning_rows_carry_their_weight_and_need_scores(trained):
     cfg = FinetuneConfig(min_score=threshold)
     refilled = fold_dataset(store, config["dataset"], "r", 0, load, 1, manifest, cache=False, cfg=cfg, kept=kept)
     labels = np.bincount(refilled.select_columns(["label"]).to_pandas()["label"], minlength=len(per_class))
-    assert labels.sum() == real + manifest["rows"] and (labels >= per_class).all()  # every real face, once
+    assert labels.sum() == real + manifest["rows"] and (labels >= per_class).all()  # the real faces, and fakes
     none = FinetuneConfig(min_score=float(np.nextafter(scores.to_numpy().max(), 2)))
     with pytest.raises(FinetuneError, match=rf"fold 0: none of its {manifest['rows']} synthetic rows is scored >= "):
         finetune(FinetuneJob(store=trained, run="r", folds=(0,), config=asdict(none)))
