@@ -175,13 +175,15 @@ def _exact(row: str, percent: tuple[float, ...]) -> dict[str, float]:
     return _fractions(percent, 6 if row == "table-v" else 1)  # every test face into each other expression
 
 
-def recorded_e90(old_seed0: bool = False) -> dict[str, dict[str, dict[str, float]]]:
-    """{run: {row: {fold: accuracy}}} of the recorded `jobs/cpu_fesda.sh` seeds; old_seed0: seed 0 as
+def e90_seeds(old_seed0: bool = False) -> dict[int, tuple[str, dict[str, tuple[float, ...]]]]:
+    """{seed: (run, rows as printed)} of the recorded `jobs/cpu_fesda.sh` seeds; old_seed0: seed 0 as
     sessions 12-13 measured it (`E90_SEED0_OLD`), as README pooled the three seeds before session 22."""
-    recorded = dict(E90_RECORDED)
-    if old_seed0:
-        recorded[0] = (E90_OLD_NAME, E90_SEED0_OLD)
-    return {name: {row: _exact(row, p) for row, p in rows.items()} for name, rows in recorded.values()}
+    return {**E90_RECORDED, 0: (E90_OLD_NAME, E90_SEED0_OLD)} if old_seed0 else dict(E90_RECORDED)
+
+
+def recorded_e90(old_seed0: bool = False) -> dict[str, dict[str, dict[str, float]]]:
+    """{run: {row: {fold: accuracy}}} of `e90_seeds(old_seed0)`."""
+    return {name: {row: _exact(row, p) for row, p in rows.items()} for name, rows in e90_seeds(old_seed0).values()}
 
 
 def from_report(data: dict) -> dict[str, dict[str, float]]:
@@ -325,9 +327,7 @@ def main() -> None:
     if args.old_seed0 and not args.e90:
         p.error("--old-seed0 is a seed of --e90")
     runs = recorded_e90(args.old_seed0) if args.e90 else recorded_seeds()
-    recorded = {k: name for k, (name, _) in E90_RECORDED.items()} if args.e90 else RECORDED
-    if args.old_seed0:
-        recorded[0] = E90_OLD_NAME
+    recorded = {k: name for k, (name, _) in e90_seeds(args.old_seed0).items()} if args.e90 else RECORDED
     seeds = dict(recorded)
     for path in args.report:  # a report of a recorded seed takes its place: the same run, at full precision
         with open(path) as f:

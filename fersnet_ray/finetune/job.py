@@ -517,15 +517,14 @@ def finetune(job: FinetuneJob) -> dict:
             store, job.run, fold, exp.train.epochs, cfg.data, cfg.from_fold_checkpoint, cfg.needs_scores
         )
     kept = {}  # fold -> its synthetic rows scored >= min_score
-    for fold, (_, manifest) in inputs.items():
-        if cfg.min_score is None:
-            break
-        kept[fold] = kept_rows(store, job.run, fold, manifest, cfg.min_score)
-        if kept[fold] == 0:
-            raise FinetuneError(
-                f"{foldkey.label(fold)}: none of its {manifest['rows']} synthetic rows is scored >= {cfg.min_score:g}; "
-                "lower --min-score"
-            )
+    if cfg.min_score is not None:
+        for fold, (_, manifest) in inputs.items():
+            kept[fold] = kept_rows(store, job.run, fold, manifest, cfg.min_score)
+            if kept[fold] == 0:
+                raise FinetuneError(
+                    f"{foldkey.label(fold)}: none of its {manifest['rows']} synthetic rows is scored >= "
+                    f"{cfg.min_score:g}; lower --min-score"
+                )
     if inputs:
         check_classifier_config(store, cfg, exp)
     _save_config(store, job, run_config, cfg.folder)
